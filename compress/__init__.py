@@ -1,0 +1,40 @@
+"""Structural compression of ViTs: heads, MLP units, (whitened) truncated SVD, prehab regularizers, tokens."""
+
+from compress.energy import keep_count
+from compress.heads import prune_attention_heads
+from compress.io import load_compressed, save_compressed
+from compress.linear import LowRankLinear
+from compress.mlp import prune_mlp_neurons
+from compress.params import count_params
+from compress.plan import CompressionPlan, compress_model
+from compress.prehab import effective_rank, lowrank_penalty, nuclear_ratio, stable_rank
+from compress.report import CompressionReport, LayerDecision
+from compress.svd import truncate_svd
+from compress.tokens import disable_token_pruning, enable_token_pruning, keep_schedule
+from compress.whitening import InputStats, collect_input_stats, load_input_stats, save_input_stats
+
+__all__ = [
+    "CompressionPlan",
+    "CompressionReport",
+    "InputStats",
+    "LayerDecision",
+    "LowRankLinear",
+    "collect_input_stats",
+    "compress_model",
+    "count_params",
+    "disable_token_pruning",
+    "effective_rank",
+    "enable_token_pruning",
+    "keep_count",
+    "keep_schedule",
+    "load_compressed",
+    "load_input_stats",
+    "lowrank_penalty",
+    "nuclear_ratio",
+    "prune_attention_heads",
+    "prune_mlp_neurons",
+    "save_compressed",
+    "save_input_stats",
+    "stable_rank",
+    "truncate_svd",
+]

@@ -1,0 +1,62 @@
+"""Attention-head pruning by the energy of each head's slice of the output projection."""
+
+import torch
+from torch import nn
+
+from compress.adapters import adapter_for
+from compress.checks import check_finite_weights, check_fraction
+from compress.energy import select_units
+from compress.linear import dense_weight, keep_inputs, keep_outputs
+from compress.params import count_params
+from compress.report import LayerDecision
+
+
+def head_energies(output_weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Return e_h = ||W_o[:, S_h]||_F^2 per head, S_h = [h*d_h, (h+1)*d_h), in float64."""
+    weight = output_weight.detach().to(torch.float64)
+    return weight.reshape(weight.shape[0], num_heads, head_dim).pow(2).sum(dim=(0, 2))
+
+
+def prune_attention_heads(model: nn.Module, tau: float) -> list[LayerDecision]:
+    """Keep, per layer, the fewest heads whose energy reaches `tau`; return one decision per layer.
+
+    Kept heads keep their q/k/v output rows (and biases) and their o_proj input columns;
+    o_proj's bias is unchanged and the layer's head count is updated. Modifies `model`.
+    """
+    tau = check_fraction("tau", tau)
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    roles = (*adapter.head_output_roles, adapter.head_input_role)
+    check_finite_weights(
+        (f"{name}.{adapter.linear_path(role)}", adapter.linear(layer, role))
+        for name, layer in layers
+        for role in roles
+    )
+    decisions = []
+    for index, (name, layer) in enumerate(layers):
+        num_heads, head_dim = adapter.head_count(layer), adapter.head_dim(layer)
+        output_proj = adapter.linear(layer, adapter.head_input_role)
+        kept = select_units(head_energies(dense_weight(output_proj), num_heads, head_dim), tau)
+        params_before = count_params(layer)
+        applied = kept.numel() < num_heads
+        if applied:
+            channels = (kept[:, None] * head_dim + torch.arange(head_dim)).flatten()
+            for role in adapter.head_output_roles:
+                adapter.set_linear(layer, role, keep_outputs(adapter.linear(layer, role), channels))
+            adapter.set_linear(layer, adapter.head_input_role, keep_inputs(output_proj, channels))
+            adapter.set_head_count(layer, kept.numel())
+        decisions.append(
+            LayerDecision(
+                method="heads",
+                layer=index,
+                module=f"{name}.{adapter.attention_path}",
+                total=num_heads,
+                kept=kept.numel(),
+                applied=applied,
+                params_removed=params_before - count_params(layer),
+                kept_indices=tuple(kept.tolist()),
+                unit_width=head_dim,
+                input_pruned=f"{name}.{adapter.linear_path(adapter.head_input_role)}",
+            )
+        )
+    return decisions

@@ -1,0 +1,78 @@
+"""MLP hidden-unit pruning by the salience of each unit's input row and output column."""
+
+import torch
+from torch import nn
+
+from compress.adapters import adapter_for
+from compress.checks import check_finite_weights, check_fraction
+from compress.energy import select_units
+from compress.linear import dense_weight, keep_inputs, keep_outputs
+from compress.params import count_params
+from compress.report import LayerDecision
+
+
+def neuron_energies(
+    up_weight: torch.Tensor, down_weight: torch.Tensor, gate_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return e_i = s_i^2 with s_i = ||W_up[i, :]|| * ||W_down[:, i]|| (times ||W_gate[i, :]|| when gated).
+
+    For a gated MLP, unit i computes act(g_i . x) * (u_i . x); for large pre-activations act is
+    close to linear, so its output scales with ||g_i|| * ||u_i|| * ||d_i||, the score used here.
+    """
+    salience = up_weight.detach().double().norm(dim=1) * down_weight.detach().double().norm(dim=0)
+    if gate_weight is not None:
+        salience = salience * gate_weight.detach().to(torch.float64).norm(dim=1)
+    return salience.pow(2)
+
+
+def prune_mlp_neurons(model: nn.Module, tau: float) -> list[LayerDecision]:
+    """Keep, per layer, the fewest MLP hidden units whose energy reaches `tau`; return one decision per layer.
+
+    Kept units keep their rows of W_up and W_gate (with biases) and their columns of W_down
+    (bias unchanged). Modifies `model`.
+    """
+    tau = check_fraction("tau", tau)
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    roles = (*adapter.neuron_output_roles, adapter.neuron_input_role)
+    check_finite_weights(
+        (f"{name}.{adapter.linear_path(role)}", module)
+        for name, layer in layers
+        for role in roles
+        if (module := adapter.linear(layer, role)) is not None
+    )
+    decisions = []
+    for index, (name, layer) in enumerate(layers):
+        weights = {
+            role: dense_weight(module)
+            for role in roles
+            if (module := adapter.linear(layer, role)) is not None
+        }
+        energies = neuron_energies(weights["up"], weights["down"], weights.get("gate"))
+        kept = select_units(energies, tau)
+        width = energies.numel()
+        params_before = count_params(layer)
+        applied = kept.numel() < width
+        if applied:
+            for role in adapter.neuron_output_roles:
+                module = adapter.linear(layer, role)
+                if module is not None:
+                    adapter.set_linear(layer, role, keep_outputs(module, kept))
+            input_role = adapter.neuron_input_role
+            adapter.set_linear(layer, input_role, keep_inputs(adapter.linear(layer, input_role), kept))
+            adapter.set_mlp_width(layer, kept.numel())
+        decisions.append(
+            LayerDecision(
+                method="mlp",
+                layer=index,
+                module=f"{name}.{adapter.mlp_path}",
+                total=width,
+                kept=kept.numel(),
+                applied=applied,
+                params_removed=params_before - count_params(layer),
+                kept_indices=tuple(kept.tolist()),
+                unit_width=1,
+                input_pruned=f"{name}.{adapter.linear_path(adapter.neuron_input_role)}",
+            )
+        )
+    return decisions

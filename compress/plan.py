@@ -1,0 +1,133 @@
+"""The compression plan a trial applies, and compress_model, which runs heads -> MLP -> SVD -> tokens."""
+
+import copy
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from torch import nn
+
+from compress.adapters import adapter_for
+from compress.checks import check_fraction, check_half_open_unit, check_positive
+from compress.heads import prune_attention_heads
+from compress.mlp import prune_mlp_neurons
+from compress.params import count_params
+from compress.report import CompressionReport, LayerDecision
+from compress.svd import truncate_svd
+from compress.targets import DEFAULT_TARGETS, check_targets
+from compress.tokens import enable_token_pruning
+from compress.whitening import InputStats, collect_input_stats
+
+logger = logging.getLogger(__name__)
+
+SVD_SPACES = ("raw", "whitened")
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    """How much of each method to apply; every tau keeps that fraction of energy (1 = off)."""
+
+    tau_heads: float = 1.0
+    tau_mlp: float = 1.0
+    tau_svd: float = 1.0
+    svd_space: str = "raw"
+    svd_targets: tuple[str, ...] = DEFAULT_TARGETS
+    r_max: float = 0.0
+    alpha: float = 1.0
+    fuse_pruned_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("tau_heads", "tau_mlp", "tau_svd"):
+            object.__setattr__(self, name, check_fraction(f"compress.{name}", getattr(self, name)))
+        if self.svd_space not in SVD_SPACES:
+            raise ValueError(f"compress.svd_space must be one of {', '.join(SVD_SPACES)}, got {self.svd_space!r}")
+        object.__setattr__(self, "svd_targets", check_targets("compress.svd_targets", self.svd_targets))
+        object.__setattr__(self, "r_max", check_half_open_unit("tokens.r_max", self.r_max))
+        object.__setattr__(self, "alpha", check_positive("tokens.alpha", self.alpha))
+        if not isinstance(self.fuse_pruned_tokens, bool):
+            raise TypeError(f"tokens.fuse_pruned_tokens must be a bool, got {self.fuse_pruned_tokens!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the plan as a JSON-able dict (svd_targets as a list)."""
+        record = asdict(self)
+        record["svd_targets"] = list(self.svd_targets)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> "CompressionPlan":
+        """Return the plan for a dict of field values; ValueError naming any unknown key."""
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise ValueError(f"unknown CompressionPlan keys {unknown}; allowed: {sorted(known)}")
+        values = dict(record)
+        if "svd_targets" in values and not isinstance(values["svd_targets"], str):
+            values["svd_targets"] = tuple(values["svd_targets"])
+        return cls(**values)
+
+
+Calibration = Mapping[str, InputStats] | Iterable[Any]
+
+
+def compress_model(
+    model: nn.Module, plan: CompressionPlan, calibration: Calibration | None = None
+) -> tuple[nn.Module, CompressionReport]:
+    """Return (a compressed deep copy of `model`, its report); `model` itself is not modified.
+
+    Order: attention heads (plan.tau_heads) -> MLP units (tau_mlp) -> truncated SVD (tau_svd,
+    raw or whitened) -> token pruning (r_max, alpha; skipped at r_max = 0).
+    Whitened SVD with tau_svd < 1 needs `calibration`: either {name: InputStats} collected on the
+    uncompressed model (o/down statistics are restricted to the kept heads/units here) or an
+    iterable of batches, from which statistics are collected on the pruned model.
+    """
+    if not isinstance(plan, CompressionPlan):
+        raise TypeError(f"plan must be a CompressionPlan, got {type(plan).__name__}")
+    adapter_for(model)
+    whitened_svd = plan.svd_space == "whitened" and plan.tau_svd < 1.0 and plan.svd_targets
+    if whitened_svd and calibration is None:
+        raise ValueError(
+            "compress.svd_space='whitened' needs calibration: pass calibration=collect_input_stats(model, batches) "
+            "(statistics of the uncompressed model) or calibration=<iterable of pixel batches>"
+        )
+    params_before = count_params(model)
+    compressed = copy.deepcopy(model)
+    heads = prune_attention_heads(compressed, plan.tau_heads)
+    mlp = prune_mlp_neurons(compressed, plan.tau_mlp)
+    svd: list[LayerDecision] = []
+    if plan.tau_svd < 1.0 and plan.svd_targets:
+        whitening = None
+        if whitened_svd:
+            whitening = _statistics_for(compressed, calibration, [*heads, *mlp], plan.svd_targets)
+        svd = truncate_svd(compressed, plan.tau_svd, whitening=whitening, targets=plan.svd_targets)
+    tokens = None
+    if plan.r_max > 0.0:
+        tokens = enable_token_pruning(compressed, plan.r_max, plan.alpha, fuse=plan.fuse_pruned_tokens)
+    report = CompressionReport(
+        params_before=params_before,
+        params_after=count_params(compressed),
+        heads=heads,
+        mlp=mlp,
+        svd=svd,
+        svd_space=plan.svd_space,
+        tokens=tokens,
+        plan=plan.to_dict(),
+    )
+    logger.info("compressed %d -> %d parameters", report.params_before, report.params_after)
+    return compressed, report
+
+
+def _statistics_for(
+    model: nn.Module, calibration: Calibration, pruning: list[LayerDecision], targets: tuple[str, ...]
+) -> dict[str, InputStats]:
+    """Return statistics valid for the pruned `model`: restricted precomputed ones, or freshly collected."""
+    if not isinstance(calibration, Mapping):
+        return collect_input_stats(model, calibration, targets=targets)
+    stats = dict(calibration)
+    bad = [name for name, item in stats.items() if not isinstance(item, InputStats)]
+    if bad:
+        raise TypeError(f"calibration values must be InputStats; {bad[0]!r} is {type(stats[bad[0]]).__name__}")
+    for decision in pruning:
+        if decision.applied and decision.input_pruned in stats:
+            stats[decision.input_pruned] = stats[decision.input_pruned].restricted(decision.input_channels())
+    return stats

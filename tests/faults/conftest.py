@@ -1,0 +1,52 @@
+"""Fault injection on a real multi-node Ray cluster started on this machine.
+
+`ray.cluster_utils.Cluster` runs a head raylet (no CPUs: it hosts only the drivers and the
+GCS) and two worker raylets with 2 CPUs each, so every trial and every Ray Train worker
+lands on a worker node that a test can remove. The sweep CLI attaches to the cluster
+through RAY_ADDRESS (tune.sweep._init_ray), as `ray job submit` does on a real cluster.
+
+All fault tests share one results root, so the digits backbone is pretrained once; each
+scenario fine-tunes its own configuration (a distinct `finetune.lr`), so a fault always
+lands in a stage that is really computing, whichever test runs first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from _faultkit import FaultCluster, kill_leftovers, own_processes
+
+
+@pytest.fixture(scope="session")
+def fault_cluster(tmp_path_factory):
+    """Yield a head + 2 worker raylets; shut them down and kill what they left behind."""
+    from ray.cluster_utils import Cluster
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="vsf", dir="/tmp"))  # Ray's socket paths must stay short
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
+    os.environ.update(RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=False,
+                      head_node_args={"num_cpus": 0, "include_dashboard": False})
+    started = FaultCluster(cluster, ray_tmp, tmp_path_factory.mktemp("fault-results"))
+    try:
+        started.ensure_workers(2)
+        yield started
+    finally:
+        spawned = own_processes()
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+        kill_leftovers(spawned, ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+

@@ -1,0 +1,130 @@
+import math
+
+import pytest
+import torch
+
+from trainables.config import TrialConfig
+from trainables.data import ensure_digits
+from trainables.finetune import (
+    LocalSession, TrainJob, best_model, build_stage_model, finalize_model, param_groups, stage_settings,
+    train_loop, warmup_cosine, wrap_lora,
+)
+from trainables.model import build_classifier
+
+TINY = {"data.train_limit": 256, "data.val_limit": 128, "finetune.batch_size": 32,
+        "pretrain.batch_size": 32}
+
+
+@pytest.fixture(scope="module")
+def digits_root(tmp_path_factory):
+    return str(ensure_digits(tmp_path_factory.mktemp("data") / "digits"))
+
+
+def first_batch_loss(job: TrainJob, model: torch.nn.Module) -> float:
+    from trainables.finetune import make_dataset
+
+    cfg = job.config
+    dataset = make_dataset(cfg, job.data_root, "train", stage_settings(job).labels)
+    x = torch.stack([dataset[i][0] for i in range(128)])
+    y = torch.tensor([dataset[i][1] for i in range(128)])
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model.eval()(x), y))
+
+
+@pytest.mark.parametrize("method", ["head_only", "lora", "full"])
+def test_each_method_lowers_the_training_loss(method, digits_root, tmp_path):
+    flat = {**TINY, "finetune.method": method, "finetune.epochs": 4, "finetune.lr": 3e-3,
+            "finetune.backbone_lr": 3e-4, "finetune.warmup_frac": 0.0}
+    job = TrainJob("finetune", flat, digits_root)
+    torch.manual_seed(0)
+    before = first_batch_loss(job, build_stage_model(job))
+    session = LocalSession(tmp_path, torch.device("cpu"), show_progress=False)
+    train_loop(job, session)
+    trained, _ = best_model(job, session.checkpoint_dir)
+    assert first_batch_loss(job, trained) < 0.95 * before
+
+
+def test_head_only_trains_only_the_head():
+    cfg_flat = {"finetune.method": "head_only"}
+    job = TrainJob("finetune", cfg_flat, "unused")
+    model = build_stage_model(job)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"}
+
+
+def test_head_only_with_norms_and_biases():
+    job = TrainJob("finetune", {"finetune.method": "head_only", "finetune.train_norms_biases": True}, "unused")
+    trainable = [name for name, p in build_stage_model(job).named_parameters() if p.requires_grad]
+    assert any("norm1" in n for n in trainable) and any(n.endswith("q_proj.bias") for n in trainable)
+    assert not any(n.endswith("q_proj.weight") for n in trainable)
+
+
+def test_lora_merge_leaves_outputs_unchanged():
+    torch.manual_seed(0)
+    model = wrap_lora(build_classifier("digits-vit", 2), rank=4, alpha=8, include_mlp=True)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)  # B starts at zero: make the adapters matter
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        adapted = model.eval()(x)
+        merged_model = finalize_model(model).eval()
+        merged = merged_model(x)
+    assert not any("lora" in name for name, _ in merged_model.named_parameters())
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+
+
+def test_full_method_separates_learning_rates_and_skips_decay_on_norms():
+    job = TrainJob("finetune", {"finetune.method": "full", "finetune.lr": 1e-2, "finetune.backbone_lr": 1e-4}, "x")
+    model = build_stage_model(job)
+    groups = param_groups(model, stage_settings(job))
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert by_id[id(named["head.weight"])]["lr"] == 1e-2
+    assert by_id[id(named["backbone.model.layer.0.attention.q_proj.weight"])]["lr"] == 1e-4
+    assert by_id[id(named["backbone.model.layer.0.norm1.weight"])]["weight_decay"] == 0.0
+    assert by_id[id(named["backbone.model.layer.0.attention.q_proj.weight"])]["weight_decay"] > 0
+
+
+def test_warmup_then_cosine_to_zero():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = warmup_cosine(opt, total_steps=100, warmup_frac=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_resume_continues_at_the_next_epoch(digits_root, tmp_path):
+    session = LocalSession(tmp_path, torch.device("cpu"), show_progress=False)
+    train_loop(TrainJob("finetune", {**TINY, "finetune.epochs": 1}, digits_root), session)
+    seen = []
+    result = train_loop(TrainJob("finetune", {**TINY, "finetune.epochs": 2}, digits_root), session,
+                        on_epoch=lambda record: seen.append(record["epoch"]))
+    assert seen == [1] and [r["epoch"] for r in result["history"]] == [0, 1]
+
+
+def test_non_finite_loss_fails_the_stage(digits_root, tmp_path):
+    job = TrainJob("finetune", {**TINY, "finetune.epochs": 1}, digits_root)
+    session = LocalSession(tmp_path, torch.device("cpu"), show_progress=False)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train_loop(job, session, penalty=lambda model: torch.tensor(math.nan))
+
+
+def test_pretrain_uses_the_ten_digit_classes():
+    job = TrainJob("pretrain", {}, "unused")
+    assert stage_settings(job).labels == "digit" and build_stage_model(job).head.out_features == 10
+
+
+def test_unknown_stage_is_refused():
+    with pytest.raises(ValueError, match="stage must be one of"):
+        TrainJob("distill", {}, "x")
+
+
+def test_stage_config_is_validated_when_read():
+    with pytest.raises(ValueError, match="finetune.method"):
+        TrainJob("finetune", {"finetune.method": "bogus"}, "x").config
+    assert isinstance(TrainJob("finetune", {}, "x").config, TrialConfig)

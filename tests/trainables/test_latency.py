@@ -1,0 +1,128 @@
+"""Tests for trainables.latency: latency measurement and FLOP counting."""
+
+import logging
+import math
+import statistics
+
+import pytest
+import torch
+from torch import nn
+from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+from compress.tokens import enable_token_pruning, keep_schedule
+from trainables.latency import LatencyResult, count_gflops, measure_latency
+
+logger = logging.getLogger(__name__)
+
+HIDDEN, INTERMEDIATE, LAYERS, HEADS, REGISTERS = 64, 128, 3, 4, 2
+IMAGE, PATCH = 32, 4
+NUM_PATCHES = (IMAGE // PATCH) ** 2
+NUM_PREFIX = 1 + REGISTERS
+INPUT_SHAPE = (3, IMAGE, IMAGE)
+
+
+@pytest.fixture
+def model() -> DINOv3ViTModel:
+    torch.manual_seed(0)
+    config = DINOv3ViTConfig(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_register_tokens=REGISTERS,
+        image_size=IMAGE,
+        patch_size=PATCH,
+    )
+    return DINOv3ViTModel(config).eval()
+
+
+def analytic_flops(schedule: list[int]) -> int:
+    """FLOPs (2 per multiply-add) of the tiny model where layer l keeps schedule[l] patch tokens.
+
+    Patch conv 2*N*d*(3*p*p); per layer with T_in tokens in and T_out after pruning:
+    q, k, v, o: 4 * 2*T_in*d^2; attention QK^T and AV: 4*T_in^2*d; CLS row (only where
+    tokens are dropped): 2*T_in*d; MLP up and down: 2 * 2*T_out*d*I.
+    """
+    flops = 2 * NUM_PATCHES * HIDDEN * 3 * PATCH * PATCH
+    patches_in = NUM_PATCHES
+    for patches_out in schedule:
+        tokens_in, tokens_out = NUM_PREFIX + patches_in, NUM_PREFIX + patches_out
+        flops += 8 * tokens_in * HIDDEN**2 + 4 * tokens_in**2 * HIDDEN + 4 * tokens_out * HIDDEN * INTERMEDIATE
+        if patches_out < patches_in:
+            flops += 2 * tokens_in * HIDDEN
+        patches_in = patches_out
+    return flops
+
+
+def test_gflops_equal_analytic_count(model):
+    assert count_gflops(model, INPUT_SHAPE) == pytest.approx(analytic_flops([NUM_PATCHES] * LAYERS) / 1e9, rel=1e-12)
+
+
+def test_gflops_leave_model_attention_implementation_unchanged(model):
+    count_gflops(model, INPUT_SHAPE)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_pruned_gflops_equal_analytic_count(model):
+    enable_token_pruning(model, r_max=0.5, alpha=1.0)
+    schedule = keep_schedule(NUM_PATCHES, LAYERS, 0.5, 1.0)
+    assert count_gflops(model, INPUT_SHAPE) == pytest.approx(analytic_flops(schedule) / 1e9, rel=1e-12)
+
+
+def test_pruned_gflops_are_lower(model):
+    unpruned = count_gflops(model, INPUT_SHAPE)
+    enable_token_pruning(model, r_max=0.5, alpha=1.0)
+    assert count_gflops(model, INPUT_SHAPE) < unpruned
+
+
+def test_gflops_rejects_bad_input_shape(model):
+    with pytest.raises(ValueError, match="input_shape"):
+        count_gflops(model, (1, 3, IMAGE, IMAGE))
+
+
+def test_latency_result_is_consistent(model):
+    result = measure_latency(model, INPUT_SHAPE, warmup=1, repeats=3, batch_size=2)
+    assert isinstance(result, LatencyResult)
+    assert (result.batch_size, result.repeats) == (2, 3)
+    assert result.latency_ms > 0 and result.latency_ms_spread >= 0 and result.device_name
+    assert result.throughput_img_s == pytest.approx(1000.0 / result.latency_ms)
+
+
+def test_latency_is_repeatable_enough_to_report(model):
+    latencies_ms = [
+        measure_latency(model, INPUT_SHAPE, warmup=1, repeats=3, batch_size=2).latency_ms for _ in range(3)
+    ]
+    # Timing on a shared machine is not asserted; the coefficient of variation is logged.
+    variation = statistics.stdev(latencies_ms) / statistics.mean(latencies_ms)
+    logger.info("tiny model latency CV over 3 measurements: %.1f%%", 100 * variation)
+    assert all(math.isfinite(value) and value > 0 for value in latencies_ms)
+
+
+def test_latency_restores_training_mode(model):
+    model.train()
+    measure_latency(model, INPUT_SHAPE, warmup=0, repeats=1, batch_size=1)
+    assert model.training
+
+
+def test_latency_runs_model_in_eval_mode(model):
+    modes = []
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    model.train()
+    measure_latency(model, INPUT_SHAPE, warmup=0, repeats=2, batch_size=1)
+    assert modes == [False, False]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"repeats": 0}, ValueError, "repeats"),
+        ({"warmup": -1}, ValueError, "warmup"),
+        ({"batch_size": 1.5}, TypeError, "batch_size"),
+        ({"input_shape": (IMAGE, IMAGE)}, ValueError, "input_shape"),
+    ],
+)
+def test_latency_rejects_invalid_arguments(kwargs, error, name):
+    arguments = {"input_shape": INPUT_SHAPE, "batch_size": 1, **kwargs}
+    with pytest.raises(error, match=name):
+        measure_latency(nn.Identity(), **arguments)

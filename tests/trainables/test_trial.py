@@ -1,0 +1,115 @@
+"""One trial end to end, in-process (fast) and through Ray Train (marked ray)."""
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from trainables.cache import MANIFEST_NAME
+from trainables.trial import TrialContext, main, run_trial
+
+TINY = {
+    "data.train_limit": 192, "data.val_limit": 128, "pretrain.epochs": 1, "pretrain.batch_size": 64,
+    "finetune.epochs": 1, "finetune.batch_size": 64, "eval.latency_repeats": 3,
+    "eval.latency_warmup": 1, "calib.batches": 2,
+}
+OBJECTIVES = {"val_auroc", "params", "latency_ms", "gflops"}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """A results folder whose pretrain/finetune entries the first trial fills."""
+    return str(tmp_path_factory.mktemp("results"))
+
+
+@pytest.fixture(scope="module")
+def first(results):
+    return run_trial(TINY, TrialContext(results_dir=results, show_progress=False))
+
+
+def test_trial_reports_objectives_and_secondary_metrics(first):
+    assert OBJECTIVES <= set(first)
+    assert {"val_auprc", "val_ece", "device", "cache_hit_finetune", "stage_s_finetune"} <= set(first)
+    assert 0.0 <= first["val_auroc"] <= 1.0 and first["params"] == first["params_uncompressed"]
+
+
+def test_first_trial_computes_its_training_stages(first):
+    assert first["cache_hit_pretrain"] is False and first["cache_hit_finetune"] is False
+
+
+def test_same_finetune_config_is_a_cache_hit(first, results):
+    second = run_trial({**TINY, "compress.tau_mlp": 0.9, "tokens.r_max": 0.5},
+                       TrialContext(results_dir=results, show_progress=False))
+    assert second["cache_hit_finetune"] is True and second["cache_hit_pretrain"] is True
+    assert second["stage_s_finetune"] < first["stage_s_finetune"] / 3
+    assert second["params"] < first["params"] and second["gflops"] < first["gflops"]
+
+
+def test_whitened_svd_and_prehab_stages_run_and_are_cached(first, results):
+    flat = {**TINY, "compress.svd_space": "whitened", "compress.tau_svd": 0.8, "prehab.lambda": 0.01,
+            "prehab.space": "whitened"}
+    ctx = TrialContext(results_dir=results, show_progress=False)
+    once = run_trial(flat, ctx)
+    again = run_trial(flat, ctx)
+    assert once["cache_hit_prehab"] is False and again["cache_hit_prehab"] is True
+    assert again["cache_hit_whitening"] is True
+    assert once["val_auroc"] == pytest.approx(again["val_auroc"])
+
+
+def test_recover_stage_trains_the_compressed_model(first, results):
+    metrics = run_trial({**TINY, "compress.tau_heads": 0.7, "recover.epochs": 1},
+                        TrialContext(results_dir=results, show_progress=False))
+    assert metrics["cache_hit_recover"] is False and metrics["params"] < first["params"]
+
+
+def test_corrupt_finetune_entry_is_recomputed(first, results):
+    flat = {**TINY, "finetune.method": "head_only"}
+    ctx = TrialContext(results_dir=results, show_progress=False)
+    run_trial(flat, ctx)
+    entries = [p for p in (Path(results) / "cache" / "finetune").iterdir()
+               if p.is_dir() and (p / MANIFEST_NAME).exists()]
+    damaged = 0
+    for entry in entries:
+        for weights in entry.rglob("*.safetensors"):
+            data = bytearray(weights.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            weights.write_bytes(bytes(data))
+            damaged += 1
+    assert damaged
+    assert run_trial(flat, ctx)["cache_hit_finetune"] is False
+
+
+def test_concurrent_trials_with_one_key_train_once(tmp_path):
+    ctx = TrialContext(results_dir=str(tmp_path), show_progress=False)
+    outcomes, errors = [], []
+
+    def trial(tau: float) -> None:
+        try:
+            outcomes.append(run_trial({**TINY, "compress.tau_mlp": tau}, ctx))
+        except Exception as err:  # surfaced by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=trial, args=(tau,)) for tau in (0.9, 0.95)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(o["cache_hit_finetune"] for o in outcomes) == [False, True]
+    assert len(list((tmp_path / "cache" / "finetune").iterdir())) == 1
+
+
+def test_debug_cli_prints_the_metrics(results, first, capsys):
+    args = ["--results-dir", results, "--no-progress"]
+    for key, value in TINY.items():
+        args += ["--set", f"{key}={value}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "val_auroc" in out and "cache_hit_finetune" in out
+
+
+def test_debug_cli_rejects_a_bad_key(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--set", "compress.tau_mlp=1.5"])
+    assert exit_info.value.code == 2
+    assert "compress.tau_mlp must be in (0, 1]" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def raw_config():
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+@pytest.fixture(scope="module")
+def prepared_config(raw_config):
+    return prepare_config(raw_config)
+
+
+def test_cluster_yaml_passes_rays_own_schema(prepared_config):
+    validate_config(prepared_config)
+
+
+def test_schema_check_catches_a_typo(raw_config):
+    import jsonschema
+
+    broken = {**raw_config, "idle_timout_minutes": 5}
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(broken))
+
+
+def test_head_node_type_exists_and_has_no_gpu(raw_config):
+    head = raw_config["available_node_types"][raw_config["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+
+
+def test_gpu_worker_types_advertise_a100_gpus(raw_config):
+    workers = {k: v for k, v in raw_config["available_node_types"].items()
+               if k != raw_config["head_node_type"]}
+    gpu_types = {k: v for k, v in workers.items() if v["node_config"]["InstanceType"] == "p4d.24xlarge"}
+    assert gpu_types, "no p4d.24xlarge worker type"
+    for node_type in gpu_types.values():
+        assert node_type["resources"]["GPU"] == 8
+        assert "accelerator_type:A100" in node_type["resources"]
+
+
+def test_a_spot_worker_type_exists(raw_config):
+    markets = [v["node_config"].get("InstanceMarketOptions", {}).get("MarketType")
+               for v in raw_config["available_node_types"].values()]
+    assert "spot" in markets
+
+
+def test_docker_images_match_installed_ray_and_python(raw_config):
+    docker = raw_config["docker"]
+    images = [docker[k] for k in ("image", "head_image", "worker_image") if k in docker]
+    assert images
+    for image in images:
+        match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-(cpu|gpu|cu\d+)", image)
+        assert match, f"unexpected image tag {image}"
+        assert match.group(1) == ray.__version__
+        assert (int(match.group(2)), int(match.group(3))) == sys.version_info[:2]
+
+
+def test_setup_installs_this_project_from_its_file_mount(raw_config):
+    (mount,) = [remote for remote, local in raw_config["file_mounts"].items() if local == "."]
+    assert any("pip install" in cmd and mount in cmd for cmd in raw_config["setup_commands"])
+
+
+SECRET_PATTERNS = [
+    r"AKIA[0-9A-Z]{16}",                       # AWS access key id
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+    r"(?i)\b(secret|token|password|passwd|api_?key|access_key)\w*\s*[:=]\s*\S",
+    r"(?i)ssh_private_key|KeyName",
+    r"[A-Za-z0-9/+]{40}",                      # AWS secret access key shape
+]
+
+
+@pytest.mark.parametrize("pattern", SECRET_PATTERNS)
+def test_cluster_yaml_holds_no_credentials(pattern):
+    assert not re.search(pattern, CLUSTER_YAML.read_text())

@@ -1,0 +1,114 @@
+import json
+import shlex
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import warnings
+
+import optuna
+import pytest
+
+from tune.study import dashboard_command, default_storage_url, make_storage
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+METRICS = ["val_auroc", "params", "latency_ms"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    study = optuna.create_study(
+        storage=make_storage(None, results, "dash"),
+        study_name="dash",
+        directions=["maximize", "minimize", "minimize"],
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(METRICS)
+    for i in range(4):
+        trial = study.ask()
+        tau = trial.suggest_float("compress.tau_heads", 0.5, 1.0)
+        trial.set_user_attr("val_auprc", tau / 2)
+        if i == 3:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, [tau, 1e6 * tau, 5 + tau])
+    return default_storage_url(results, "dash")
+
+
+@pytest.fixture(scope="module")
+def dashboard(finished_sweep):
+    port = _free_port()
+    proc = subprocess.Popen(
+        shlex.split(dashboard_command(finished_sweep, port=port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                _get_json(f"{base}/api/meta")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if proc.poll() is not None:
+                    pytest.fail(f"optuna-dashboard exited: {proc.stderr.read().decode()[-2000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail("optuna-dashboard did not answer within 60 s")
+                time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _study_id(base: str) -> int:
+    (summary,) = _get_json(f"{base}/api/studies")["study_summaries"]
+    return summary["study_id"]
+
+
+def test_dashboard_lists_the_study_with_its_directions(dashboard):
+    (summary,) = _get_json(f"{dashboard}/api/studies")["study_summaries"]
+    assert summary["study_name"] == "dash"
+    assert summary["directions"] == ["maximize", "minimize", "minimize"]
+
+
+def test_dashboard_labels_objectives_with_metric_names(dashboard):
+    detail = _get_json(f"{dashboard}/api/studies/{_study_id(dashboard)}")
+    assert detail["objective_names"] == METRICS
+
+
+def test_dashboard_serves_every_trial_with_state_and_user_attrs(dashboard):
+    detail = _get_json(f"{dashboard}/api/studies/{_study_id(dashboard)}")
+    states = [t["state"] for t in sorted(detail["trials"], key=lambda t: t["number"])]
+    assert states == ["Complete", "Complete", "Complete", "Fail"]
+    first = detail["trials"][0]
+    assert len(first["values"]) == 3
+    assert {a["key"] for a in first["user_attrs"]} == {"val_auprc"}
+
+
+def test_dashboard_pareto_front_is_subset_of_complete_trials(dashboard):
+    detail = _get_json(f"{dashboard}/api/studies/{_study_id(dashboard)}")
+    complete = {t["number"] for t in detail["trials"] if t["state"] == "Complete"}
+    best = {t["number"] for t in detail["best_trials"]}
+    assert best and best <= complete

@@ -1,0 +1,189 @@
+import math
+import warnings
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from tune.reports import (
+    front_table,
+    hypervolume,
+    hypervolume_history,
+    pareto_front,
+    reference_row,
+    trials_frame,
+    write_reports,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+OBJECTIVES = [("auroc", "max"), ("params", "min")]
+
+
+def _table(rows):
+    return pd.DataFrame(rows, columns=["number", "auroc", "params"])
+
+
+def test_front_keeps_exactly_the_non_dominated_rows_with_max_min_mix():
+    df = _table([
+        (0, 0.90, 100),  # front: best auroc
+        (1, 0.80, 50),   # front
+        (2, 0.70, 60),   # dominated by 1
+        (3, 0.60, 10),   # front: fewest params
+        (4, 0.90, 120),  # dominated by 0 (same auroc, more params)
+    ])
+    assert sorted(pareto_front(df, OBJECTIVES)["number"]) == [0, 1, 3]
+
+
+def test_front_keeps_both_rows_of_an_exact_tie():
+    df = _table([(0, 0.8, 50), (1, 0.8, 50), (2, 0.7, 60)])
+    assert sorted(pareto_front(df, OBJECTIVES)["number"]) == [0, 1]
+
+
+def test_front_skips_rows_with_missing_objective():
+    df = _table([(0, math.nan, 1), (1, 0.5, 10)])
+    assert list(pareto_front(df, OBJECTIVES)["number"]) == [1]
+
+
+def test_front_of_three_objectives_matches_brute_force():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.random((40, 3)), columns=["a", "b", "c"]).assign(number=range(40))
+    objectives = [("a", "max"), ("b", "min"), ("c", "min")]
+    loss = np.stack([-df["a"], df["b"], df["c"]], axis=1)
+    expected = [
+        i for i in range(40)
+        if not any(np.all(loss[j] <= loss[i]) and np.any(loss[j] < loss[i]) for j in range(40))
+    ]
+    assert sorted(pareto_front(df, objectives)["number"]) == expected
+
+
+def test_unknown_objective_column_is_named_in_error():
+    with pytest.raises(ValueError, match="latency_ms"):
+        pareto_front(_table([(0, 0.5, 1)]), [("latency_ms", "min")])
+
+
+def test_bad_objective_mode_is_rejected():
+    with pytest.raises(ValueError, match="'best'"):
+        pareto_front(_table([(0, 0.5, 1)]), [("auroc", "best")])
+
+
+def test_hypervolume_2d_equals_hand_computation():
+    # Points (minimised) (1,3), (2,2), (3,1) with reference (4,4): a staircase of
+    # 3 + 2 + 1 unit columns = 6.
+    assert hypervolume(np.array([[1, 3], [2, 2], [3, 1]]), np.array([4, 4])) == pytest.approx(6.0)
+
+
+def test_hypervolume_ignores_points_beyond_the_reference():
+    points = np.array([[1.0, 1.0], [5.0, 0.5]])
+    assert hypervolume(points, np.array([2.0, 2.0])) == pytest.approx(1.0)
+
+
+def test_hypervolume_3d_of_two_boxes_equals_inclusion_exclusion():
+    # Boxes [1,3]x[0,3]x[0,3] (from (0,0,0)... ) : point a=(0,0,2), b=(2,0,0), ref (3,3,3).
+    # vol(a)=3*3*1=9, vol(b)=1*3*3=9, overlap=1*3*1=3 -> 15.
+    points = np.array([[0, 0, 2], [2, 0, 0]], dtype=float)
+    assert hypervolume(points, np.array([3.0, 3.0, 3.0])) == pytest.approx(15.0)
+
+
+def test_hypervolume_3d_matches_optuna_on_random_points():
+    from optuna._hypervolume import compute_hypervolume
+
+    rng = np.random.default_rng(1)
+    points = rng.random((30, 3))
+    reference = np.array([1.1, 1.1, 1.1])
+    assert hypervolume(points, reference) == pytest.approx(compute_hypervolume(points, reference))
+
+
+def test_hypervolume_history_converts_max_objectives_and_never_decreases():
+    df = _table([(0, 0.7, 3.0), (1, 0.6, 4.0), (2, 0.9, 2.0)])
+    history = hypervolume_history(df, OBJECTIVES, {"auroc": 0.5, "params": 5.0})
+    # trial 0: (0.7-0.5)*(5-3)=0.4; trial 1 dominated: 0.4; trial 2: (0.9-0.5)*(5-2)=1.2.
+    assert history == pytest.approx([0.4, 0.4, 1.2])
+
+
+def test_hypervolume_history_requires_every_objective_in_reference():
+    with pytest.raises(ValueError, match="params"):
+        hypervolume_history(_table([(0, 0.7, 3.0)]), OBJECTIVES, {"auroc": 0.5})
+
+
+def _finished_study(n=8, metric_names=("auroc", "params", "latency_ms")):
+    study = optuna.create_study(
+        directions=["maximize", "minimize", "minimize"],
+        sampler=optuna.samplers.RandomSampler(seed=3),
+        study_name="toy",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(metric_names))
+    study.enqueue_trial({"tau": 0.9, "method": "full"})
+    for i in range(n):
+        trial = study.ask()
+        tau = trial.suggest_float("tau", 0.5, 1.0)
+        trial.suggest_categorical("method", ["lora", "full"])
+        trial.set_user_attr("val_auprc", tau / 2)
+        trial.set_user_attr("config", {"tau": tau})
+        trial.set_user_attr("val_ece", 0.1 if i % 2 else "nan")
+        if i == 3:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, [tau, 1000 * tau, 10 * tau + (i % 3)])
+    return study
+
+
+def test_trials_frame_has_every_trial_objective_param_and_attr():
+    df = trials_frame(_finished_study())
+    assert len(df) == 8
+    assert {"number", "state", "auroc", "params", "latency_ms", "tau", "method",
+            "val_auprc", "config", "enqueued", "duration_s"} <= set(df.columns)
+    assert math.isnan(df.loc[df["number"] == 3, "auroc"].item())
+
+
+def test_reference_row_defaults_to_the_enqueued_trial():
+    df = trials_frame(_finished_study())
+    ref = reference_row(df[df["state"] == "COMPLETE"], [("auroc", "max")])
+    assert ref["number"] == 0 and ref["tau"] == 0.9
+
+
+def test_front_table_sorts_best_first_and_adds_deltas():
+    df = trials_frame(_finished_study())
+    objectives = [("auroc", "max"), ("params", "min"), ("latency_ms", "min")]
+    ref = reference_row(df, objectives)
+    table = front_table(df, objectives, ref, extra_columns=["tau"])
+    front = table[table["role"] == "front"]
+    assert table["role"].iloc[0] == "reference"
+    assert list(front["auroc"]) == sorted(front["auroc"], reverse=True)
+    assert np.allclose(front["delta_params"], front["params"] - ref["params"])
+
+
+def test_write_reports_writes_every_file_and_parquet_reads_back(tmp_path):
+    study = _finished_study()
+    objectives = [("auroc", "max"), ("params", "min"), ("latency_ms", "min")]
+    written = write_reports(study, tmp_path, objectives,
+                            reference_point={"auroc": 0.5, "params": 1000, "latency_ms": 20})
+    assert {"pareto.md", "pareto.csv", "trials.parquet", "hypervolume.csv", "hypervolume.png",
+            "pareto_auroc__params.png", "pareto_auroc__latency_ms.png",
+            "pareto_params__latency_ms.png"} == set(written)
+    assert all(path.stat().st_size > 0 for path in written.values())
+    back = pd.read_parquet(tmp_path / "trials.parquet")
+    assert list(back.columns) == list(trials_frame(study).columns) and len(back) == 8
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_pareto_csv_lists_only_non_dominated_trials_after_reference(tmp_path):
+    study = _finished_study()
+    objectives = [("auroc", "max"), ("params", "min"), ("latency_ms", "min")]
+    write_reports(study, tmp_path, objectives)
+    table = pd.read_csv(tmp_path / "pareto.csv")
+    df = trials_frame(study)
+    expected = sorted(pareto_front(df, objectives)["number"])
+    assert sorted(table.loc[table["role"] == "front", "number"]) == expected
+    assert "| reference | 0 |" in (tmp_path / "pareto.md").read_text()
+
+
+def test_write_reports_on_study_without_complete_trials_writes_only_parquet(tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    written = write_reports(study, tmp_path, [("values_0", "max"), ("values_1", "min")])
+    assert set(written) == {"trials.parquet"}

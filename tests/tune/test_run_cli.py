@@ -1,0 +1,117 @@
+"""The CLI's checks: bad flags exit 2 with one line naming the problem, before Ray starts."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from trainables.config import TrialConfig
+from tune.presets import PRESETS
+from tune.run import main, make_parser
+from tune.study import make_storage
+from tune.sweep import build_base, parse_objectives, searched_keys
+
+REPO = Path(__file__).resolve().parents[2]
+RUN = str(REPO / "tune" / "run.py")
+
+
+def _cli(*args, cwd=None):
+    """Run `python tune/run.py ARGS` from a clean working directory (not the repo)."""
+    return subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+def _error(capsys, *args):
+    """Run the CLI's main() in this process; return the last stderr line of its exit-2 error."""
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    assert info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_validates_as_trial_config(name):
+    preset = PRESETS[name]
+    TrialConfig.from_flat(build_base(preset, {}, preset.space))
+
+
+def test_resume_refuses_flags_that_define_a_sweep(tmp_path, capsys):
+    assert "--num-samples" in _error(capsys, "--results-dir", str(tmp_path), "--resume", "x",
+                                     "--num-samples", "3")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_objectives_parse(name):
+    text = ",".join(f"{n}:{m}" for n, m in PRESETS[name].objectives)
+    assert parse_objectives(text) == tuple(PRESETS[name].objectives)
+
+
+def test_help_explains_every_flag():
+    text = make_parser().format_help()
+    for flag in ("--preset", "--space", "--num-samples", "--max-concurrent", "--name", "--results-dir",
+                 "--storage", "--sampler", "--objectives", "--set", "--seed", "--resume",
+                 "--debug-trial", "--report", "--final-eval", "--wandb"):
+        assert flag in text
+
+
+def test_bad_set_value_exits_2_naming_the_key(tmp_path):
+    proc = _cli("--results-dir", str(tmp_path), "--set", "compress.tau_mlp=1.5", cwd=tmp_path)
+    assert proc.returncode == 2 and "compress.tau_mlp" in proc.stderr.splitlines()[-1]
+    assert "Ray" not in proc.stderr  # failed before Ray started
+
+
+def test_unknown_set_key_exits_2_naming_the_key(tmp_path, capsys):
+    assert "'finetune.epoch'" in _error(capsys, "--results-dir", str(tmp_path), "--set", "finetune.epoch=1")
+
+
+def test_set_of_a_searched_key_is_refused(tmp_path, capsys):
+    line = _error(capsys, "--results-dir", str(tmp_path), "--space", "compress_only",
+                  "--set", "tokens.r_max=0.3")
+    assert "tokens.r_max" in line and "searched by space" in line
+
+
+def test_unknown_space_exits_2(tmp_path, capsys):
+    assert "'nope'" in _error(capsys, "--results-dir", str(tmp_path), "--space", "nope")
+
+
+@pytest.mark.parametrize("objectives", ["val_auroc:max,params", "val_auroc:best", "acc:max",
+                                        "params:min,params:min"])
+def test_bad_objectives_exit_2(tmp_path, capsys, objectives):
+    assert "--objectives" in _error(capsys, "--results-dir", str(tmp_path), "--objectives", objectives)
+
+
+def test_unreachable_storage_exits_2(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/missing/dir/x.db"
+    assert "missing/dir" in _error(capsys, "--results-dir", str(tmp_path), "--storage", url, "--name", "s")
+
+
+def test_existing_sweep_name_without_resume_is_refused(tmp_path):
+    # Through the script from outside the repo: also checks `python tune/run.py` imports.
+    optuna.create_study(storage=make_storage(None, tmp_path, "taken"), study_name="taken")
+    proc = _cli("--results-dir", str(tmp_path), "--name", "taken", cwd=tmp_path)
+    last = proc.stderr.splitlines()[-1]
+    assert proc.returncode == 2 and "--resume taken" in last
+
+
+def test_resume_of_unknown_name_exits_2(tmp_path, capsys):
+    assert "'ghost'" in _error(capsys, "--results-dir", str(tmp_path), "--resume", "ghost")
+
+
+def test_report_of_unknown_name_exits_2(tmp_path, capsys):
+    assert "'ghost'" in _error(capsys, "--results-dir", str(tmp_path), "--report", "ghost")
+
+
+def test_remote_results_dir_needs_storage(capsys):
+    assert "--storage" in _error(capsys, "--results-dir", "s3://bucket/prefix", "--name", "x")
+
+
+def test_searched_keys_of_default_space_cover_its_conditional_params():
+    keys = searched_keys("default")
+    assert {"finetune.method", "finetune.lora_rank", "prehab.lambda", "compress.tau_svd"} <= keys
+
+
+def test_build_base_types_override_values():
+    base = build_base(PRESETS["digits"], {"finetune.epochs": "2"}, "compress_only")
+    assert base["finetune.epochs"] == 2

@@ -1,0 +1,130 @@
+import math
+
+import optuna
+import pytest
+
+import search_spaces
+from search_spaces import SEED_CONFIG, available_spaces, load_space, seed_points
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _sample_configs(name: str, n: int, seed: int = 0) -> list[dict]:
+    """Run the space through a random-sampling study; return each trial's full config."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    space = load_space(name)
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        constants = space(trial) or {}
+        configs.append({**trial.params, **constants})
+        study.tell(trial, 0.0)
+    return configs
+
+
+def _enqueue_and_ask(name: str, point: dict) -> tuple[dict, dict]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    study.enqueue_trial(point)
+    trial = study.ask()
+    constants = load_space(name)(trial) or {}
+    return trial.params, {**trial.params, **constants}
+
+
+def test_available_spaces_lists_the_space_files():
+    assert available_spaces() == ["compress_only", "default", "seed_only"]
+
+
+def test_unknown_space_error_lists_available_names():
+    with pytest.raises(ValueError, match="nope.*compress_only, default, seed_only"):
+        load_space("nope")
+
+
+def test_private_module_is_not_a_space():
+    with pytest.raises(ValueError):
+        load_space("_seed")
+
+
+def test_default_space_suggests_lora_rank_only_for_lora():
+    for config in _sample_configs("default", 60):
+        assert ("finetune.lora_rank" in config) == (config["finetune.method"] == "lora")
+
+
+def test_default_space_values_stay_in_their_ranges():
+    for config in _sample_configs("default", 60):
+        assert config["finetune.method"] in {"head_only", "lora", "full"}
+        for key in ("compress.tau_heads", "compress.tau_mlp", "compress.tau_svd"):
+            assert 0.5 <= config[key] <= 1.0
+        assert config["compress.svd_space"] in {"raw", "whitened"}
+        assert 0.0 <= config["tokens.r_max"] <= 0.9
+        assert 0.5 <= config["tokens.alpha"] <= 3.0
+        lam = config["prehab.lambda"]
+        assert lam == 0.0 or 1e-4 <= lam <= 1e-1
+
+
+def test_default_space_always_sets_prehab_lambda_and_zero_only_when_disabled():
+    configs = _sample_configs("default", 60)
+    assert {c["prehab.enabled"] for c in configs} == {False, True}
+    for config in configs:
+        assert (config["prehab.lambda"] == 0.0) == (not config["prehab.enabled"])
+
+
+def test_prehab_lambda_is_log_uniform_in_optuna():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"prehab.enabled": True})
+    trial = study.ask()
+    load_space("default")(trial)
+    dist = trial.distributions["prehab.lambda"]
+    assert dist.log and (dist.low, dist.high) == (1e-4, 1e-1)
+
+
+def test_compress_only_space_searches_only_cheap_parameters():
+    keys = set().union(*(c.keys() for c in _sample_configs("compress_only", 10)))
+    assert keys == {
+        "compress.tau_heads", "compress.tau_mlp", "compress.tau_svd",
+        "compress.svd_space", "tokens.enabled", "tokens.r_max", "tokens.alpha",
+    }
+
+
+@pytest.mark.parametrize("name", ["default", "compress_only"])
+def test_no_token_pruning_is_a_real_option_and_r_max_is_zero_exactly_then(name):
+    configs = _sample_configs(name, 40)
+    assert {c["tokens.enabled"] for c in configs} == {False, True}
+    for config in configs:
+        assert (config["tokens.r_max"] == 0.0) == (not config["tokens.enabled"])
+
+
+def test_seed_only_space_always_yields_the_seed_config():
+    for config in _sample_configs("seed_only", 3):
+        assert config == dict(SEED_CONFIG)
+
+
+@pytest.mark.parametrize("name", ["default", "compress_only", "seed_only"])
+def test_seed_point_is_accepted_unchanged_when_enqueued(name):
+    (point,) = seed_points(name, {"finetune.method": "full"})
+    params, _ = _enqueue_and_ask(name, point)
+    assert params == point
+
+
+@pytest.mark.parametrize("name", ["default", "compress_only", "seed_only"])
+def test_seed_point_config_matches_seed_config(name):
+    (point,) = seed_points(name, {"finetune.method": "full"})
+    _, config = _enqueue_and_ask(name, point)
+    for key in set(config) & set(SEED_CONFIG):
+        assert math.isclose(config[key], SEED_CONFIG[key]) if isinstance(
+            SEED_CONFIG[key], float
+        ) else config[key] == SEED_CONFIG[key]
+
+
+def test_default_seed_point_takes_method_from_preset():
+    (point,) = seed_points("default", {"finetune.method": "lora", "finetune.lora_rank": 8})
+    assert point["finetune.method"] == "lora" and point["finetune.lora_rank"] == 8
+
+
+def test_seed_values_win_over_preset_values():
+    (point,) = seed_points("compress_only", {"compress.tau_heads": 0.5})
+    assert point["compress.tau_heads"] == 0.89
+
+
+def test_seed_config_is_read_only():
+    with pytest.raises(TypeError):
+        search_spaces.SEED_CONFIG["tokens.r_max"] = 0.5

@@ -1,0 +1,253 @@
+"""End to end through the real CLI: a 4-trial digits sweep, its reports, --report, --debug-trial,
+and resume after a killed driver.
+
+All sweeps share one results root, so only the first trial of the first sweep pretrains and
+fine-tunes (tiny epochs); every later trial is a cache hit.
+"""
+
+import io
+import json
+import os
+import pickle
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from tune.callbacks import ProgressLog, finished_trial_ids, format_trial_line
+from tune.summary import reference_point
+from tune.sweep import SweepSettings
+
+REPO = Path(__file__).resolve().parents[2]
+RUN = str(REPO / "tune" / "run.py")
+TINY = ["--space", "compress_only", "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1",
+        "--set", "data.train_limit=300", "--set", "data.val_limit=120", "--set", "eval.latency_repeats=3"]
+OBJECTIVES = [("val_auroc", "max"), ("params", "min"), ("latency_ms", "min")]
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="module")
+def env():
+    ray_tmp = tempfile.mkdtemp(prefix="vsr", dir="/tmp")  # Ray's socket paths must stay short
+    environment = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
+                   "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    environment.pop("WANDB_API_KEY", None)
+    environment.pop("RAY_ADDRESS", None)
+    return environment
+
+
+def _fake_trial(trial_id, **result):
+    return SimpleNamespace(trial_id=trial_id, config={"compress.tau_mlp": 0.9},
+                           last_result=result, error_file="/x/error.txt")
+
+
+def test_progress_line_shows_params_objectives_cache_and_seconds():
+    line = format_trial_line(3, 24, {"compress.tau_mlp": 0.9},
+                             {"val_auroc": 0.91, "params": 312000, "cache_hit_finetune": True, "trial_s": 9.6},
+                             ["val_auroc", "params"])
+    assert line == "[  3/24] tau_mlp=0.9 | val_auroc 0.91 params 312k | cache hit finetune miss - | 10 s"
+
+
+def test_progress_log_records_finished_and_failed_trial_ids(tmp_path):
+    record = tmp_path / "progress.jsonl"
+    progress = ProgressLog(str(record), total=2, objectives=["val_auroc"], stream=io.StringIO())
+    progress.on_trial_complete(1, [], _fake_trial("a", val_auroc=0.7))
+    progress.on_trial_error(2, [], _fake_trial("b"))
+    assert finished_trial_ids(record) == ["a", "b"]
+
+
+def test_progress_log_pickles_without_its_stream(tmp_path):
+    progress = ProgressLog(str(tmp_path / "p.jsonl"), total=1, objectives=[], stream=io.StringIO())
+    assert pickle.loads(pickle.dumps(progress)).record_path == progress.record_path
+
+
+def _settings(**changes):
+    fields = dict(name="s", results_dir="/r", storage_url=None, preset="digits", space="compress_only",
+                  sampler="tpe", seed=0, objectives=tuple(OBJECTIVES), num_samples=4, max_concurrent=2,
+                  trial_resources={"cpu": 0.1}, max_failures=1, base={})
+    return SweepSettings(**{**fields, **changes})
+
+
+def test_settings_json_leaves_out_a_storage_password():
+    text = _settings(storage_url="postgresql://me:hunter2@db/x").to_json()
+    assert "hunter2" not in text
+    with pytest.raises(ValueError, match="--storage"):
+        SweepSettings.from_json(text)
+
+
+def test_settings_json_round_trips():
+    settings = _settings(base={"finetune.epochs": 1})
+    assert SweepSettings.from_json(settings.to_json()) == settings
+
+
+def test_reference_point_is_chance_auroc_uncompressed_params_worst_latency():
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for auroc, params, latency in ((0.9, 100.0, 2.0), (0.8, 50.0, 3.0)):
+        trial = study.ask()
+        trial.set_user_attr("params_uncompressed", 400)
+        study.tell(trial, [auroc, params, latency])
+    assert reference_point(study, OBJECTIVES) == {"val_auroc": 0.5, "params": 400.0, "latency_ms": 3.0}
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill what is left of the process group the CLI started (its Ray processes)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _cli(env, *args, timeout=540):
+    proc = subprocess.Popen([sys.executable, RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO.parent, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        _kill_group(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _study(results, name):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{results / name / 'optuna.db'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.fixture(scope="module")
+def sweep4(results, env):
+    proc = _cli(env, "--results-dir", str(results), "--name", "four", "--num-samples", "4",
+                "--max-concurrent", "2", "--wandb", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_study_has_four_complete_trials(results, sweep4):
+    states = [t.state for t in _study(results, "four").trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 4
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_study_has_named_directions(results, sweep4):
+    study = _study(results, "four")
+    assert study.metric_names == [n for n, _ in OBJECTIVES]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE", "MINIMIZE"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_evaluates_seed_first(results, sweep4):
+    first = _study(results, "four").trials[0]
+    assert first.params["compress.tau_heads"] == 0.89 and first.params["tokens.enabled"] is False
+    assert first.user_attrs["config"]["tokens.r_max"] == 0.0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_writes_reports(results, sweep4):
+    for name in ("pareto.md", "pareto.csv", "trials.parquet", "hypervolume.csv", "hypervolume.png",
+                 "pareto_val_auroc__params.png"):
+        assert (results / "four" / name).is_file(), name
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_front_holds_only_non_dominated_trials(results, sweep4):
+    trials = pd.read_parquet(results / "four" / "trials.parquet")
+    losses = np.stack([-trials[n] if m == "max" else trials[n] for n, m in OBJECTIVES], axis=1)
+    front = pd.read_csv(results / "four" / "pareto.csv")
+    numbers = front.loc[front["role"] == "front", "number"].tolist()
+    assert numbers
+    for number in numbers:
+        mine = losses[trials["number"] == number][0]
+        dominated = np.all(losses <= mine, axis=1) & np.any(losses < mine, axis=1)
+        assert not dominated.any(), number
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_prints_front_and_dashboard_command(sweep4):
+    assert "| front |" in sweep4.stdout and "optuna-dashboard sqlite:///" in sweep4.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_logs_each_trial_and_front_to_wandb_offline(results, sweep4):
+    runs = list((results / "four" / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 5  # 4 trials + the Pareto table
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_report_rebuilds_reports(results, env, sweep4):
+    (results / "four" / "pareto.md").unlink()
+    proc = _cli(env, "--results-dir", str(results), "--report", "four", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (results / "four" / "pareto.md").is_file()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_debug_trial_prints_metrics(results, env, sweep4):
+    proc = _cli(env, "--results-dir", str(results), "--debug-trial", *TINY, "--set", "tokens.r_max=0.3",
+                timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = {line.split()[0]: line.split()[1] for line in proc.stdout.splitlines() if len(line.split()) == 2}
+    assert 0.0 <= float(lines["val_auroc"]) <= 1.0 and lines["cache_hit_finetune"] == "True"
+
+
+def _complete_count(db: Path) -> int:
+    if not db.is_file():
+        return 0
+    with sqlite3.connect(db, timeout=10) as conn:
+        try:
+            return conn.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_resume_after_killed_driver_ends_with_exactly_num_samples(results, env, sweep4):
+    args = ["--results-dir", str(results), "--name", "killed", "--num-samples", "5",
+            "--max-concurrent", "1", *TINY]
+    proc = subprocess.Popen([sys.executable, RUN, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, cwd=REPO.parent, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while _complete_count(results / "killed" / "optuna.db") < 1:
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+    finally:
+        _kill_group(proc)  # the driver and its local Ray, as a crash would
+        proc.wait()
+    done_before = _complete_count(results / "killed" / "optuna.db")
+    assert done_before < 5
+
+    resumed = _cli(env, "--results-dir", str(results), "--resume", "killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = _study(results, "killed").trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 5
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    tune_ids = [t.user_attrs["tune_trial_id"] for t in complete]
+    assert len(set(tune_ids)) == 5
+    configs = {json.dumps(t.params, sort_keys=True) for t in complete}
+    assert len(configs) == 5

@@ -1,0 +1,379 @@
+"""Typed, validated stage configs built from the flat dotted-key dict a trial receives.
+
+Every key is `<section>.<field>` (e.g. `finetune.lora_rank`, `compress.tau_mlp`). The
+defaults are the embedded digits preset, so `TrialConfig.from_flat({})` is a trial that
+runs anywhere without a download. Presets, the search space and `--set` overrides are all
+flat dicts layered on top; `from_flat` is the one place they become typed configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from compress import CompressionPlan
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _at_least(key: str, value: float, low: float, *, strict: bool = False) -> None:
+    bad = not math.isfinite(value) or (value <= low if strict else value < low)
+    if bad:
+        raise ValueError(f"{key} must be {'>' if strict else '>='} {low}, got {value!r}")
+
+
+def _fraction(key: str, value: float, *, closed_low: bool = True, closed_high: bool = True) -> None:
+    ok = (value >= 0 if closed_low else value > 0) and (value <= 1 if closed_high else value < 1)
+    if not (math.isfinite(value) and ok):
+        interval = f"{'[' if closed_low else '('}0, 1{']' if closed_high else ')'}"
+        raise ValueError(f"{key} must be in {interval}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"          # "digits" (embedded, written on first use) or "pcam"
+    root: str = ""                   # "" = <results>/data/digits for digits, data/pcam for pcam
+    image_size: int = 32             # model input resolution; PCam is 96 native, 224 standard
+    train_limit: int = 0             # 0 = the whole split
+    val_limit: int = 0
+    test_limit: int = 0
+    loader_workers: int = 0          # DataLoader worker processes per training worker
+    normalize: bool = True
+
+    def __post_init__(self):
+        _choice("data.dataset", self.dataset, ("digits", "pcam"))
+        _at_least("data.image_size", self.image_size, 8)
+        for name in ("train_limit", "val_limit", "test_limit", "loader_workers"):
+            _at_least(f"data.{name}", getattr(self, name), 0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "digits-vit"     # a name from trainables.model.BACKBONES
+    weights: str = ""                # "" = random init (then pretrain.epochs should be > 0), a directory or HF id
+    pooling: str = "cls"
+    num_classes: int = 2
+
+    def __post_init__(self):
+        from trainables.model import BACKBONES, POOLINGS
+
+        _choice("model.backbone", self.backbone, tuple(BACKBONES))
+        _choice("model.pooling", self.pooling, POOLINGS)
+        _at_least("model.num_classes", self.num_classes, 2)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Supervised pretraining of a randomly initialised backbone on the 10-class digit labels."""
+
+    epochs: int = 15                 # 0 = no pretrain stage (weights come from model.weights)
+    lr: float = 2e-3
+    batch_size: int = 64
+    weight_decay: float = 0.05
+
+    def __post_init__(self):
+        _at_least("pretrain.epochs", self.epochs, 0)
+        _at_least("pretrain.lr", self.lr, 0, strict=True)
+        _at_least("pretrain.batch_size", self.batch_size, 1)
+        _at_least("pretrain.weight_decay", self.weight_decay, 0)
+
+
+FINETUNE_METHODS = ("head_only", "lora", "full")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    method: str = "full"
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 2e-3                 # head learning rate (LoRA adapters use it too)
+    backbone_lr: float = 2e-4        # backbone learning rate for method=full
+    weight_decay: float = 0.05       # never applied to norms, biases, tokens
+    warmup_frac: float = 0.1
+    grad_clip: float = 1.0           # 0 = no clipping
+    lora_rank: int = 8
+    lora_alpha: float = 0.0          # 0 = 2 * lora_rank
+    lora_mlp: bool = False           # also adapt up/down projections
+    train_norms_biases: bool = False # head_only: also train LayerNorms and biases
+    precision: str = "auto"          # auto = bf16 autocast on CUDA devices that support it
+    grad_checkpointing: bool = False
+    workers: int = 1                 # Ray Train workers (DDP across GPUs; 1 on CPU/MPS)
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self):
+        _choice("finetune.method", self.method, FINETUNE_METHODS)
+        _choice("finetune.precision", self.precision, PRECISIONS)
+        _at_least("finetune.epochs", self.epochs, 1)
+        _at_least("finetune.batch_size", self.batch_size, 1)
+        _at_least("finetune.lr", self.lr, 0, strict=True)
+        _at_least("finetune.backbone_lr", self.backbone_lr, 0, strict=True)
+        _at_least("finetune.weight_decay", self.weight_decay, 0)
+        _fraction("finetune.warmup_frac", self.warmup_frac, closed_high=False)
+        _at_least("finetune.grad_clip", self.grad_clip, 0)
+        _at_least("finetune.lora_rank", self.lora_rank, 1)
+        _at_least("finetune.lora_alpha", self.lora_alpha, 0)
+        _at_least("finetune.workers", self.workers, 1)
+        _at_least("finetune.cpus_per_worker", self.cpus_per_worker, 0, strict=True)
+
+    def key_fields(self) -> dict[str, Any]:
+        """Return the fields that change the trained weights (what keys the stage cache)."""
+        fields = dataclasses.asdict(self)
+        for name in ("workers", "cpus_per_worker", "grad_checkpointing"):
+            fields.pop(name)
+        if self.method != "lora":
+            for name in ("lora_rank", "lora_alpha", "lora_mlp"):
+                fields.pop(name)
+        if self.method != "full":
+            fields.pop("backbone_lr")
+        if self.method != "head_only":
+            fields.pop("train_norms_biases")
+        return fields
+
+
+PREHAB_KINDS = ("stable_rank", "nuclear", "effective_rank")
+
+
+@dataclass(frozen=True)
+class PrehabConfig:
+    """Low-rank "prehab": a short run of task loss + lambda * rank surrogate before SVD."""
+
+    lambda_: float = 0.0             # flat key: prehab.lambda; 0 = no prehab stage
+    kind: str = "nuclear"
+    space: str = "raw"               # "whitened" measures rank in the input-whitened space WL
+    epochs: int = 1
+    lr: float = 1e-4
+
+    def __post_init__(self):
+        _at_least("prehab.lambda", self.lambda_, 0)
+        _choice("prehab.kind", self.kind, PREHAB_KINDS)
+        _choice("prehab.space", self.space, ("raw", "whitened"))
+        _at_least("prehab.epochs", self.epochs, 1)
+        _at_least("prehab.lr", self.lr, 0, strict=True)
+
+    @property
+    def enabled(self) -> bool:
+        return self.lambda_ > 0
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Calibration batches (train split, no augmentation) for whitening statistics."""
+
+    batches: int = 8
+    batch_size: int = 32
+
+    def __post_init__(self):
+        _at_least("calib.batches", self.batches, 1)
+        _at_least("calib.batch_size", self.batch_size, 1)
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    tau_heads: float = 1.0
+    tau_mlp: float = 1.0
+    tau_svd: float = 1.0
+    svd_space: str = "raw"
+    svd_targets: str = "q,k,v,o,up,down"   # comma-separated roles
+
+    def __post_init__(self):
+        for name in ("tau_heads", "tau_mlp", "tau_svd"):
+            _fraction(f"compress.{name}", getattr(self, name), closed_low=False)
+        _choice("compress.svd_space", self.svd_space, ("raw", "whitened"))
+        roles = ("q", "k", "v", "o", "up", "down", "gate")
+        for role in self.targets:
+            _choice("compress.svd_targets (each)", role, roles)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.svd_targets.split(",") if t.strip())
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    r_max: float = 0.0
+    alpha: float = 1.0
+    fuse: bool = False
+
+    def __post_init__(self):
+        _fraction("tokens.r_max", self.r_max, closed_high=False)
+        _at_least("tokens.alpha", self.alpha, 0, strict=True)
+
+
+@dataclass(frozen=True)
+class RecoverConfig:
+    """Optional short LoRA fine-tune of the compressed model, merged back."""
+
+    epochs: int = 0                  # 0 = no recovery stage
+    lora_rank: int = 8
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        _at_least("recover.epochs", self.epochs, 0)
+        _at_least("recover.lora_rank", self.lora_rank, 1)
+        _at_least("recover.lr", self.lr, 0, strict=True)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    split: str = "valid"             # the search is scored on valid; test only in final evaluation
+    batch_size: int = 256
+    tta: bool = False
+    latency_batch: int = 8
+    latency_repeats: int = 15
+    latency_warmup: int = 3
+
+    def __post_init__(self):
+        _choice("eval.split", self.split, ("valid", "test"))
+        for name in ("batch_size", "latency_batch", "latency_repeats"):
+            _at_least(f"eval.{name}", getattr(self, name), 1)
+        _at_least("eval.latency_warmup", self.latency_warmup, 0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"             # auto = cuda, else mps, else cpu
+
+    def __post_init__(self):
+        _choice("run.device", self.device, ("auto", "cpu", "cuda", "mps"))
+
+
+# Flat-key sections, and fields whose flat name differs from the Python name.
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "pretrain": PretrainConfig,
+    "finetune": FinetuneConfig, "prehab": PrehabConfig, "calib": CalibConfig,
+    "compress": CompressConfig, "tokens": TokensConfig, "recover": RecoverConfig,
+    "eval": EvalConfig, "run": RunConfig,
+}
+_RENAMED = {("prehab", "lambda"): "lambda_"}
+
+
+def known_keys() -> list[str]:
+    """Return every accepted flat key, sorted."""
+    keys = ["prehab.enabled", "tokens.enabled"]
+    for section, cls in _SECTIONS.items():
+        renamed_back = {v: k for (s, k), v in _RENAMED.items() if s == section}
+        keys += [f"{section}.{renamed_back.get(f.name, f.name)}" for f in dataclasses.fields(cls)]
+    return sorted(keys)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Return `value` as the field's type; strings from `--set` are parsed, mismatches raise."""
+    target = annotation
+    if isinstance(value, str) and target is not str:
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            if value.lower() in ("true", "false"):
+                value = value.lower() == "true"
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+    elif target is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif target is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif target is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(target, "__name__", str(target))
+    raise TypeError(f"{key} must be {name}, got {value!r} ({type(value).__name__})")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    prehab: PrehabConfig = field(default_factory=PrehabConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+    recover: RecoverConfig = field(default_factory=RecoverConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> "TrialConfig":
+        """Return the typed config for a flat dotted-key dict; unknown keys and bad values raise."""
+        grouped: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
+        flat = dict(flat)
+        # The search spaces' switches for lambda in {0} U [1e-4, 1e-1] and r_max in {0} U (0, 0.9]:
+        # the value alone decides, a switch must agree with it.
+        switches = {name: flat.pop(f"{name}.enabled") for name in ("prehab", "tokens")
+                    if f"{name}.enabled" in flat}
+        for key, value in flat.items():
+            section, _, name = str(key).partition(".")
+            if section not in _SECTIONS or not name:
+                raise ValueError(_unknown_key_message(key))
+            field_name = _RENAMED.get((section, name), name)
+            hints = typing.get_type_hints(_SECTIONS[section])
+            if field_name not in hints:
+                raise ValueError(_unknown_key_message(key))
+            grouped[section][field_name] = _coerce(key, value, hints[field_name])
+        config = cls(**{section: _SECTIONS[section](**values) for section, values in grouped.items()})
+        active = {"prehab": (config.prehab.enabled, "prehab.lambda", config.prehab.lambda_),
+                  "tokens": (config.tokens.r_max > 0, "tokens.r_max", config.tokens.r_max)}
+        for name, switch in switches.items():
+            on, value_key, value = active[name]
+            if _coerce(f"{name}.enabled", switch, bool) != on:
+                raise ValueError(f"{name}.enabled={switch} contradicts {value_key}={value} "
+                                 f"({name} is on exactly when {value_key} > 0)")
+        return config
+
+    def to_flat(self) -> dict[str, Any]:
+        """Return the flat dotted-key dict that `from_flat` turns back into this config."""
+        flat = {}
+        for section in _SECTIONS:
+            renamed_back = {v: k for (s, k), v in _RENAMED.items() if s == section}
+            for name, value in dataclasses.asdict(getattr(self, section)).items():
+                flat[f"{section}.{renamed_back.get(name, name)}"] = value
+        return flat
+
+    def plan(self) -> CompressionPlan:
+        """Return the compression plan (structural methods and token pruning) of this trial."""
+        return CompressionPlan(
+            tau_heads=self.compress.tau_heads, tau_mlp=self.compress.tau_mlp,
+            tau_svd=self.compress.tau_svd, svd_space=self.compress.svd_space,
+            svd_targets=self.compress.targets, r_max=self.tokens.r_max,
+            alpha=self.tokens.alpha, fuse_pruned_tokens=self.tokens.fuse,
+        )
+
+
+def _unknown_key_message(key: Any) -> str:
+    keys = known_keys()
+    close = difflib.get_close_matches(str(key), keys, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(keys)}"
+    return f"unknown config key {key!r}{hint}"
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """Return {key: raw value} from `--set key=value` strings; values are typed by from_flat."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value (e.g. compress.tau_mlp=0.9), got {pair!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+__all__ = [
+    "CalibConfig", "CompressConfig", "DataConfig", "EvalConfig", "FinetuneConfig",
+    "ModelConfig", "PrehabConfig", "PretrainConfig", "RecoverConfig", "RunConfig",
+    "TokensConfig", "TrialConfig", "known_keys", "parse_overrides",
+]

@@ -1,0 +1,81 @@
+"""Score a (compressed) classifier: split metrics, parameter count, GFLOPs and latency."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from compress import count_params
+from trainables.config import TrialConfig
+from trainables.finetune import make_dataset, predict
+from trainables.latency import count_gflops, measure_latency
+from trainables.metrics import classification_metrics, tta_probs
+
+log = logging.getLogger(__name__)
+
+
+def split_metrics(model: nn.Module, cfg: TrialConfig, data_root: str, split: str,
+                  device: torch.device) -> dict[str, float]:
+    """Return classification metrics of the model on a split, prefixed with the split ('val_'/'test_')."""
+    dataset = make_dataset(cfg, data_root, split)
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
+                        num_workers=cfg.data.loader_workers)
+    model = model.to(device).eval()
+    if cfg.eval.tta:
+        labels, probs = [], []
+        for x, y in loader:
+            probs.append(tta_probs(model, x.to(device)).cpu())
+            labels.append(y)
+        labels, probs = torch.cat(labels), torch.cat(probs)
+    else:
+        labels, probs = predict(model, loader, device)
+    prefix = "val" if split == "valid" else split
+    return {f"{prefix}_{name}": value for name, value in classification_metrics(labels, probs).items()}
+
+
+@contextlib.contextmanager
+def timing_lock(device: torch.device):
+    """Hold a host-wide lock for this device while timing, so concurrent trials on one machine
+    take turns instead of timing each other's load."""
+    path = Path(tempfile.gettempdir()) / f"vitsweep-latency-{device.type}.lock"
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> dict[str, Any]:
+    """Return params, GFLOPs per image, and latency (median ms per image, IQR, throughput, device)."""
+    shape = (3, cfg.data.image_size, cfg.data.image_size)
+    model = model.to(device).eval()
+    with timing_lock(device):
+        latency = measure_latency(model, shape, device=device, warmup=cfg.eval.latency_warmup,
+                                  repeats=cfg.eval.latency_repeats, batch_size=cfg.eval.latency_batch)
+    return {
+        "params": count_params(model),
+        "gflops": count_gflops(model, shape),
+        "latency_ms": latency.latency_ms,
+        "latency_ms_spread": latency.latency_ms_spread,
+        "throughput_img_s": latency.throughput_img_s,
+        "latency_batch": latency.batch_size,
+        "device": latency.device_name,
+    }
+
+
+def check_finite(metrics: dict[str, Any], names: list[str]) -> None:
+    """Raise if any named metric is missing or not a finite number (a diverged trial must fail)."""
+    for name in names:
+        value = metrics.get(name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise FloatingPointError(f"metric {name} is {value!r}, not a finite number: the trial failed")

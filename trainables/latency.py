@@ -1,0 +1,162 @@
+"""Inference latency and FLOP counts of a vision model on one device."""
+
+import copy
+import logging
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Timing of repeated forward passes; spreads are interquartile ranges (q75 - q25)."""
+
+    latency_ms: float
+    latency_ms_spread: float
+    throughput_img_s: float
+    batch_size: int
+    device_name: str
+    repeats: int
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    *,
+    device: str | torch.device | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+    batch_size: int,
+) -> LatencyResult:
+    """Return the median per-image latency (and its IQR) of `model` on random (batch_size, *input_shape) inputs.
+
+    latency_ms = median_i(t_i) / batch_size, latency_ms_spread = IQR_i(t_i) / batch_size,
+    throughput_img_s = batch_size / median_i(t_i), over `repeats` timed runs after
+    `warmup` untimed ones, each under torch.inference_mode with the device synchronised
+    before and after. `device` defaults to the model's; when given, the model is moved
+    there in place. The model is timed in eval mode and its training flag restored.
+    """
+    _check_input_shape(input_shape)
+    _check_count("batch_size", batch_size, minimum=1)
+    _check_count("warmup", warmup, minimum=0)
+    _check_count("repeats", repeats, minimum=1)
+    target = _model_device(model) if device is None else torch.device(device)
+    model.to(target)
+    inputs = torch.randn((batch_size, *input_shape), device=target, dtype=_model_dtype(model))
+
+    was_training = model.training
+    model.eval()
+    run_times_s = []
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(inputs)
+            for _ in range(repeats):
+                _synchronize(target)
+                start_s = time.perf_counter()
+                model(inputs)
+                _synchronize(target)
+                run_times_s.append(time.perf_counter() - start_s)
+    finally:
+        model.train(was_training)
+
+    median_s = statistics.median(run_times_s)
+    quartiles_s = statistics.quantiles(run_times_s, n=4) if repeats > 1 else [median_s] * 3
+    return LatencyResult(
+        latency_ms=median_s * 1000.0 / batch_size,
+        latency_ms_spread=(quartiles_s[2] - quartiles_s[0]) * 1000.0 / batch_size,
+        throughput_img_s=batch_size / median_s,
+        batch_size=batch_size,
+        device_name=device_name(target),
+        repeats=repeats,
+    )
+
+
+def count_gflops(model: nn.Module, input_shape: tuple[int, int, int]) -> float:
+    """Return GFLOPs per image (one multiply-add = 2 FLOPs) of a forward pass on a (1, *input_shape) input.
+
+    Counted with torch.utils.flop_counter.FlopCounterMode on a deep copy of the model
+    whose transformers sub-models are switched to eager attention, because the CPU
+    scaled-dot-product-attention kernel is not counted (the eager matmuls are). The
+    forward runs as the model is configured, so token-pruned models are counted with
+    the token counts they actually process.
+    """
+    _check_input_shape(input_shape)
+    counted = copy.deepcopy(model)
+    _use_eager_attention(counted)
+    counted.eval()
+    inputs = torch.randn((1, *input_shape), device=_model_device(counted), dtype=_model_dtype(counted))
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        counted(inputs)
+    return counter.get_total_flops() / 1e9
+
+
+def device_name(device: str | torch.device) -> str:
+    """Return a human-readable name of `device`: the GPU model, or the CPU model and torch's thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return f"Apple MPS ({platform.machine()})"
+    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+
+
+def _use_eager_attention(model: nn.Module) -> None:
+    """Switch every transformers PreTrainedModel inside `model` to eager attention."""
+    from transformers import PreTrainedModel
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and module.config._attn_implementation != "eager":
+            module.set_attn_implementation("eager")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        logger.debug("no /proc/cpuinfo; falling back to platform.processor()")
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    first = next(model.parameters(), None)
+    return first.dtype if first is not None and first.is_floating_point() else torch.float32
+
+
+def _check_input_shape(input_shape) -> None:
+    if (
+        not isinstance(input_shape, (tuple, list))
+        or len(input_shape) != 3
+        or not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in input_shape)
+    ):
+        raise ValueError(f"input_shape must be (channels, height, width) of ints >= 1, got {input_shape!r}")
+
+
+def _check_count(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")

@@ -1,0 +1,211 @@
+"""DINOv3 ViT backbones by name, and the classifier (backbone + linear head) every trial trains.
+
+Weights are loaded apart from the architecture: `build_classifier` takes a backbone name
+(which fixes the architecture) and, optionally, where its weights come from — a local
+directory in Hugging Face layout (config.json + safetensors) or a Hugging Face id.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, DINOv3ViTConfig, DINOv3ViTModel
+
+log = logging.getLogger(__name__)
+
+# Architectures by name. The two real ones follow Meta's released configs (LVD-1689M
+# checkpoints); `digits-vit` is a small ViT for the embedded 32x32 digits dataset.
+BACKBONES: dict[str, dict[str, Any]] = {
+    "dinov3-vits16": dict(
+        hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6,
+        num_register_tokens=4, patch_size=16, image_size=224, layerscale_value=1e-5,
+    ),
+    "dinov3-vitb16": dict(
+        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        num_register_tokens=4, patch_size=16, image_size=224, layerscale_value=1e-5,
+    ),
+    "digits-vit": dict(
+        hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+        num_register_tokens=2, patch_size=4, image_size=32, layerscale_value=1.0,
+        pos_embed_rescale=None,
+    ),
+}
+
+HF_IDS = {
+    "dinov3-vits16": "facebook/dinov3-vits16-pretrain-lvd1689m",
+    "dinov3-vitb16": "facebook/dinov3-vitb16-pretrain-lvd1689m",
+}
+
+POOLINGS = ("cls", "mean", "cls+mean")
+
+
+class ViTClassifier(nn.Module):
+    """A DINOv3 ViT backbone with a linear head on pooled features; forward returns logits."""
+
+    def __init__(self, backbone: DINOv3ViTModel, num_classes: int, pooling: str = "cls"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"model.num_classes must be an integer >= 2, got {num_classes!r}")
+        self.backbone = backbone
+        self.pooling = pooling
+        self.num_classes = num_classes
+        width = backbone.config.hidden_size * (2 if pooling == "cls+mean" else 1)
+        self.head = nn.Linear(width, num_classes)
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Return pooled features (batch, width) from the backbone's normalised tokens."""
+        tokens = self.backbone(pixel_values=pixel_values).last_hidden_state
+        cls = tokens[:, 0]
+        # Mean over patch tokens only: register tokens carry no spatial content.
+        prefix = 1 + self.backbone.config.num_register_tokens
+        mean = tokens[:, prefix:].mean(dim=1)
+        if self.pooling == "cls":
+            return cls
+        if self.pooling == "mean":
+            return mean
+        return torch.cat([cls, mean], dim=-1)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(pixel_values))
+
+    def spec(self) -> dict[str, Any]:
+        """Return the JSON-able description `from_spec` rebuilds this architecture from."""
+        return {
+            "backbone_config": self.backbone.config.to_dict(),
+            "num_classes": self.num_classes,
+            "pooling": self.pooling,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "ViTClassifier":
+        """Return a randomly initialised classifier with the architecture `spec` describes."""
+        config = DINOv3ViTConfig.from_dict(dict(spec["backbone_config"]))
+        return cls(DINOv3ViTModel(config), spec["num_classes"], spec["pooling"])
+
+
+def backbone_config(name: str, **overrides: Any) -> DINOv3ViTConfig:
+    """Return the DINOv3ViTConfig of a named backbone (see BACKBONES), with overrides applied."""
+    if name not in BACKBONES:
+        raise ValueError(f"model.backbone must be one of {', '.join(BACKBONES)}, got {name!r}")
+    return DINOv3ViTConfig(**{**BACKBONES[name], **overrides})
+
+
+def load_backbone(weights: str | Path, *, token: str | None = None) -> DINOv3ViTModel:
+    """Return a DINOv3ViTModel loaded from a local directory or a Hugging Face id.
+
+    Offline mode (HF_HUB_OFFLINE=1) is honoured by huggingface_hub itself; a gated model
+    needs a token (argument, `hf auth login`, or HF_TOKEN in the environment).
+    """
+    where = str(weights)
+    local = Path(where).expanduser()
+    is_local = local.exists()
+    if not is_local and (where.startswith((".", "/", "~")) or where.count("/") != 1):
+        raise FileNotFoundError(
+            f"model.weights {where!r} is neither an existing directory nor a Hugging Face id "
+            "(owner/name). Pass a directory holding config.json and model.safetensors, or an id "
+            f"such as {HF_IDS['dinov3-vits16']!r}."
+        )
+    if is_local and not (local / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.weights {where!r} has no config.json: expected a DINOv3 checkpoint directory "
+            "as written by save_pretrained (config.json + model.safetensors)"
+        )
+    source = str(local) if is_local else where
+    try:
+        config = AutoConfig.from_pretrained(source, token=token)
+    except OSError as err:
+        raise _explain_load_failure(where, is_local, err) from None
+    _check_model_type(where, config)
+    try:
+        return DINOv3ViTModel.from_pretrained(source, token=token, attn_implementation="sdpa")
+    except OSError as err:
+        raise _explain_load_failure(where, is_local, err) from None
+
+
+def _explain_load_failure(where: str, is_local: bool, err: OSError) -> OSError:
+    text = str(err)
+    if is_local:
+        return FileNotFoundError(
+            f"model.weights {where!r}: could not load a DINOv3 checkpoint from this directory "
+            f"({text.splitlines()[0]}); expected config.json and model.safetensors as written by "
+            "save_pretrained"
+        )
+    if "gated" in text.lower() or "401" in text or "403" in text:
+        return PermissionError(
+            f"model.weights {where!r} is gated on Hugging Face: accept the licence on its model "
+            "page, then run `hf auth login` (or set HF_TOKEN), or download it elsewhere and pass "
+            "the local directory"
+        )
+    return OSError(
+        f"model.weights {where!r} could not be fetched from Hugging Face ({text.splitlines()[0]}). "
+        "Offline or no access? Download it where you have access (`hf download "
+        f"{where} --local-dir DIR`) and pass DIR."
+    )
+
+
+def build_classifier(
+    backbone: str,
+    num_classes: int,
+    weights: str | Path | None = None,
+    pooling: str = "cls",
+    *,
+    token: str | None = None,
+) -> ViTClassifier:
+    """Return a ViTClassifier with the named architecture; random init unless `weights` is given.
+
+    With `weights`, the loaded checkpoint's config must agree with the named architecture on
+    width, depth and heads, so a preset cannot silently train a different model.
+    """
+    config = backbone_config(backbone)
+    if weights is None:
+        model = DINOv3ViTModel(config)
+    else:
+        model = load_backbone(weights, token=token)
+        _check_architecture(str(weights), model.config, backbone, config)
+    return ViTClassifier(model, num_classes, pooling)
+
+
+def _check_model_type(where: str, config: Any) -> None:
+    if config.model_type != "dinov3_vit":
+        raise ValueError(
+            f"model.weights {where!r} is a {config.model_type!r} checkpoint, not a DINOv3 ViT "
+            "(expected model_type 'dinov3_vit' in its config.json)"
+        )
+
+
+def _check_architecture(where: str, found_config: Any, backbone: str, config: DINOv3ViTConfig) -> None:
+    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size"):
+        found, expected = getattr(found_config, field, None), getattr(config, field)
+        if found != expected:
+            raise ValueError(
+                f"model.weights {where!r} has {field}={found}, but model.backbone "
+                f"{backbone!r} expects {expected}; choose the matching backbone name"
+            )
+
+
+def check_local_checkpoint(weights: str | Path, backbone: str) -> bool:
+    """Return True after checking that local directory `weights` holds a DINOv3 config matching
+    `backbone`, False when `weights` is not a local path (a Hugging Face id, or a path that
+    exists only on the cluster's workers); reads config.json only, never the weights."""
+    where = str(weights)
+    local = Path(where).expanduser()
+    if not local.exists():
+        return False
+    if not (local / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.weights {where!r} has no config.json: expected a DINOv3 checkpoint directory "
+            "as written by save_pretrained (config.json + model.safetensors)"
+        )
+    try:
+        found = AutoConfig.from_pretrained(str(local))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"model.weights {where!r}: unreadable config.json ({str(err).splitlines()[0]})") from None
+    _check_model_type(where, found)
+    _check_architecture(where, found, backbone, backbone_config(backbone))
+    return True

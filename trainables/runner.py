@@ -1,0 +1,193 @@
+"""Run one training stage either in this process or on Ray Train workers, and return its model.
+
+In-process (`backend="local"`) is what `--debug-trial` uses: breakpoints work, tqdm shows
+epochs and batches. On Ray (`backend="ray"`) the stage becomes a `TorchTrainer` run named
+`<stage>-<key>` on the sweep's storage, so a retried or restored trial resumes the same run
+from its last epoch checkpoint (RAY-NOTES: a new TorchTrainer with the same name and
+storage picks up its snapshot).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import ray.train
+import torch
+from torch import nn
+
+from trainables.refs import resolve_ref
+
+from trainables.finetune import (
+    DIVERGED_FILE, LocalSession, Session, TrainJob, best_model, load_state, pick_device,
+    raise_if_diverged, train_loop,
+)
+
+log = logging.getLogger(__name__)
+
+
+def make_penalty(job: TrainJob) -> Callable[[nn.Module], torch.Tensor] | None:
+    """Return lambda * low-rank surrogate over the SVD targets for prehab, else None."""
+    if job.stage != "prehab":
+        return None
+    from compress import load_input_stats, lowrank_penalty
+
+    cfg = job.config
+    stats = None
+    if cfg.prehab.space == "whitened":
+        if job.whitening_path is None:
+            raise ValueError("prehab.space 'whitened' needs whitening statistics (whitening_path)")
+        stats = load_input_stats(str(resolve_ref(job.whitening_path, job.cache_root)))
+    lam, kind, targets = cfg.prehab.lambda_, cfg.prehab.kind, cfg.compress.targets
+
+    def penalty(model: nn.Module) -> torch.Tensor:
+        return lam * lowrank_penalty(model, kind, whitening=stats, targets=targets)
+
+    return penalty
+
+
+class RayTrainSession(Session):
+    """A Ray Train worker: DDP across workers, checkpoints reported to Train's storage."""
+
+    def __init__(self, device: torch.device):
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = device
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        # Passing the device keeps Train from choosing cuda:N on an Apple machine (RAY-NOTES).
+        return ray.train.torch.prepare_model(model, move_to_device=self.device)
+
+    def prepare_loader(self, loader):
+        if self.world_size == 1:
+            return loader
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader, move_to_device=False)
+
+    def restore(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_state(Path(directory), self.device)
+
+    def save_checkpoint(self, directory, metrics):
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+EPOCHS_FILE = "epochs.jsonl"
+
+
+class EpochLog(ray.train.UserCallback):
+    """Train callback: append each epoch's metrics to <run folder>/epochs.jsonl, so the sweep's
+    progress view (which hides worker output) can show fine-tune progress as it happens."""
+
+    def __init__(self, path: str, run_name: str):
+        self.path, self.run_name = path, run_name
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        record = {"run": self.run_name, **(metrics[0] if metrics else {})}
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+
+
+def _worker_device(kind: str) -> torch.device:
+    if kind == "cuda":
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device(kind)
+
+
+def _ray_worker(config: dict) -> None:
+    """train_loop_per_worker: rebuild the job, train it, report checkpoints every epoch."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    job = TrainJob(**config["job"])
+    session = RayTrainSession(_worker_device(config["device"]))
+    try:
+        train_loop(job, session, make_penalty(job))
+    except FloatingPointError as err:
+        # Divergence is deterministic: raising would make Train restart the worker group and
+        # diverge again. Record it as the run's last checkpoint; the trial raises it once.
+        if session.rank != 0:
+            session.save_checkpoint(None, {"diverged": 1.0})
+            return
+        with tempfile.TemporaryDirectory(prefix="diverged-") as tmp:
+            (Path(tmp) / DIVERGED_FILE).write_text(json.dumps({"reason": str(err)}))
+            session.save_checkpoint(Path(tmp), {"diverged": 1.0})
+
+
+def run_local(job: TrainJob, work_dir: Path, *, show_progress: bool = True,
+              on_epoch=None) -> tuple[nn.Module, dict]:
+    """Train the job in this process (resuming from work_dir's checkpoint); return (best model, history)."""
+    device = pick_device(job.config.run.device)
+    session = LocalSession(work_dir, device, show_progress=show_progress)
+    train_loop(job, session, make_penalty(job), on_epoch=on_epoch)
+    return best_model(job, session.checkpoint_dir)
+
+
+def run_on_ray(job: TrainJob, *, run_name: str, storage_path: str, storage_filesystem=None,
+               max_failures: int = 2) -> tuple[nn.Module, dict]:
+    """Train the job on a TorchTrainer (N workers, DDP on CUDA); return (best model, history)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = job.config
+    device = pick_device(cfg.run.device) if cfg.run.device != "auto" else _cluster_device()
+    use_gpu = device.type == "cuda"
+    workers = cfg.finetune.workers if use_gpu else 1
+    if workers != cfg.finetune.workers:
+        log.warning("finetune.workers=%d ignored on %s: one worker (DDP needs CUDA devices)",
+                    cfg.finetune.workers, device.type)
+    resources = {"CPU": cfg.finetune.cpus_per_worker}
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"job": dataclasses.asdict(job), "device": device.type},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            callbacks=[] if storage_filesystem is not None else
+            [EpochLog(str(Path(storage_path) / run_name / EPOCHS_FILE), run_name)],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures,
+                                                   controller_failure_limit=3),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {run_name!r} finished without a checkpoint; see its logs under {storage_path}")
+    with result.checkpoint.as_directory() as directory:
+        raise_if_diverged(Path(directory))
+        return best_model(job, Path(directory))
+
+
+def _cluster_device() -> torch.device:
+    """Return cuda when the Ray cluster has GPUs (workers may sit on other nodes), else the local best device."""
+    import ray
+
+    if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0:
+        return torch.device("cuda")
+    return pick_device("auto")
+
+
+def scratch_dir(prefix: str) -> Path:
+    """Return a fresh local temporary folder (the caller removes it)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -1,0 +1,309 @@
+"""One trial end to end: pretrain -> finetune -> prehab -> compress -> recover -> tokens -> evaluate.
+
+`run_trial(flat_config, context)` is the whole trial as a plain function. The Tune sweep
+wraps it in `tune_trainable`; `python -m trainables.trial --set key=value ...` (and
+`python tune/run.py --debug-trial`) run it in this process without Ray, with progress bars
+and working breakpoints, and print the metrics the sweep would record.
+
+Training stages (pretrain, finetune, whitening statistics, prehab, recover) are cached by
+content (trainables.cache): a trial whose training stages are all hits starts no Ray Train
+run and spends its time on compression and evaluation only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from compress import (
+    collect_input_stats, count_params, enable_token_pruning, load_compressed, save_compressed,
+    save_input_stats,
+)
+from trainables.cache import StageCache, stage_key
+from trainables.config import TrialConfig, parse_overrides
+from trainables.data import data_fingerprint, ensure_digits
+from trainables.evaluate import check_finite, cost_metrics, split_metrics
+from trainables.finetune import TrainJob, compress_structure, dataset_prefix, make_dataset, pick_device
+from trainables.refs import cache_ref, resolve_ref
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE_METRICS = ("val_auroc", "params", "latency_ms", "gflops")
+TRIAL_ERROR_KEY = "trial_error"  # in a Tune report: why the trial failed without raising
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Where a trial runs and stores things; not part of any cache key."""
+
+    results_dir: str = "results"      # local folder or pyarrow.fs URI: cache + Train runs
+    backend: str = "local"            # "local": this process; "ray": training stages on Ray Train
+    show_progress: bool = True        # tqdm bars (local backend)
+    max_failures: int = 2             # Ray Train worker-group restarts per training stage
+    cache_wait_s: float | None = None # give up waiting for another trial's stage after this
+
+    def __post_init__(self):
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+
+
+class _Stages:
+    """Bookkeeping of one trial's stages: cache hits, seconds, and the runner for training."""
+
+    def __init__(self, cfg: TrialConfig, flat: dict[str, Any], ctx: TrialContext):
+        self.cfg, self.flat, self.ctx = cfg, flat, ctx
+        self.cache = StageCache(ctx.results_dir, wait_timeout_s=ctx.cache_wait_s)
+        self.hits: dict[str, bool] = {}
+        self.seconds: dict[str, float] = {}
+
+    def cached(self, stage: str, key: str, compute: Callable[[Path], None]) -> Path:
+        result = self.cache.get_or_compute(stage, key, compute, log=log)
+        self.hits[stage] = result.hit
+        self.seconds[stage] = result.seconds
+        log.info("%s %s: %s in %.1f s", stage, key, "cache hit" if result.hit else "computed",
+                 result.seconds)
+        return result.path
+
+    def timed(self, stage: str, work: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        value = work()
+        self.seconds[stage] = time.perf_counter() - started
+        return value
+
+    def train(self, job: TrainJob, key: str, out: Path) -> nn.Module:
+        """Run a training stage (locally or on Ray Train); write its history.json into `out`
+        and return its best plain model."""
+        from trainables.runner import run_local, run_on_ray
+
+        started = time.perf_counter()
+        if self.ctx.backend == "local":
+            # Kept until the entry is published, so an interrupted debug run resumes its epochs.
+            base = Path(tempfile.gettempdir()) if "://" in self.ctx.results_dir else Path(self.ctx.results_dir)
+            work_dir = base / "train-local" / f"{job.stage}-{key}"
+            try:
+                model, summary = run_local(job, work_dir, show_progress=self.ctx.show_progress)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{job.stage} stage diverged: {err}") from err
+            shutil.rmtree(work_dir, ignore_errors=True)
+        else:
+            storage_path, filesystem = _train_storage(self.ctx.results_dir)
+            try:
+                model, summary = run_on_ray(job, run_name=f"{job.stage}-{key}", storage_path=storage_path,
+                                            storage_filesystem=filesystem, max_failures=self.ctx.max_failures)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"{job.stage} stage diverged: {err}") from err
+        summary["seconds"] = time.perf_counter() - started
+        (out / "history.json").write_text(json.dumps(summary, indent=1))
+        return model
+
+
+def _train_storage(results_dir: str):
+    """Return (storage_path, filesystem) for Ray Train runs under <results>/train."""
+    if "://" in results_dir:
+        import pyarrow.fs
+
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(results_dir)
+        return f"{path.rstrip('/')}/train", filesystem
+    return str((Path(results_dir) / "train").resolve()), None
+
+
+def data_root(cfg: TrialConfig, ctx: TrialContext) -> str:
+    """Return the local data folder; the embedded digits set is written there on first use."""
+    if cfg.data.dataset == "pcam":
+        return cfg.data.root or "data/pcam"
+    if cfg.data.root:
+        return str(ensure_digits(cfg.data.root))
+    base = Path(ctx.results_dir) if "://" not in ctx.results_dir else Path(tempfile.gettempdir()) / "vitsweep"
+    return str(ensure_digits(base / "data" / "digits"))
+
+
+def _data_key(cfg: TrialConfig) -> dict[str, Any]:
+    d = cfg.data
+    return {"dataset": d.dataset, "image_size": d.image_size, "train_limit": d.train_limit,
+            "val_limit": d.val_limit, "normalize": d.normalize}
+
+
+def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
+              *, split: str | None = None) -> dict[str, Any]:
+    """Run one trial from its flat config; return every metric the sweep records (scalars only)."""
+    started = time.perf_counter()
+    cfg = TrialConfig.from_flat(flat)
+    flat = cfg.to_flat()
+    stages = _Stages(cfg, flat, ctx)
+    root = data_root(cfg, ctx)
+    fingerprint = data_fingerprint(root, dataset_prefix(cfg))
+    cache_root = ctx.results_dir
+
+    def job(stage: str, **refs: str | None) -> TrainJob:
+        return TrainJob(stage=stage, trial=flat, data_root=root, cache_root=cache_root, **refs)
+
+    # 1. pretrain (embedded preset: a backbone trained on the 10 digit classes)
+    weights_ref, parent = cfg.model.weights or None, cfg.model.weights or None
+    if weights_ref is None and cfg.pretrain.epochs > 0:
+        key = stage_key("pretrain", {"model": cfg.model.backbone, "pooling": cfg.model.pooling,
+                                     "pretrain": dataclasses.asdict(cfg.pretrain),
+                                     "data": _data_key(cfg), "seed": cfg.run.seed}, None, fingerprint)
+
+        def pretrain(out: Path) -> None:
+            model = stages.train(job("pretrain"), key, out)
+            model.backbone.save_pretrained(out / "backbone")
+
+        stages.cached("pretrain", key, pretrain)
+        weights_ref, parent = cache_ref("pretrain", key, "backbone"), key
+
+    # 2. finetune
+    ft_key = stage_key("finetune", {"model": dataclasses.asdict(cfg.model),
+                                    "finetune": cfg.finetune.key_fields(), "data": _data_key(cfg),
+                                    "seed": cfg.run.seed}, parent, fingerprint)
+
+    def finetune(out: Path) -> None:
+        save_compressed(stages.train(job("finetune", init_weights=weights_ref), ft_key, out), out / "model")
+
+    stages.cached("finetune", ft_key, finetune)
+    model_ref, model_key = cache_ref("finetune", ft_key, "model"), ft_key
+
+    # 3. whitening statistics of whichever model is about to be regularised or factorised
+    def whitening(of_ref: str, of_key: str) -> tuple[str, str]:
+        key = stage_key("whitening", {"calib": dataclasses.asdict(cfg.calib),
+                                      "targets": list(cfg.compress.targets)}, of_key, fingerprint)
+
+        def compute(out: Path) -> None:
+            from torch.utils.data import DataLoader
+
+            from trainables.finetune import iterate_batches
+
+            model = load_compressed(resolve_ref(of_ref, cache_root)).eval()
+            loader = DataLoader(make_dataset(cfg, root, "train"), batch_size=cfg.calib.batch_size,
+                                shuffle=False)
+            stats = collect_input_stats(model, iterate_batches(loader, cfg.calib.batches),
+                                        targets=cfg.compress.targets)
+            save_input_stats(stats, str(out / "stats.pt"))
+
+        stages.cached("whitening", key, compute)
+        return cache_ref("whitening", key, "stats.pt"), key
+
+    # 4. prehab (lambda > 0)
+    if cfg.prehab.enabled:
+        stats_ref = whitening(model_ref, model_key)[0] if cfg.prehab.space == "whitened" else None
+        ph_key = stage_key("prehab", {"prehab": dataclasses.asdict(cfg.prehab),
+                                      "targets": list(cfg.compress.targets),
+                                      "batch_size": cfg.finetune.batch_size}, model_key, fingerprint)
+
+        def prehab(out: Path) -> None:
+            trained = stages.train(job("prehab", init_path=model_ref, whitening_path=stats_ref), ph_key, out)
+            save_compressed(trained, out / "model")
+
+        stages.cached("prehab", ph_key, prehab)
+        model_ref, model_key = cache_ref("prehab", ph_key, "model"), ph_key
+
+    # 5. compress (heads -> MLP -> SVD), cheap and in this process
+    stats_ref = None
+    if cfg.compress.svd_space == "whitened" and cfg.compress.tau_svd < 1.0:
+        stats_ref = whitening(model_ref, model_key)[0]
+    base = load_compressed(resolve_ref(model_ref, cache_root))
+    params_uncompressed = count_params(base)
+    compressed, report = stages.timed("compress", lambda: compress_structure(base, cfg, stats_ref, cache_root))
+
+    # 6. recover (optional short LoRA fine-tune of the compressed model, merged back)
+    if cfg.recover.epochs > 0:
+        rc_key = stage_key("recover", {"recover": dataclasses.asdict(cfg.recover),
+                                       "plan": report.plan}, model_key, fingerprint)
+
+        def recover(out: Path) -> None:
+            trained = stages.train(job("recover", init_path=model_ref, whitening_path=stats_ref), rc_key, out)
+            save_compressed(trained, out / "model")
+
+        compressed = load_compressed(stages.cached("recover", rc_key, recover) / "model")
+
+    # 7. tokens (inference-time)
+    tokens = None
+    if cfg.tokens.r_max > 0:
+        tokens = enable_token_pruning(compressed, cfg.tokens.r_max, cfg.tokens.alpha, fuse=cfg.tokens.fuse)
+
+    # 8. evaluate
+    device = pick_device(cfg.run.device)
+    eval_split = split or cfg.eval.split
+    metrics = stages.timed("evaluate", lambda: {
+        **split_metrics(compressed, cfg, root, eval_split, device),
+        **cost_metrics(compressed, cfg, device),
+    })
+    metrics.update({
+        "params_uncompressed": params_uncompressed,
+        "params_ratio": metrics["params"] / params_uncompressed,
+        "tokens_last_layer": tokens["schedule"][-1] if tokens and tokens.get("schedule") else -1,
+        **{f"cache_hit_{stage}": hit for stage, hit in stages.hits.items()},
+        **{f"stage_s_{stage}": round(seconds, 3) for stage, seconds in stages.seconds.items()},
+        "trial_s": round(time.perf_counter() - started, 3),
+    })
+    prefix = "val" if eval_split == "valid" else eval_split
+    check_finite(metrics, [f"{prefix}_auroc", "params", "latency_ms", "gflops"])
+    return metrics
+
+
+def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: TrialContext,
+                   objectives: tuple[str, ...] = OBJECTIVE_METRICS) -> None:
+    """Ray Tune function trainable: the preset `base` overlaid with the searcher's `config`.
+
+    A numerical failure (divergence, non-finite metrics) is deterministic, so it is reported,
+    not raised: retrying would fail the same way. The report carries NaN objectives (Tune's
+    strict metric check wants them) and `trial_error`, which the searcher turns into FAIL.
+    """
+    from ray import tune
+
+    try:
+        metrics = run_trial({**base, **config}, context)
+    except FloatingPointError as err:
+        log.error("trial failed: %s", err)
+        tune.report({**{name: math.nan for name in objectives}, TRIAL_ERROR_KEY: str(err)})
+        return
+    tune.report(metrics)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """Return the metrics as aligned `name  value` lines."""
+    width = max(len(name) for name in metrics)
+    lines = []
+    for name, value in metrics.items():
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        lines.append(f"{name:<{width}}  {text}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one trial in this process (no Ray) and print its metrics."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trainables.trial",
+        description="Run one vitsweep trial in this process, without Ray (breakpoints work).")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set finetune.method=lora (repeatable)")
+    parser.add_argument("--results-dir", default="results", help="cache and run folder (default: results)")
+    parser.add_argument("--split", choices=("valid", "test"), default=None, help="evaluation split")
+    parser.add_argument("--json", action="store_true", help="print metrics as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        flat = parse_overrides(args.set)
+        TrialConfig.from_flat(flat)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    metrics = run_trial(flat, TrialContext(results_dir=args.results_dir, show_progress=not args.no_progress),
+                        split=args.split)
+    print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

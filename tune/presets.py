@@ -1,0 +1,103 @@
+"""Named sweep presets: a flat trial config over TrialConfig's defaults plus sweep settings.
+
+`trial` holds flat dotted keys layered over `trainables.config.TrialConfig` defaults (which
+are the embedded digits preset); `--set key=value` layers on top of it. The remaining
+fields are sweep-level defaults that the CLI flags override.
+
+Image size: `pcam-local` trains at PCam's native 96 px (6x6 = 36 patch tokens with a /16
+ViT; DINOv3's RoPE handles any grid), about 5x cheaper per image than 224 px, so a
+single GPU or a laptop finishes a sweep; `pcam-a100` uses the standard 224 px (196 tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+DEFAULT_OBJECTIVES = (("val_auroc", "max"), ("params", "min"), ("latency_ms", "min"))
+# Latency measured on whichever GPU a trial landed on is not comparable across nodes.
+CLUSTER_OBJECTIVES = (("val_auroc", "max"), ("params", "min"), ("gflops", "min"))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A trial config (flat dotted keys) and the sweep settings that go with it."""
+
+    name: str
+    description: str
+    trial: Mapping[str, Any]                 # flat keys over TrialConfig defaults
+    space: str                               # a search_spaces name
+    num_samples: int
+    max_concurrent: int
+    trial_resources: Mapping[str, float]     # the trial driver's Tune resources (not Train workers)
+    max_failures: int                        # Tune trial retries and Ray Train restarts
+    objectives: tuple[tuple[str, str], ...] = DEFAULT_OBJECTIVES
+    sampler: str = "tpe"
+
+
+_PCAM = {
+    "data.dataset": "pcam",
+    "data.root": "data/pcam",
+    "model.backbone": "dinov3-vits16",
+    "model.weights": "facebook/dinov3-vits16-pretrain-lvd1689m",
+    "pretrain.epochs": 0,
+    "finetune.method": "lora",
+    "finetune.epochs": 1,
+    "finetune.lr": 1e-3,
+    "finetune.backbone_lr": 5e-5,
+    "calib.batches": 16,
+    "calib.batch_size": 64,
+}
+
+PRESETS: Mapping[str, Preset] = MappingProxyType({
+    "digits": Preset(
+        name="digits",
+        description="embedded scikit-learn digits (no download), small ViT pretrained on the "
+                    "10 digit classes then fine-tuned on a binary task; 2 CPU cores, < 10 min",
+        # The Train worker takes 0.9 CPU beside its 0.1-CPU trial driver.
+        trial={"finetune.cpus_per_worker": 0.9},
+        # Thresholds and token pruning only: one pretrain + one fine-tune, the rest cache hits.
+        space="compress_only",
+        num_samples=32,
+        # Cached trials take seconds, so running two at once gains little on 2 cores and
+        # makes each trial's latency objective time the other trial's work.
+        max_concurrent=1,
+        trial_resources={"cpu": 0.1},
+        max_failures=1,
+    ),
+    "pcam-local": Preset(
+        name="pcam-local",
+        description="PCam at native 96 px, DINOv3 ViT-S/16 (LVD-1689M weights), one GPU or CPU",
+        trial={**_PCAM, "data.image_size": 96, "finetune.batch_size": 128,
+               "eval.batch_size": 512, "data.loader_workers": 4},
+        space="default",
+        num_samples=60,
+        max_concurrent=1,
+        trial_resources={"cpu": 1},
+        max_failures=2,
+    ),
+    "pcam-a100": Preset(
+        name="pcam-a100",
+        description="PCam at 224 px on A100 nodes: 4-GPU DDP fine-tunes (bf16), one GPU per trial driver",
+        # 4 trials x (1 driver GPU + 4 worker GPUs) = 20 GPUs fit in the cluster's 4 x 8 A100s,
+        # so a trial driver never holds a GPU that its own TorchTrainer is waiting for.
+        trial={**_PCAM, "data.image_size": 224, "finetune.workers": 4, "finetune.cpus_per_worker": 8,
+               "finetune.precision": "auto", "finetune.batch_size": 256, "eval.batch_size": 1024,
+               "data.loader_workers": 6},
+        space="default",
+        num_samples=200,
+        max_concurrent=4,
+        trial_resources={"cpu": 2, "gpu": 1},
+        max_failures=3,
+        objectives=CLUSTER_OBJECTIVES,
+    ),
+})
+
+
+def get_preset(name: str) -> Preset:
+    """Return the preset called `name`."""
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    return PRESETS[name]

@@ -1,0 +1,322 @@
+"""vitsweep's command line: run, resume or report a multi-objective sweep, or debug one trial.
+
+    python tune/run.py                                   # digits preset, local Ray, < 10 min on 2 cores
+    python tune/run.py --preset pcam-local --num-samples 40 --name pcam1
+    python tune/run.py --resume pcam1                    # continue a killed sweep
+    python tune/run.py --report pcam1 --final-eval       # rebuild reports, score the front on test
+    python tune/run.py --debug-trial --set tokens.r_max=0.5   # one trial in this process, no Ray
+
+Every value is checked before Ray starts; a bad one exits with status 2 and one line.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, Python puts tune/ (this folder) first on sys.path and not the repo
+# root, so `import tune` fails from a clean checkout and tune's modules would shadow
+# top-level names. Put the repo root there instead (harmless when pip-installed).
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = _REPO_ROOT
+elif _REPO_ROOT not in sys.path:
+    sys.path.insert(0, _REPO_ROOT)
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import time  # noqa: E402
+
+from search_spaces import SEED_CONFIG, available_spaces  # noqa: E402
+from trainables.config import parse_overrides  # noqa: E402
+from tune.presets import PRESETS, get_preset  # noqa: E402
+from tune.study import SAMPLERS, STUDY_DB_FILENAME  # noqa: E402
+from tune.sweep import (  # noqa: E402
+    OBJECTIVE_CHOICES, SweepSettings, build_base, check_space, is_uri, parse_objectives,
+    read_settings, sweep_exists, tune_experiment_path, write_settings,
+)
+
+log = logging.getLogger("tune.run")
+
+# Flags that define a sweep; a resumed or reported sweep takes them from its sweep.json.
+_DEFINING_FLAGS = ("preset", "space", "num_samples", "max_concurrent", "sampler", "objectives",
+                   "set", "seed")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of `python tune/run.py`."""
+    parser = argparse.ArgumentParser(
+        prog="python tune/run.py",
+        description="Multi-objective sweep (AUROC vs parameters vs latency) over fine-tuning and "
+                    "compression of a ViT: Ray Tune runs the trials, Optuna picks them.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="trial config and sweep defaults: digits (embedded, no download, CPU), "
+                             "pcam-local (PCam 96 px, DINOv3 ViT-S/16, one GPU or CPU), pcam-a100 "
+                             "(PCam 224 px, 4-GPU DDP fine-tunes on a Ray cluster); default digits")
+    parser.add_argument("--space", default=None,
+                        help=f"search space, one of {', '.join(available_spaces())}; default: the preset's")
+    parser.add_argument("--num-samples", type=_positive_int, default=None,
+                        help="number of trials, the seed configuration included; default: the preset's")
+    parser.add_argument("--max-concurrent", type=_positive_int, default=None,
+                        help="trials running at once; default: the preset's")
+    parser.add_argument("--name", default=None,
+                        help="sweep name: folder <results-dir>/<name>, Optuna study and Tune "
+                             "experiment name; default <preset>-<date>-<time>")
+    parser.add_argument("--results-dir", default="results",
+                        help="results root (local folder or s3://bucket/prefix): the stage cache "
+                             "shared by sweeps, and one folder per sweep")
+    parser.add_argument("--storage", default=None,
+                        help="Optuna RDB URL (sqlite:///..., postgresql://...); default SQLite "
+                             "<results-dir>/<name>/optuna.db (required when --results-dir is a URI)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None,
+                        help="Optuna sampler; default: the preset's (tpe)")
+    parser.add_argument("--objectives", default=None,
+                        help="comma-separated metric:max|min, e.g. val_auroc:max,params:min,latency_ms:min "
+                             f"(gflops:min for mixed-device clusters); metrics: {', '.join(OBJECTIVE_CHOICES)}")
+    parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                        help="override a trial config key over the preset, e.g. --set finetune.epochs=1 "
+                             "(repeatable; not a key the space searches)")
+    parser.add_argument("--seed", type=int, default=None, help="sampler seed (default 0)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="NAME",
+                        help="continue the killed or stopped sweep NAME (or --name): same Tune "
+                             "experiment, same Optuna study, settings from its sweep.json")
+    parser.add_argument("--debug-trial", action="store_true",
+                        help="run the seed trial (preset + --set) in this process without Ray "
+                             "(breakpoints work) and print its metrics")
+    parser.add_argument("--report", metavar="NAME", default=None,
+                        help="rebuild the reports of the finished sweep NAME without running trials")
+    parser.add_argument("--final-eval", action="store_true",
+                        help="after the sweep (or with --report), score the reference and the "
+                             "Pareto-optimal configs once on the test split: final_eval.csv/.md")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log each trial to W&B (project vitsweep, group = sweep name) and the "
+                             "Pareto table at the end; offline unless WANDB_API_KEY or WANDB_MODE=online")
+    parser.add_argument("--ray-dashboard", action="store_true",
+                        help="start the Ray dashboard on 127.0.0.1 (local Ray only)")
+    return parser
+
+
+def _given(args: argparse.Namespace) -> list[str]:
+    return [f"--{flag.replace('_', '-')}" for flag in _DEFINING_FLAGS if getattr(args, flag) is not None]
+
+
+def _results_dir(text: str) -> str:
+    return text if is_uri(text) else str(Path(text).expanduser().resolve())
+
+
+def _check_local_inputs(flat: dict, parser: argparse.ArgumentParser, *, results_dir: str | None = None) -> None:
+    """Exit 2 with one line naming the file when data or weights present on this machine are broken.
+
+    A sweep (`results_dir` None) only warns when PCam or the weights are absent here: on a
+    cluster they may live on the workers only. `--debug-trial` runs here, so it passes
+    `results_dir` and anything missing is an error too (the digits set is written first).
+    """
+    from trainables.config import TrialConfig
+    from trainables.data import DIGITS_PREFIX, PCAM_PREFIX, check_dataset
+    from trainables.model import check_local_checkpoint
+
+    cfg = TrialConfig.from_flat(flat)
+    try:
+        weights = cfg.model.weights
+        # A path that is not here (a Hugging Face id is checked when a trial loads it).
+        if weights and not check_local_checkpoint(weights, cfg.model.backbone) \
+                and weights.startswith(("/", ".", "~")):
+            if results_dir is not None:
+                raise FileNotFoundError(f"model.weights {weights!r}: no such directory")
+            log.warning("model.weights %s not found on this machine; trials will fail where it is missing",
+                        weights)
+        if cfg.data.dataset == "pcam":
+            root = cfg.data.root or "data/pcam"
+            if is_uri(root):
+                return
+            if results_dir is None and not any(Path(root).glob(f"{PCAM_PREFIX}_split_*")):
+                log.warning("PCam not found under %s on this machine; trials will fail where it is missing "
+                            "(download: python -m trainables.data download --root %s)", root, root)
+                return
+            check_dataset(root, PCAM_PREFIX, ("y",))
+        elif results_dir is not None or cfg.data.root:
+            from trainables.trial import TrialContext, data_root
+
+            root = data_root(cfg, TrialContext(results_dir=results_dir or "results"))
+            check_dataset(root, DIGITS_PREFIX, ("y", "digit"))
+    except (OSError, ValueError) as err:
+        parser.error(str(err).splitlines()[0] if str(err).strip() else type(err).__name__)
+
+
+def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SweepSettings:
+    """Return the settings of a new sweep from the flags; every error ends in parser.error."""
+    preset = get_preset(args.preset or "digits")
+    space = args.space or preset.space
+    try:
+        check_space(space)
+        objectives = parse_objectives(args.objectives) if args.objectives else preset.objectives
+        overrides = parse_overrides(args.set or [])
+        base = build_base(preset, overrides, space)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    _check_local_inputs(base, parser)
+    name = args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "/" in name or not name.strip() or name.startswith("."):
+        parser.error(f"--name must be a plain folder name, got {name!r}")
+    return SweepSettings(
+        name=name, results_dir=_results_dir(args.results_dir), storage_url=args.storage,
+        preset=preset.name, space=space, sampler=args.sampler or preset.sampler,
+        seed=0 if args.seed is None else args.seed, objectives=tuple(objectives),
+        num_samples=args.num_samples or preset.num_samples,
+        max_concurrent=args.max_concurrent or preset.max_concurrent,
+        trial_resources=dict(preset.trial_resources), max_failures=preset.max_failures,
+        base=base, overrides=overrides)
+
+
+def _saved_settings(name: str, args: argparse.Namespace, parser: argparse.ArgumentParser,
+                    flag: str) -> SweepSettings:
+    given = _given(args)
+    if given:
+        parser.error(f"{flag} takes the sweep's saved settings; drop {', '.join(given)}")
+    results_dir = _results_dir(args.results_dir)
+    try:
+        settings = read_settings(results_dir, name, args.storage)
+    except (OSError, ValueError) as err:
+        parser.error(f"cannot read sweep {name!r} under {results_dir}: {str(err).splitlines()[0]}")
+    if settings is None:
+        parser.error(f"{flag} {name}: no sweep named {name!r} under {results_dir} "
+                     "(check --results-dir and the name)")
+    return settings
+
+
+def _open_storage(settings: SweepSettings, parser: argparse.ArgumentParser):
+    from tune.study import make_storage
+
+    try:
+        return make_storage(settings.storage_url, settings.results_dir, settings.name)
+    except ValueError as err:
+        parser.error(str(err))
+    except OSError as err:  # the default SQLite file's folder cannot be created
+        parser.error(f"cannot create the sweep folder {settings.sweep_dir}: {err.strerror or err}")
+
+
+def _debug_trial(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from trainables.config import TrialConfig
+    from trainables.trial import TrialContext, format_metrics, run_trial
+
+    preset = get_preset(args.preset or "digits")
+    space = args.space or preset.space
+    try:
+        check_space(space)
+        overrides = parse_overrides(args.set or [])
+        # The seed configuration (flat keys, not the space's switch parameters), then --set:
+        # here overriding a searched key is the point.
+        flat = {**preset.trial, **SEED_CONFIG, **overrides}
+        TrialConfig.from_flat(flat)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    if flat.get("data.root") and not is_uri(str(flat["data.root"])):
+        flat["data.root"] = str(Path(flat["data.root"]).expanduser().resolve())
+    _check_local_inputs(flat, parser, results_dir=_results_dir(args.results_dir))
+    metrics = run_trial(flat, TrialContext(results_dir=_results_dir(args.results_dir)))
+    print(format_metrics(metrics))
+    return 0
+
+
+def _finish(settings: SweepSettings, storage, args: argparse.Namespace) -> int:
+    import optuna
+
+    from tune.callbacks import log_front_to_wandb
+    from tune.study import default_storage_url
+    from tune.summary import build_reports, final_eval, front_frame, print_summary, verify
+
+    study = optuna.load_study(study_name=settings.name, storage=storage)
+    counts = verify(settings, study)
+    written = build_reports(settings, study)
+    url = settings.storage_url or default_storage_url(settings.results_dir, settings.name)
+    print_summary(settings, study, counts, written, url)
+    if args.final_eval:
+        frame = final_eval(settings, study)
+        print(f"final evaluation on test ({len(frame)} configs): {settings.local_dir / 'final_eval.md'}")
+    if args.wandb:
+        mode = log_front_to_wandb(front_frame(settings, study), settings.name, settings.local_dir)
+        print(f"W&B ({mode}): Pareto table logged to project vitsweep, group {settings.name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, check them, then run, resume or report the sweep; return the exit code."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    modes = [m for m, on in (("--resume", args.resume), ("--report", args.report),
+                             ("--debug-trial", args.debug_trial)) if on]
+    if len(modes) > 1:
+        parser.error(f"{' and '.join(modes)} exclude each other")
+    if args.debug_trial:
+        return _debug_trial(args, parser)
+
+    if args.report:
+        settings = _saved_settings(args.report, args, parser, "--report")
+        return _finish(settings, _open_storage(settings, parser), args)
+
+    from tune.sweep import run_tune
+
+    if args.resume:
+        name = args.resume if isinstance(args.resume, str) else args.name
+        if not name:
+            parser.error("--resume needs the sweep's name: --resume NAME")
+        settings = _saved_settings(name, args, parser, "--resume")
+        storage = _open_storage(settings, parser)
+        from ray.tune import Tuner
+
+        path, fs = tune_experiment_path(settings.results_dir, settings.name)
+        # Killed before Tune wrote its first state: nothing to restore, start it afresh.
+        resume = Tuner.can_restore(path, storage_filesystem=fs)
+        if args.wandb:
+            log.warning("--wandb on --resume: W&B logging follows the original run's setting")
+    else:
+        settings = _new_settings(args, parser)
+        if is_uri(settings.results_dir) and not settings.storage_url:
+            parser.error(f"--results-dir {settings.results_dir} is not a local folder, so the study "
+                         "cannot be SQLite there: pass --storage (an Optuna RDB URL)")
+        try:
+            exists = sweep_exists(settings.results_dir, settings.name, None)
+        except OSError as err:
+            parser.error(f"cannot read --results-dir {settings.results_dir}: {str(err).splitlines()[0]}")
+        # A folder with files but no sweep in it (the study file is checked below): refuse
+        # rather than mix a new sweep's reports with whatever is there.
+        if not exists and not is_uri(settings.results_dir) and settings.local_dir.is_dir() \
+                and any(settings.local_dir.iterdir()) and not (settings.local_dir / STUDY_DB_FILENAME).exists():
+            parser.error(f"{settings.local_dir} already exists and is not empty (not a sweep this CLI "
+                         "can resume); choose another --name or move that folder away")
+        if exists:
+            parser.error(f"{settings.sweep_dir} already holds a sweep named {settings.name!r}; "
+                         f"pass --resume {settings.name} to continue it or choose another --name")
+        storage = _open_storage(settings, parser)
+        if sweep_exists(settings.results_dir, settings.name, storage):
+            parser.error(f"the Optuna storage already has a study named {settings.name!r}; "
+                         f"pass --resume {settings.name} or choose another --name")
+        write_settings(settings)
+        resume = False
+    print(f"sweep {settings.name!r}: preset {settings.preset}, space {settings.space}, "
+          f"{settings.num_samples} trials, {settings.max_concurrent} at once, sampler {settings.sampler}, "
+          f"objectives {', '.join(f'{n}:{m}' for n, m in settings.objectives)}"
+          + (" (resumed)" if resume else ""), flush=True)
+    import ray
+
+    try:
+        closed = run_tune(settings, storage, resume=resume, use_wandb=args.wandb and not args.resume,
+                          dashboard=args.ray_dashboard)
+        if closed:
+            print(f"marked Optuna trials {closed} FAIL: asked by the killed driver, never run by Tune")
+        return _finish(settings, storage, args)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The end of a sweep: check the study, write the reports, print where everything is.
+
+Also the final evaluation: the Pareto-optimal configs (and the reference) scored once on
+the test split, in the driver's process; their training stages are cache hits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from tune.callbacks import PROGRESS_FILENAME, finished_trial_ids
+from tune.reports import markdown_table, front_table, reference_row, trials_frame, write_reports
+from tune.study import CONFIG_ATTR, dashboard_command, verify_study
+from tune.sweep import SweepSettings, is_uri
+
+log = logging.getLogger(__name__)
+
+CHANCE_AUROC = 0.5
+
+
+def reference_point(study: optuna.Study, objectives) -> dict[str, float]:
+    """Return the hypervolume reference point in objective units.
+
+    val_auroc: chance (0.5); params: the uncompressed model's count (the trials'
+    `params_uncompressed`); every other objective (latency_ms, gflops, ...): the worst
+    value observed over complete trials, since no trial measures the uncompressed model.
+    """
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    point: dict[str, float] = {}
+    for index, (name, mode) in enumerate(objectives):
+        values = [t.values[index] for t in complete]
+        if name == "val_auroc":
+            point[name] = CHANCE_AUROC
+        elif name == "params":
+            uncompressed = [t.user_attrs.get("params_uncompressed") for t in complete]
+            uncompressed = [float(v) for v in uncompressed if isinstance(v, (int, float))]
+            point[name] = max(uncompressed) if uncompressed else max(values)
+        else:
+            point[name] = max(values) if mode == "min" else min(values)
+    return point
+
+
+def _copy_to_uri(local_dir: Path, uri: str, names) -> None:
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    fs.create_dir(root, recursive=True)
+    for name in names:
+        pyarrow.fs.copy_files(str(local_dir / name), f"{root}/{name}",
+                              source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+
+
+def build_reports(settings: SweepSettings, study: optuna.Study) -> dict[str, Path]:
+    """Write the reports into the sweep's local folder (and copy them to a URI results root)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        written = write_reports(study, settings.local_dir, settings.objectives)
+    else:
+        written = write_reports(study, settings.local_dir, settings.objectives,
+                                reference_point=reference_point(study, settings.objectives))
+    if is_uri(settings.results_dir):
+        _copy_to_uri(settings.local_dir, settings.sweep_dir, written)
+    return written
+
+
+def verify(settings: SweepSettings, study: optuna.Study) -> dict[str, int]:
+    """Return the study's trial counts by state after checking every finished Tune trial is terminal."""
+    return verify_study(study, finished_trial_ids(settings.local_dir / PROGRESS_FILENAME))
+
+
+def front_frame(settings: SweepSettings, study: optuna.Study) -> pd.DataFrame:
+    """Return the front table (reference row first) with the searched parameters."""
+    df = trials_frame(study)
+    complete = df[df["state"] == TrialState.COMPLETE.name]
+    if complete.empty:
+        return complete
+    params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
+    return front_table(complete, settings.objectives, reference_row(complete, settings.objectives),
+                       extra_columns=params)
+
+
+def print_summary(settings: SweepSettings, study: optuna.Study, counts: dict[str, int],
+                  written: dict[str, Path], storage_url: str) -> None:
+    """Print the Pareto table, the trial counts, where the results are and the dashboard command."""
+    print()
+    print(f"sweep {settings.name!r}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+    if "pareto.md" in written:
+        print(Path(written["pareto.md"]).read_text(encoding="utf-8"))
+    else:
+        print("no complete trial: no Pareto front (see the trial errors in the progress log)")
+    print(f"results:   {settings.local_dir}" + (f" (copied to {settings.sweep_dir})" if is_uri(settings.results_dir) else ""))
+    for name in sorted(written):
+        print(f"  {name}")
+    print(f"dashboard: {dashboard_command(storage_url)}")
+
+
+def _trial_flat_config(settings: SweepSettings, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    config = trial.user_attrs.get(CONFIG_ATTR)
+    if isinstance(config, str):
+        config = json.loads(config)
+    return {**settings.base, **(config or trial.params)}
+
+
+def final_eval(settings: SweepSettings, study: optuna.Study, *, show_progress: bool = False) -> pd.DataFrame:
+    """Evaluate the reference and every Pareto-optimal config on the test split; write final_eval.csv/md.
+
+    Each config runs through trainables.trial.run_trial(split="test") in this process; the
+    training stages are cache hits from the sweep, so only compression and evaluation run.
+    """
+    from trainables.trial import TrialContext, run_trial
+
+    table = front_frame(settings, study)
+    if table.empty:
+        raise ValueError(f"sweep {settings.name!r} has no complete trial to evaluate")
+    context = TrialContext(results_dir=settings.results_dir, backend="local", show_progress=show_progress,
+                           max_failures=settings.max_failures)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    rows = []
+    for role, number in zip(table["role"], table["number"]):
+        trial = by_number[int(number)]
+        metrics = run_trial(_trial_flat_config(settings, trial), context, split="test")
+        row = {"role": role, "number": int(number)}
+        row.update({f"sweep_{name}": value for name, value in zip(settings.metric_names, trial.values)})
+        row.update({k: v for k, v in metrics.items() if k.startswith("test_")})
+        row.update({k: metrics[k] for k in ("params", "latency_ms", "gflops") if k in metrics})
+        row.update(trial.params)
+        rows.append(row)
+        log.info("final eval of trial %d: test_auroc %.4f", number, metrics.get("test_auroc", math.nan))
+    frame = pd.DataFrame(rows)
+    out = settings.local_dir
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "final_eval.csv", index=False)
+    (out / "final_eval.md").write_text(
+        f"# Final evaluation of sweep {settings.name!r} on the test split\n\n"
+        f"{len(frame) - 1 if (frame['role'] == 'reference').any() else len(frame)} Pareto-optimal "
+        "configs and the reference, scored once on test (the search used valid).\n\n"
+        + markdown_table(frame), encoding="utf-8")
+    if is_uri(settings.results_dir):
+        _copy_to_uri(out, settings.sweep_dir, ["final_eval.csv", "final_eval.md"])
+    return frame

@@ -1,0 +1,331 @@
+"""The sweep: settings checked before Ray starts, the Tuner wiring, and resume.
+
+Layout of one sweep under the results root (local folder or `s3://...`):
+
+    <results>/cache/...            stage cache shared by every sweep of this root
+    <results>/train/...            Ray Train runs of the training stages
+    <results>/<name>/sweep.json    the settings, so --resume / --report need only the name
+    <results>/<name>/optuna.db     the Optuna study (default storage, local results only)
+    <results>/<name>/tune/         the Tune experiment (what Tuner.restore continues)
+    <local>/<name>/progress.jsonl  one line per finished trial (also the record of finished ids)
+    <local>/<name>/pareto.md ...   reports (see tune.summary)
+
+`<local>` is `<results>` when that is a local folder, else `./results` on the driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search_spaces import available_spaces, load_space, seed_points
+from trainables.config import TrialConfig
+from tune.presets import Preset
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILENAME = "sweep.json"
+TUNE_DIRNAME = "tune"
+# Metrics every trial reports that make sense as objectives (trainables.trial.run_trial).
+OBJECTIVE_CHOICES = ("val_auroc", "params", "latency_ms", "gflops", "val_auprc", "val_accuracy",
+                     "val_ece", "val_nll", "val_brier", "params_ratio", "throughput_img_s")
+_LOCAL_FALLBACK_DIR = "results"
+
+
+def is_uri(path: str) -> bool:
+    """Return True when `path` is a pyarrow.fs URI such as s3://bucket/prefix."""
+    return "://" in path
+
+
+def parse_objectives(text: str) -> tuple[tuple[str, str], ...]:
+    """Return ((metric, "max"|"min"), ...) from "val_auroc:max,params:min,latency_ms:min"."""
+    objectives = []
+    for item in (part.strip() for part in text.split(",")):
+        name, sep, mode = item.partition(":")
+        if not sep or not name or mode not in ("max", "min"):
+            raise ValueError(f"--objectives expects metric:max|min pairs separated by commas "
+                             f"(e.g. val_auroc:max,params:min), got {item!r}")
+        if name not in OBJECTIVE_CHOICES:
+            raise ValueError(f"--objectives: unknown metric {name!r}; allowed: {', '.join(OBJECTIVE_CHOICES)}")
+        objectives.append((name, mode))
+    names = [n for n, _ in objectives]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--objectives names a metric twice: {text!r}")
+    return tuple(objectives)
+
+
+def searched_keys(space_name: str, draws: int = 32) -> set[str]:
+    """Return the flat keys space `space_name` sets (params and constants) over `draws` random draws."""
+    space = load_space(space_name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    keys: set[str] = set()
+    for _ in range(draws):
+        trial = study.ask()
+        constants = space(trial) or {}
+        keys |= set(trial.params) | set(constants)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return keys
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything that defines one sweep; saved as sweep.json (no credentials)."""
+
+    name: str
+    results_dir: str                  # absolute local folder or URI
+    storage_url: str | None           # None = SQLite in <results>/<name>/
+    preset: str
+    space: str
+    sampler: str
+    seed: int
+    objectives: tuple[tuple[str, str], ...]
+    num_samples: int
+    max_concurrent: int
+    trial_resources: Mapping[str, float]
+    max_failures: int
+    base: Mapping[str, Any]           # flat trial config: preset + --set overrides
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def sweep_dir(self) -> str:
+        """Return <results>/<name> (a local path or URI)."""
+        return f"{self.results_dir.rstrip('/')}/{self.name}"
+
+    @property
+    def local_dir(self) -> Path:
+        """Return the driver-local folder for reports and the progress log."""
+        if is_uri(self.results_dir):
+            return Path(_LOCAL_FALLBACK_DIR).resolve() / self.name
+        return Path(self.results_dir) / self.name
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Return the objective metric names, in order."""
+        return [name for name, _ in self.objectives]
+
+    def to_json(self) -> str:
+        """Return the settings as JSON; a storage URL with a password is left out."""
+        data = dataclasses.asdict(self)
+        if self.storage_url and _has_password(self.storage_url):
+            data["storage_url"] = None
+            data["storage_needs_flag"] = True
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, storage_url: str | None = None) -> "SweepSettings":
+        """Return the settings saved by to_json; `storage_url` replaces one left out for its password."""
+        data = json.loads(text)
+        if data.pop("storage_needs_flag", False):
+            if storage_url is None:
+                raise ValueError(f"sweep {data['name']!r} uses a storage URL with a password, "
+                                 "which is not saved; pass it again with --storage")
+            data["storage_url"] = storage_url
+        elif storage_url is not None:
+            data["storage_url"] = storage_url
+        data["objectives"] = tuple(tuple(o) for o in data["objectives"])
+        return cls(**data)
+
+
+def _has_password(url: str) -> bool:
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).password is not None
+    except sqlalchemy.exc.ArgumentError:
+        return False
+
+
+def _fs_and_path(uri_or_path: str):
+    """Return (pyarrow filesystem, path on it) for a local path or URI."""
+    import pyarrow.fs
+
+    if is_uri(uri_or_path):
+        return pyarrow.fs.FileSystem.from_uri(uri_or_path)
+    return pyarrow.fs.LocalFileSystem(), uri_or_path
+
+
+def read_settings(results_dir: str, name: str, storage_url: str | None = None) -> SweepSettings | None:
+    """Return the saved settings of sweep `name` under `results_dir`, or None if there is none."""
+    import pyarrow.fs
+
+    fs, root = _fs_and_path(f"{results_dir.rstrip('/')}/{name}/{SETTINGS_FILENAME}")
+    if fs.get_file_info(root).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(root) as handle:
+        return SweepSettings.from_json(handle.read().decode("utf-8"), storage_url)
+
+
+def write_settings(settings: SweepSettings) -> None:
+    """Write sweep.json into <results>/<name>/."""
+    fs, root = _fs_and_path(f"{settings.sweep_dir}/{SETTINGS_FILENAME}")
+    fs.create_dir(root.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(root) as handle:
+        handle.write(settings.to_json().encode("utf-8"))
+
+
+def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) -> dict[str, Any]:
+    """Return the flat trial config (preset + overrides), validated with the space's seed point.
+
+    Raises ValueError/TypeError naming the key for a bad override, and ValueError when an
+    override sets a key the space searches (the searcher's value would silently win).
+    """
+    base = {**preset.trial, **overrides}
+    typed = TrialConfig.from_flat(base).to_flat()
+    base = {key: typed.get(key, value) for key, value in base.items()}  # "--set k=3" -> 3
+    clash = sorted(set(overrides) & searched_keys(space_name))
+    if clash:
+        raise ValueError(f"--set {', '.join(clash)}: searched by space {space_name!r}, so the "
+                         "override would be ignored; pick a space that does not search it")
+    for point in seed_points(space_name, base):
+        TrialConfig.from_flat({**base, **point})
+    data = base.get("data.root")
+    if data and not is_uri(str(data)):
+        # Trials run with another working directory; relative data paths would break there.
+        base["data.root"] = str(Path(data).expanduser().resolve())
+    return base
+
+
+def check_space(name: str) -> None:
+    """Raise ValueError naming the available spaces when `name` is not one of them."""
+    if name not in available_spaces():
+        raise ValueError(f"--space: unknown search space {name!r}; available: {', '.join(available_spaces())}")
+
+
+def sweep_exists(results_dir: str, name: str, storage: optuna.storages.BaseStorage | None) -> bool:
+    """Return True when `name` already has settings, a Tune experiment or an Optuna study."""
+    if read_settings(results_dir, name) is not None:
+        return True
+    from ray.tune import Tuner
+
+    path, fs = tune_experiment_path(results_dir, name)
+    if Tuner.can_restore(path, storage_filesystem=fs):
+        return True
+    return storage is not None and name in optuna.get_all_study_names(storage)
+
+
+def tune_experiment_path(results_dir: str, name: str):
+    """Return (path, filesystem or None) of the sweep's Tune experiment folder."""
+    if is_uri(results_dir):
+        fs, root = _fs_and_path(results_dir)
+        return f"{root.rstrip('/')}/{name}/{TUNE_DIRNAME}", fs
+    return str(Path(results_dir) / name / TUNE_DIRNAME), None
+
+
+def _init_ray(dashboard: bool) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        # A Ray job on a cluster: connect to it; resources are the cluster's.
+        ray.init(log_to_driver=False)
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Trial processes log per-epoch lines and progress bars; the progress log here is
+    # the readable view, and each trial's output stays in its folder.
+    ray.init(include_dashboard=dashboard, log_to_driver=False)
+
+
+def _drop_unused_wandb_key() -> None:
+    """Remove WANDB_API_KEY from this process's environment when W&B runs offline.
+
+    Ray's WandbLoggerCallback copies the key into its logging actor's runtime_env, which
+    Ray writes in plain text to runtime_env_agent.log and shows on its dashboard; offline
+    runs need no key, and a resumed sweep restores that callback from its pickle.
+    """
+    from tune.callbacks import wandb_mode
+
+    if wandb_mode() in ("offline", "dryrun", "disabled") and os.environ.pop("WANDB_API_KEY", None) is not None:
+        log.info("W&B is offline: WANDB_API_KEY is not passed on to Ray")
+
+
+def make_trainable(settings: SweepSettings):
+    """Return the Tune trainable: tune_trainable with the base config, context and resources."""
+    from ray import tune
+
+    from trainables.trial import TrialContext, tune_trainable
+
+    context = TrialContext(results_dir=settings.results_dir, backend="ray", show_progress=False,
+                           max_failures=settings.max_failures)
+    return tune.with_resources(
+        tune.with_parameters(tune_trainable, base=dict(settings.base), context=context,
+                             objectives=tuple(name for name, _ in settings.objectives)),
+        dict(settings.trial_resources),
+    )
+
+
+def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage):
+    """Return the SweepSearch on the sweep's study, the seed configuration queued first."""
+    from tune.study import SweepSearch, make_sampler
+
+    return SweepSearch(
+        load_space(settings.space),
+        metric=settings.metric_names,
+        mode=[mode for _, mode in settings.objectives],
+        storage=storage,
+        study_name=settings.name,
+        sampler=make_sampler(settings.sampler, settings.seed),
+        points_to_evaluate=seed_points(settings.space, settings.base),
+    )
+
+
+def _callbacks(settings: SweepSettings, use_wandb: bool) -> list:
+    from tune.callbacks import PROGRESS_FILENAME, ProgressLog, wandb_callback
+
+    callbacks = [ProgressLog(str(settings.local_dir / PROGRESS_FILENAME), settings.num_samples,
+                             settings.metric_names)]
+    if use_wandb:
+        callbacks.append(wandb_callback(settings.name, settings.local_dir))
+    return callbacks
+
+
+def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, resume: bool,
+             use_wandb: bool = False, dashboard: bool = False) -> list[int]:
+    """Run (or continue) the Tune experiment to the end; return orphaned Optuna trials marked FAIL."""
+    from ray import tune
+
+    from tune.study import close_orphans
+
+    # Checkpoint the experiment after every event: with the default period a killed
+    # driver left Optuna trials that Tune re-ran on resume (RAY-NOTES).
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"
+    _drop_unused_wandb_key()
+    _init_ray(dashboard)
+    path, fs = tune_experiment_path(settings.results_dir, settings.name)
+    trainable = make_trainable(settings)
+    if resume:
+        # Errored trials stay errored: their Optuna trial is already FAIL and a rerun
+        # would not be told to Optuna again (SweepSearch ignores a second completion).
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False, storage_filesystem=fs)
+    else:
+        storage_path = path.rsplit("/", 1)[0]
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=make_searcher(settings, storage),
+                                        num_samples=settings.num_samples,
+                                        max_concurrent_trials=settings.max_concurrent),
+            run_config=tune.RunConfig(
+                name=TUNE_DIRNAME, storage_path=storage_path, storage_filesystem=fs,
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+                callbacks=_callbacks(settings, use_wandb), verbose=0,
+            ),
+        )
+    tuner.fit()
+    study = optuna.load_study(study_name=settings.name, storage=storage)
+    return close_orphans(study)
+
+
+__all__ = [
+    "OBJECTIVE_CHOICES", "SweepSettings", "build_base", "check_space", "make_searcher",
+    "make_trainable", "parse_objectives", "read_settings", "run_tune", "searched_keys",
+    "sweep_exists", "tune_experiment_path", "write_settings",
+]
