@@ -259,16 +259,38 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     A numerical failure (divergence, non-finite metrics) is deterministic, so it is reported,
     not raised: retrying would fail the same way. The report carries NaN objectives (Tune's
     strict metric check wants them) and `trial_error`, which the searcher turns into FAIL.
+    The metrics of a finished trial are stored in the cache under its experiment and trial
+    id, so a trial Tune reruns after restoring a crashed sweep reports them again unchanged.
     """
     from ray import tune
 
+    flat = {**base, **config}
+    tune_ctx = tune.get_context()
+    cache = StageCache(context.results_dir)
+    key = outcome_key(TrialConfig.from_flat(flat).to_flat(), tune_ctx.get_experiment_name(), tune_ctx.get_trial_id())
+    stored = cache.get("outcome", key)
+    if stored is not None:
+        # Tune reruns a trial it restored after a driver crash; Optuna may already hold
+        # this trial's values, so the rerun reports what was measured, not a new latency.
+        log.info("trial %s was measured before this restore; reporting its stored outcome",
+                 tune_ctx.get_trial_id())
+        tune.report({**json.loads((stored / "metrics.json").read_text()), "cache_hit_outcome": True})
+        return
     try:
-        metrics = run_trial({**base, **config}, context)
+        metrics = run_trial(flat, context)
     except FloatingPointError as err:
         log.error("trial failed: %s", err)
         tune.report({**{name: math.nan for name in objectives}, TRIAL_ERROR_KEY: str(err)})
         return
-    tune.report(metrics)
+    cache.get_or_compute("outcome", key,
+                         lambda out: (out / "metrics.json").write_text(json.dumps(metrics)), log=log)
+    tune.report({**metrics, "cache_hit_outcome": False})
+
+
+def outcome_key(flat: dict[str, Any], experiment: str, trial_id: str) -> str:
+    """Return the cache key of one Tune trial's reported metrics (its experiment, id and config)."""
+    return stage_key("outcome", {"experiment": experiment, "trial_id": trial_id, "config": flat},
+                     None, data_fingerprint="tune-trial")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from trainables.cache import MANIFEST_NAME
-from trainables.trial import TrialContext, main, run_trial
+from trainables.trial import TrialContext, main, run_trial, tune_trainable
 
 TINY = {
     "data.train_limit": 192, "data.val_limit": 128, "pretrain.epochs": 1, "pretrain.batch_size": 64,
@@ -97,6 +97,34 @@ def test_concurrent_trials_with_one_key_train_once(tmp_path):
     assert not errors
     assert sorted(o["cache_hit_finetune"] for o in outcomes) == [False, True]
     assert len(list((tmp_path / "cache" / "finetune").iterdir())) == 1
+
+
+class _FakeTuneContext:
+    def __init__(self, trial_id: str):
+        self.trial_id = trial_id
+
+    def get_experiment_name(self) -> str:
+        return "restored"
+
+    def get_trial_id(self) -> str:
+        return self.trial_id
+
+
+def test_a_rerun_tune_trial_reports_its_stored_metrics(first, results, monkeypatch):
+    """Tune reruns a trial restored after a driver crash: it must report what it measured."""
+    from ray import tune
+
+    reports = []
+    monkeypatch.setattr(tune, "report", reports.append)
+    ctx = TrialContext(results_dir=results, show_progress=False)
+    for trial_id in ("trial-a", "trial-a", "trial-b"):
+        monkeypatch.setattr(tune, "get_context", lambda trial_id=trial_id: _FakeTuneContext(trial_id))
+        tune_trainable({"compress.tau_mlp": 0.93}, base=TINY, context=ctx)
+    measured, rerun, other = reports
+    assert [r["cache_hit_outcome"] for r in reports] == [False, True, False]
+    assert {k: v for k, v in rerun.items() if k != "cache_hit_outcome"} == \
+        {k: v for k, v in measured.items() if k != "cache_hit_outcome"}
+    assert other["trial_s"] != measured["trial_s"]  # another trial id is measured afresh
 
 
 def test_debug_cli_prints_the_metrics(results, first, capsys):
