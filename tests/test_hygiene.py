@@ -26,7 +26,7 @@ RUN = str(REPO / "tune" / "run.py")
 SECRETS = {"WANDB_API_KEY": "dummy-wandb-secret-123", "HF_TOKEN": "hf_dummysecret456"}
 # Same tiny trial as tests/test_numerical_faults.py, so both hit the same cached stages.
 TINY = {"pretrain.epochs": 1, "finetune.epochs": 1, "data.train_limit": 200, "data.val_limit": 100,
-        "eval.latency_repeats": 2, "calib.batches": 2}
+        "eval.latency_repeats": 2, "eval.latency_rounds": 1, "calib.batches": 2}
 
 
 def _decoded(path: Path) -> bytes:

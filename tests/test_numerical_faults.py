@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = str(REPO / "tune" / "run.py")
 # Same tiny trial as tests/test_hygiene.py, so both hit the same cached pretrain/finetune.
 TINY = {"pretrain.epochs": 1, "finetune.epochs": 1, "data.train_limit": 200, "data.val_limit": 100,
-        "eval.latency_repeats": 2, "calib.batches": 2}
+        "eval.latency_repeats": 2, "eval.latency_rounds": 1, "calib.batches": 2}
 DIVERGING = {"finetune.lr": 1e6, "finetune.backbone_lr": 1e6}
 DEGENERATE = {"compress.tau_heads": 0.01, "compress.tau_mlp": 0.01, "compress.tau_svd": 0.01}
 

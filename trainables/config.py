@@ -230,12 +230,15 @@ class EvalConfig:
     latency_batch: int = 8
     latency_repeats: int = 15
     latency_warmup: int = 3
+    latency_rounds: int = 3          # blocks of latency_repeats runs; the least disturbed one counts
+    latency_pause_s: float = 0.25    # between blocks, so a burst of outside load can pass
 
     def __post_init__(self):
         _choice("eval.split", self.split, ("valid", "test"))
-        for name in ("batch_size", "latency_batch", "latency_repeats"):
+        for name in ("batch_size", "latency_batch", "latency_repeats", "latency_rounds"):
             _at_least(f"eval.{name}", getattr(self, name), 1)
         _at_least("eval.latency_warmup", self.latency_warmup, 0)
+        _at_least("eval.latency_pause_s", self.latency_pause_s, 0)
 
 
 @dataclass(frozen=True)

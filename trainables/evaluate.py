@@ -61,7 +61,8 @@ def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> di
     model = model.to(device).eval()
     with timing_lock(device):
         latency = measure_latency(model, shape, device=device, warmup=cfg.eval.latency_warmup,
-                                  repeats=cfg.eval.latency_repeats, batch_size=cfg.eval.latency_batch)
+                                  repeats=cfg.eval.latency_repeats, batch_size=cfg.eval.latency_batch,
+                                  rounds=cfg.eval.latency_rounds, pause_s=cfg.eval.latency_pause_s)
     return {
         "params": count_params(model),
         "gflops": count_gflops(model, shape),

@@ -24,6 +24,7 @@ class LatencyResult:
     batch_size: int
     device_name: str
     repeats: int
+    rounds: int = 1
 
 
 def measure_latency(
@@ -34,39 +35,46 @@ def measure_latency(
     warmup: int = 3,
     repeats: int = 10,
     batch_size: int,
+    rounds: int = 1,
+    pause_s: float = 0.0,
 ) -> LatencyResult:
     """Return the median per-image latency (and its IQR) of `model` on random (batch_size, *input_shape) inputs.
 
     latency_ms = median_i(t_i) / batch_size, latency_ms_spread = IQR_i(t_i) / batch_size,
     throughput_img_s = batch_size / median_i(t_i), over `repeats` timed runs after
     `warmup` untimed ones, each under torch.inference_mode with the device synchronised
-    before and after. `device` defaults to the model's; when given, the model is moved
-    there in place. The model is timed in eval mode and its training flag restored.
+    before and after. With rounds > 1 the timed runs are repeated in `rounds` blocks,
+    `pause_s` apart, and the block with the lowest median is reported: other processes
+    can only add time, so the least disturbed block is the model's own latency. `device`
+    defaults to the model's; when given, the model is moved there in place. The model is
+    timed in eval mode and its training flag restored.
     """
     _check_input_shape(input_shape)
     _check_count("batch_size", batch_size, minimum=1)
     _check_count("warmup", warmup, minimum=0)
     _check_count("repeats", repeats, minimum=1)
+    _check_count("rounds", rounds, minimum=1)
+    if isinstance(pause_s, bool) or not isinstance(pause_s, (int, float)) or not pause_s >= 0:
+        raise ValueError(f"pause_s must be a number of seconds >= 0, got {pause_s!r}")
     target = _model_device(model) if device is None else torch.device(device)
     model.to(target)
     inputs = torch.randn((batch_size, *input_shape), device=target, dtype=_model_dtype(model))
 
     was_training = model.training
     model.eval()
-    run_times_s = []
+    blocks_s = []
     try:
         with torch.inference_mode():
             for _ in range(warmup):
                 model(inputs)
-            for _ in range(repeats):
-                _synchronize(target)
-                start_s = time.perf_counter()
-                model(inputs)
-                _synchronize(target)
-                run_times_s.append(time.perf_counter() - start_s)
+            for block in range(rounds):
+                if block:
+                    time.sleep(pause_s)
+                blocks_s.append(_timed_runs(model, inputs, target, repeats))
     finally:
         model.train(was_training)
 
+    run_times_s = min(blocks_s, key=statistics.median)
     median_s = statistics.median(run_times_s)
     quartiles_s = statistics.quantiles(run_times_s, n=4) if repeats > 1 else [median_s] * 3
     return LatencyResult(
@@ -76,7 +84,20 @@ def measure_latency(
         batch_size=batch_size,
         device_name=device_name(target),
         repeats=repeats,
+        rounds=rounds,
     )
+
+
+def _timed_runs(model: nn.Module, inputs: torch.Tensor, target: torch.device, repeats: int) -> list[float]:
+    """Return the wall seconds of `repeats` synchronised forward passes."""
+    run_times_s = []
+    for _ in range(repeats):
+        _synchronize(target)
+        start_s = time.perf_counter()
+        model(inputs)
+        _synchronize(target)
+        run_times_s.append(time.perf_counter() - start_s)
+    return run_times_s
 
 
 def count_gflops(model: nn.Module, input_shape: tuple[int, int, int]) -> float:

@@ -274,7 +274,7 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
         # this trial's values, so the rerun reports what was measured, not a new latency.
         log.info("trial %s was measured before this restore; reporting its stored outcome",
                  tune_ctx.get_trial_id())
-        tune.report({**json.loads((stored / "metrics.json").read_text()), "cache_hit_outcome": True})
+        tune.report({**json.loads((stored / "metrics.json").read_text()), "outcome_replayed": True})
         return
     try:
         metrics = run_trial(flat, context)
@@ -284,7 +284,7 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
         return
     cache.get_or_compute("outcome", key,
                          lambda out: (out / "metrics.json").write_text(json.dumps(metrics)), log=log)
-    tune.report({**metrics, "cache_hit_outcome": False})
+    tune.report({**metrics, "outcome_replayed": False})
 
 
 def outcome_key(flat: dict[str, Any], experiment: str, trial_id: str) -> str:

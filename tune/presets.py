@@ -60,7 +60,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
         trial={"finetune.cpus_per_worker": 0.9},
         # Thresholds and token pruning only: one pretrain + one fine-tune, the rest cache hits.
         space="compress_only",
-        num_samples=32,
+        num_samples=48,
         # Cached trials take seconds, so running two at once gains little on 2 cores and
         # makes each trial's latency objective time the other trial's work.
         max_concurrent=1,

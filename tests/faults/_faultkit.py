@@ -25,7 +25,8 @@ WORKER_CPUS = 2
 
 # Tiny digits trials: one pretrain epoch, a few small fine-tune epochs, cheap latency.
 TINY = {"pretrain.epochs": 1, "data.train_limit": 128, "data.val_limit": 64,
-        "eval.latency_repeats": 3, "eval.latency_warmup": 1}
+        "eval.latency_repeats": 3, "eval.latency_warmup": 1,
+        "eval.latency_rounds": 1}
 
 
 def cli_sets(overrides: dict) -> list[str]:

@@ -32,6 +32,8 @@ def test_set_strings_are_typed():
     ("tokens.alpha", 0.0, r"tokens.alpha must be > 0"),
     ("finetune.method", "qlora", "finetune.method must be one of head_only, lora, full"),
     ("prehab.lambda", -1.0, "prehab.lambda must be >= 0"),
+    ("eval.latency_rounds", 0, "eval.latency_rounds must be >= 1"),
+    ("eval.latency_pause_s", -0.5, "eval.latency_pause_s must be >= 0"),
 ])
 def test_out_of_range_values_name_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):

@@ -3,6 +3,7 @@
 import logging
 import math
 import statistics
+import time
 
 import pytest
 import torch
@@ -112,9 +113,34 @@ def test_latency_runs_model_in_eval_mode(model):
     assert modes == [False, False]
 
 
+class _SlowFirstCalls(nn.Module):
+    """Sleeps 20 ms in each of its first `slow` calls (a burst of outside load), then 0."""
+
+    def __init__(self, slow: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.calls, self.slow = 0, slow
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls <= self.slow:
+            time.sleep(0.02)
+        return x
+
+
+def test_latency_reports_the_least_disturbed_round():
+    # warmup 1 + first round of 4 runs are slow; the second round is not.
+    result = measure_latency(_SlowFirstCalls(slow=5), INPUT_SHAPE, warmup=1, repeats=4, batch_size=1, rounds=2)
+    assert result.rounds == 2 and result.latency_ms < 10.0
+    single = measure_latency(_SlowFirstCalls(slow=5), INPUT_SHAPE, warmup=1, repeats=4, batch_size=1)
+    assert single.rounds == 1 and single.latency_ms >= 20.0
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "name"),
     [
+        ({"rounds": 0}, ValueError, "rounds"),
+        ({"pause_s": -1.0}, ValueError, "pause_s"),
         ({"batch_size": 0}, ValueError, "batch_size"),
         ({"repeats": 0}, ValueError, "repeats"),
         ({"warmup": -1}, ValueError, "warmup"),

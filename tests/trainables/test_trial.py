@@ -121,9 +121,9 @@ def test_a_rerun_tune_trial_reports_its_stored_metrics(first, results, monkeypat
         monkeypatch.setattr(tune, "get_context", lambda trial_id=trial_id: _FakeTuneContext(trial_id))
         tune_trainable({"compress.tau_mlp": 0.93}, base=TINY, context=ctx)
     measured, rerun, other = reports
-    assert [r["cache_hit_outcome"] for r in reports] == [False, True, False]
-    assert {k: v for k, v in rerun.items() if k != "cache_hit_outcome"} == \
-        {k: v for k, v in measured.items() if k != "cache_hit_outcome"}
+    assert [r["outcome_replayed"] for r in reports] == [False, True, False]
+    assert {k: v for k, v in rerun.items() if k != "outcome_replayed"} == \
+        {k: v for k, v in measured.items() if k != "outcome_replayed"}
     assert other["trial_s"] != measured["trial_s"]  # another trial id is measured afresh
 
 

@@ -30,7 +30,8 @@ from tune.sweep import SweepSettings
 REPO = Path(__file__).resolve().parents[2]
 RUN = str(REPO / "tune" / "run.py")
 TINY = ["--space", "compress_only", "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1",
-        "--set", "data.train_limit=300", "--set", "data.val_limit=120", "--set", "eval.latency_repeats=3"]
+        "--set", "data.train_limit=300", "--set", "data.val_limit=120", "--set", "eval.latency_repeats=3",
+        "--set", "eval.latency_rounds=1"]
 OBJECTIVES = [("val_auroc", "max"), ("params", "min"), ("latency_ms", "min")]
 
 pytestmark = pytest.mark.timeout(600)
