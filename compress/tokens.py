@@ -207,13 +207,24 @@ def _mlp_block(layer, hidden_states: torch.Tensor) -> torch.Tensor:
 
 def _keep(hidden_states, cls_attention, num_prefix, num_keep):
     """Return (prefix + the `num_keep` top-attention patches in their original order, kept patch indices)."""
-    batch_size, _, width = hidden_states.shape
+    batch_size = hidden_states.shape[0]
     keep_index = cls_attention[:, num_prefix:].topk(num_keep, dim=-1, sorted=False).indices.sort(dim=-1).values
-    # One gather over prefix + kept patches instead of slicing and concatenating (one copy, not two).
+    # One row selection over prefix + kept patches instead of slicing and concatenating.
     prefix_index = torch.arange(num_prefix, device=keep_index.device).expand(batch_size, -1)
     token_index = torch.cat((prefix_index, keep_index + num_prefix), dim=1)
-    kept = hidden_states.gather(1, token_index.unsqueeze(-1).expand(-1, -1, width))
-    return kept, keep_index
+    return _select_tokens(hidden_states, token_index), keep_index
+
+
+def _select_tokens(hidden_states: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
+    """Return hidden_states[b, token_index[b]] for every b, shaped (batch, k, width).
+
+    Whole rows are copied with one index_select over the flattened batch; `gather` with an
+    index expanded over the width reads one index per element and is ~10x slower on CPU.
+    """
+    batch_size, num_tokens, width = hidden_states.shape
+    offsets = torch.arange(batch_size, device=token_index.device).unsqueeze(1) * num_tokens
+    rows = (token_index + offsets).reshape(-1)
+    return hidden_states.reshape(-1, width).index_select(0, rows).view(batch_size, -1, width)
 
 
 def _keep_and_fuse(hidden_states, cls_attention, num_prefix, has_fused, num_keep):
@@ -223,15 +234,13 @@ def _keep_and_fuse(hidden_states, cls_attention, num_prefix, has_fused, num_keep
     a_i being the CLS attention averaged over heads.
     """
     patch_start = num_prefix + int(has_fused)
-    width = hidden_states.shape[-1]
     patch_scores = cls_attention[:, patch_start:]
     order = patch_scores.argsort(dim=-1, descending=True)
     keep_index = order[:, :num_keep].sort(dim=-1).values
     drop_index = order[:, num_keep:]
-    patches = hidden_states[:, patch_start:]
 
     drop_weights = patch_scores.gather(1, drop_index).unsqueeze(-1)
-    dropped = patches.gather(1, drop_index.unsqueeze(-1).expand(-1, -1, width))
+    dropped = _select_tokens(hidden_states, drop_index + patch_start)
     fused_sum = (drop_weights * dropped).sum(dim=1)
     weight_sum = drop_weights.sum(dim=1)
     if has_fused:
@@ -240,7 +249,7 @@ def _keep_and_fuse(hidden_states, cls_attention, num_prefix, has_fused, num_keep
         weight_sum = weight_sum + previous_weight
     fused = (fused_sum / weight_sum).unsqueeze(1)
 
-    kept = patches.gather(1, keep_index.unsqueeze(-1).expand(-1, -1, width))
+    kept = _select_tokens(hidden_states, keep_index + patch_start)
     return torch.cat((hidden_states[:, :num_prefix], fused, kept), dim=1), keep_index
 
 
