@@ -46,13 +46,14 @@ TRIAL_ERROR_KEY = "trial_error"  # in a Tune report: why the trial failed withou
 
 @dataclass(frozen=True)
 class TrialContext:
-    """Where a trial runs and stores things; not part of any cache key."""
+    """Where a trial runs and stores things; not part of any training stage's cache key."""
 
     results_dir: str = "results"      # local folder or pyarrow.fs URI: cache + Train runs
     backend: str = "local"            # "local": this process; "ray": training stages on Ray Train
     show_progress: bool = True        # tqdm bars (local backend)
     max_failures: int = 2             # Ray Train worker-group restarts per training stage
     cache_wait_s: float | None = None # give up waiting for another trial's stage after this
+    sweep: str = ""                   # the sweep's name: with the Tune trial id, keys stored outcomes
 
     def __post_init__(self):
         if self.backend not in ("local", "ray"):
@@ -267,7 +268,9 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     flat = {**base, **config}
     tune_ctx = tune.get_context()
     cache = StageCache(context.results_dir)
-    key = outcome_key(TrialConfig.from_flat(flat).to_flat(), tune_ctx.get_experiment_name(), tune_ctx.get_trial_id())
+    # Every sweep's Tune experiment folder has the same name, so the sweep names the run.
+    key = outcome_key(TrialConfig.from_flat(flat).to_flat(), context.sweep or tune_ctx.get_experiment_name(),
+                      tune_ctx.get_trial_id())
     stored = cache.get("outcome", key)
     if stored is not None:
         # Tune reruns a trial it restored after a driver crash; Optuna may already hold
@@ -287,9 +290,9 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     tune.report({**metrics, "outcome_replayed": False})
 
 
-def outcome_key(flat: dict[str, Any], experiment: str, trial_id: str) -> str:
-    """Return the cache key of one Tune trial's reported metrics (its experiment, id and config)."""
-    return stage_key("outcome", {"experiment": experiment, "trial_id": trial_id, "config": flat},
+def outcome_key(flat: dict[str, Any], sweep: str, trial_id: str) -> str:
+    """Return the cache key of one Tune trial's reported metrics (its sweep, id and config)."""
+    return stage_key("outcome", {"sweep": sweep, "trial_id": trial_id, "config": flat},
                      None, data_fingerprint="tune-trial")
 
 

@@ -254,7 +254,7 @@ def make_trainable(settings: SweepSettings):
     from trainables.trial import TrialContext, tune_trainable
 
     context = TrialContext(results_dir=settings.results_dir, backend="ray", show_progress=False,
-                           max_failures=settings.max_failures)
+                           max_failures=settings.max_failures, sweep=settings.name)
     return tune.with_resources(
         tune.with_parameters(tune_trainable, base=dict(settings.base), context=context,
                              objectives=tuple(name for name, _ in settings.objectives)),

@@ -116,15 +116,16 @@ def test_a_rerun_tune_trial_reports_its_stored_metrics(first, results, monkeypat
 
     reports = []
     monkeypatch.setattr(tune, "report", reports.append)
-    ctx = TrialContext(results_dir=results, show_progress=False)
-    for trial_id in ("trial-a", "trial-a", "trial-b"):
+    for sweep, trial_id in (("s1", "trial-a"), ("s1", "trial-a"), ("s1", "trial-b"), ("s2", "trial-a")):
         monkeypatch.setattr(tune, "get_context", lambda trial_id=trial_id: _FakeTuneContext(trial_id))
+        ctx = TrialContext(results_dir=results, show_progress=False, sweep=sweep)
         tune_trainable({"compress.tau_mlp": 0.93}, base=TINY, context=ctx)
-    measured, rerun, other = reports
-    assert [r["outcome_replayed"] for r in reports] == [False, True, False]
+    measured, rerun, other_trial, other_sweep = reports
+    assert [r["outcome_replayed"] for r in reports] == [False, True, False, False]
     assert {k: v for k, v in rerun.items() if k != "outcome_replayed"} == \
         {k: v for k, v in measured.items() if k != "outcome_replayed"}
-    assert other["trial_s"] != measured["trial_s"]  # another trial id is measured afresh
+    # another trial id, or the same id in another sweep sharing the cache, is measured afresh
+    assert measured["trial_s"] not in (other_trial["trial_s"], other_sweep["trial_s"])
 
 
 def test_debug_cli_prints_the_metrics(results, first, capsys):
