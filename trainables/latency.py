@@ -2,6 +2,7 @@
 
 import copy
 import logging
+import math
 import platform
 import statistics
 import time
@@ -54,8 +55,8 @@ def measure_latency(
     _check_count("warmup", warmup, minimum=0)
     _check_count("repeats", repeats, minimum=1)
     _check_count("rounds", rounds, minimum=1)
-    if isinstance(pause_s, bool) or not isinstance(pause_s, (int, float)) or not pause_s >= 0:
-        raise ValueError(f"pause_s must be a number of seconds >= 0, got {pause_s!r}")
+    if isinstance(pause_s, bool) or not isinstance(pause_s, (int, float)) or not 0 <= pause_s < math.inf:
+        raise ValueError(f"pause_s must be a finite number of seconds >= 0, got {pause_s!r}")
     target = _model_device(model) if device is None else torch.device(device)
     model.to(target)
     inputs = torch.randn((batch_size, *input_shape), device=target, dtype=_model_dtype(model))

@@ -141,6 +141,7 @@ def test_latency_reports_the_least_disturbed_round():
     [
         ({"rounds": 0}, ValueError, "rounds"),
         ({"pause_s": -1.0}, ValueError, "pause_s"),
+        ({"pause_s": float("inf")}, ValueError, "pause_s"),
         ({"batch_size": 0}, ValueError, "batch_size"),
         ({"repeats": 0}, ValueError, "repeats"),
         ({"warmup": -1}, ValueError, "warmup"),
