@@ -268,9 +268,7 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     flat = {**base, **config}
     tune_ctx = tune.get_context()
     cache = StageCache(context.results_dir)
-    # Every sweep's Tune experiment folder has the same name, so the sweep names the run.
-    key = outcome_key(TrialConfig.from_flat(flat).to_flat(), context.sweep or tune_ctx.get_experiment_name(),
-                      tune_ctx.get_trial_id())
+    key = outcome_key(TrialConfig.from_flat(flat).to_flat(), context.sweep, tune_ctx.get_trial_id())
     stored = cache.get("outcome", key)
     if stored is not None:
         # Tune reruns a trial it restored after a driver crash; Optuna may already hold

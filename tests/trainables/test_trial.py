@@ -103,9 +103,6 @@ class _FakeTuneContext:
     def __init__(self, trial_id: str):
         self.trial_id = trial_id
 
-    def get_experiment_name(self) -> str:
-        return "restored"
-
     def get_trial_id(self) -> str:
         return self.trial_id
 
