@@ -25,6 +25,7 @@ elif _REPO_ROOT not in sys.path:
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 
 from search_spaces import SEED_CONFIG, available_spaces  # noqa: E402
@@ -225,6 +226,19 @@ def _debug_trial(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+def _check_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Exit 2 with one line when the cluster in RAY_ADDRESS refuses this process or --ray-dashboard cannot start."""
+    from tune.cluster import RayAccessError, check_cluster_access, check_dashboard_packages
+
+    try:
+        if os.environ.get("RAY_ADDRESS"):
+            check_cluster_access(os.environ["RAY_ADDRESS"])
+        elif args.ray_dashboard:
+            check_dashboard_packages()
+    except RayAccessError as err:
+        parser.error(str(err))
+
+
 def _finish(settings: SweepSettings, storage, args: argparse.Namespace) -> int:
     import optuna
 
@@ -265,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tune.sweep import run_tune
 
+    _check_ray(args, parser)
     if args.resume:
         name = args.resume if isinstance(args.resume, str) else args.name
         if not name:
