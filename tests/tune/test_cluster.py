@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -198,6 +199,7 @@ def head():
         for leftover in _started_by(str(token_path)):
             leftover.kill()
         log.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow

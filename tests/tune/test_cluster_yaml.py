@@ -69,6 +69,22 @@ def test_setup_installs_this_project_from_its_file_mount(raw_config):
     assert any("pip install" in cmd and mount in cmd for cmd in raw_config["setup_commands"])
 
 
+def test_every_node_gets_the_local_token_where_ray_reads_it(raw_config):
+    from ray._private.authentication.authentication_token_setup import _get_default_token_path
+
+    # Local default path -> the same path under the container user's home (rayproject images: /home/ray).
+    default = _get_default_token_path().relative_to(Path.home())
+    mounts = raw_config["file_mounts"]
+    assert mounts.get(f"/home/ray/{default}") == f"~/{default}"
+
+
+def test_every_ray_start_requires_the_token(raw_config):
+    starts = [cmd for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for cmd in raw_config[key] if "ray start" in cmd]
+    assert len(starts) == 2
+    assert all("RAY_AUTH_MODE=token ray start" in cmd for cmd in starts)
+
+
 SECRET_PATTERNS = [
     r"AKIA[0-9A-Z]{16}",                       # AWS access key id
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
