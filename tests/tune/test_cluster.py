@@ -5,12 +5,12 @@ dir, ports and token file) and stop it, and only the processes it started, at th
 """
 
 import ast
+import contextlib
 import importlib.util
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -190,14 +190,19 @@ def head():
         yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{ports['port']}", "env": env, "root": root,
                "token_path": token_path, "auth_mode": json.loads(body)["authentication_mode"]}
     finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        # What `ray stop` does, limited to this head: SIGTERM to all its processes at once,
+        # SIGKILL to those still there 5 s later (the results are checked by then).
+        started = _started_by(str(token_path))
+        for each in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                each.terminate()
+        _, alive = psutil.wait_procs(started, timeout=5)
+        for each in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                each.kill()
+        if proc.poll() is None:
             proc.kill()
-            proc.wait()
-        for leftover in _started_by(str(token_path)):
-            leftover.kill()
+        proc.wait()
         log.close()
         shutil.rmtree(root, ignore_errors=True)
 
