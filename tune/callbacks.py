@@ -51,6 +51,9 @@ def format_trial_line(index: int, total: int, config: Mapping[str, Any],
     cache = f"hit {','.join(hits) or '-'} miss {','.join(misses) or '-'}"
     seconds = result.get("trial_s", result.get("time_total_s"))
     took = f"{float(seconds):.0f} s" if isinstance(seconds, (int, float)) else "? s"
+    if result.get("outcome_replayed") is True:
+        # A trial rerun after a resume reports what it measured before the driver died.
+        took += ", measured before the resume"
     return f"[{index:>3}/{total}] {params} | {scores} | cache {cache} | {took}"
 
 
