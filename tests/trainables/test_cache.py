@@ -347,6 +347,7 @@ def spawn_worker(tmp_path: Path, kind: str, count_file: Path, compute_s: float):
 
 
 @pytest.mark.parametrize("kind", ["local", "subtree"])
+@pytest.mark.slow
 def test_two_processes_compute_once(kind, tmp_path):
     count_file = tmp_path / "computes.txt"
     procs = [spawn_worker(tmp_path, kind, count_file, compute_s=1.5) for _ in range(2)]
@@ -360,6 +361,7 @@ def test_two_processes_compute_once(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["local", "subtree"])
+@pytest.mark.slow
 def test_writer_killed_mid_compute_is_recomputed(kind, tmp_path):
     count_file = tmp_path / "computes.txt"
     writer = spawn_worker(tmp_path, kind, count_file, compute_s=60)
