@@ -249,17 +249,20 @@ def test_bad_input_leaves_the_results_folder_as_it_was(case, case_inputs, tmp_pa
 
 
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)
+@pytest.mark.slow
 def test_script_exits_2_with_one_error_line_and_no_traceback(case, scripted, case_inputs):
     code, err, _, _ = scripted[case]
     _assert_one_error_line(code, err, case_inputs[1][case][1])
 
 
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)
+@pytest.mark.slow
 def test_script_leaves_the_results_folder_as_it_was(case, scripted):
     _, _, results, before = scripted[case]
     assert _snapshot(results) == before
 
 
+@pytest.mark.slow
 def test_storage_error_hides_the_password(scripted):
     assert "hunter2" not in scripted["postgres_unreachable"][1]
 

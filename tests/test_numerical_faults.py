@@ -63,29 +63,35 @@ def diverged_finetune(results, context, seed_metrics):
     return info.value, before, _entries(results, "finetune")
 
 
+@pytest.mark.slow
 def test_diverging_finetune_raises_naming_the_stage(diverged_finetune):
     assert str(diverged_finetune[0]).startswith("finetune stage diverged: training loss became")
 
 
+@pytest.mark.slow
 def test_diverging_finetune_says_what_to_change(diverged_finetune):
     assert "lower the learning rate" in str(diverged_finetune[0])
 
 
+@pytest.mark.slow
 def test_diverged_finetune_publishes_no_cache_entry(diverged_finetune):
     _, before, after = diverged_finetune
     assert after == before
 
 
+@pytest.mark.slow
 def test_huge_prehab_lambda_raises_naming_the_prehab_stage(context, seed_metrics):
     with pytest.raises(FloatingPointError, match=r"^prehab stage diverged: training loss became (nan|inf)"):
         run_trial({**TINY, "prehab.lambda": 1e38}, context)
 
 
+@pytest.mark.slow
 def test_degenerate_compression_still_evaluates_to_finite_metrics(context, seed_metrics):
     metrics = run_trial({**TINY, **DEGENERATE}, context)
     assert all(math.isfinite(metrics[name]) for name in ("val_auroc", "params", "latency_ms", "gflops"))
 
 
+@pytest.mark.slow
 def test_degenerate_compression_keeps_a_small_fraction_of_the_parameters(context, seed_metrics):
     metrics = run_trial({**TINY, **DEGENERATE}, context)
     assert metrics["params"] < 0.1 * seed_metrics["params"]

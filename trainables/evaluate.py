@@ -42,12 +42,16 @@ def split_metrics(model: nn.Module, cfg: TrialConfig, data_root: str, split: str
     return {f"{prefix}_{name}": value for name, value in classification_metrics(labels, probs).items()}
 
 
+def timing_lock_path(device: torch.device) -> Path:
+    """Return the file whose flock serialises latency timing on this host for `device`'s type."""
+    return Path(tempfile.gettempdir()) / f"vitsweep-latency-{device.type}.lock"
+
+
 @contextlib.contextmanager
 def timing_lock(device: torch.device):
     """Hold a host-wide lock for this device while timing, so concurrent trials on one machine
     take turns instead of timing each other's load."""
-    path = Path(tempfile.gettempdir()) / f"vitsweep-latency-{device.type}.lock"
-    with open(path, "a") as handle:
+    with open(timing_lock_path(device), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

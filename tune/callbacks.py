@@ -51,6 +51,9 @@ def format_trial_line(index: int, total: int, config: Mapping[str, Any],
     cache = f"hit {','.join(hits) or '-'} miss {','.join(misses) or '-'}"
     seconds = result.get("trial_s", result.get("time_total_s"))
     took = f"{float(seconds):.0f} s" if isinstance(seconds, (int, float)) else "? s"
+    if result.get("outcome_replayed") is True:
+        # A trial rerun after a resume reports what it measured before the driver died.
+        took += ", measured before the resume"
     return f"[{index:>3}/{total}] {params} | {scores} | cache {cache} | {took}"
 
 
@@ -69,7 +72,12 @@ class ProgressLog(Callback):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_stream"] = None  # sys.stdout does not pickle; Tune pickles its callbacks
+        state.pop("_epoch_offsets", None)  # where this driver's console is; setup() starts anew
         return state
+
+    def setup(self, **info) -> None:
+        """Skip the epochs already on disk, so a resumed (or later) sweep prints only its own."""
+        self._epoch_offsets = {str(path): path.stat().st_size for path in self._epoch_files()}
 
     def _print(self, line: str) -> None:
         print(line, file=self._stream or sys.stdout, flush=True)
@@ -110,10 +118,12 @@ class ProgressLog(Callback):
         """Print training epochs that Ray Train runs reported since the last step."""
         self._print_new_epochs()
 
+    def _epoch_files(self) -> list[Path]:
+        return sorted((Path(self.record_path).parent.parent / "train").glob(f"*/{EPOCHS_FILE}"))
+
     def _print_new_epochs(self) -> None:
-        train_dir = Path(self.record_path).parent.parent / "train"
         offsets = self.__dict__.setdefault("_epoch_offsets", {})
-        for path in sorted(train_dir.glob(f"*/{EPOCHS_FILE}")):
+        for path in self._epoch_files():
             with open(path, encoding="utf-8") as handle:
                 handle.seek(offsets.get(str(path), 0))
                 lines = handle.readlines()

@@ -10,7 +10,9 @@ which would leave the trial RUNNING.
 import logging
 import math
 import numbers
+import os
 import shlex
+import signal
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -55,6 +57,10 @@ FAIL_REASON_ATTR = "fail_reason"
 # Set by trainables.trial.tune_trainable when a trial fails deterministically (no retry).
 TRIAL_ERROR_KEY = "trial_error"
 CONFIG_ATTR = "config"
+# Test hook (tests/faults/test_driver_kill.py): when set, the driver SIGKILLs itself right
+# after Optuna is told a COMPLETE trial, before Tune's experiment checkpoint records that
+# the trial ended, the one crash after which Tune reruns a trial Optuna already holds.
+KILL_AFTER_TELL_ENV = "VITSWEEP_TEST_KILL_AFTER_TELL"
 
 
 class StorageUnavailableError(ValueError):
@@ -311,6 +317,9 @@ class SweepSearch(OptunaSearch):
         else:
             if fail_reason is None:
                 self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE, skip_if_finished=True)
+                if os.environ.get(KILL_AFTER_TELL_ENV) == "1":
+                    logger.warning("%s=1: killing the driver after telling Optuna", KILL_AFTER_TELL_ENV)
+                    os.kill(os.getpid(), signal.SIGKILL)
             else:
                 logger.warning("Optuna trial %d marked FAIL: %s", ot_trial.number, fail_reason)
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL, skip_if_finished=True)

@@ -121,11 +121,12 @@ def kill_leftovers(pids: set[int], ray_tmp: Path) -> None:
             continue
 
 
-def start_cli(fault_cluster: FaultCluster, *args: str, log: Path) -> subprocess.Popen:
-    """Start `python tune/run.py ARGS` attached to the cluster, in its own process group."""
+def start_cli(fault_cluster: FaultCluster, *args: str, log: Path,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `python tune/run.py ARGS` attached to the cluster (plus `env`), in its own process group."""
     handle = open(log, "w")
     proc = subprocess.Popen([sys.executable, RUN, *args], stdout=handle, stderr=subprocess.STDOUT,
-                            text=True, env=fault_cluster.env(), cwd=fault_cluster.results,
+                            text=True, env={**fault_cluster.env(), **(env or {})}, cwd=fault_cluster.results,
                             start_new_session=True)
     handle.close()
     return proc

@@ -1,23 +1,26 @@
 """The sweep driver SIGKILLed mid-sweep on the multi-node cluster, then `--resume`.
 
-The CLI attaches to the cluster (RAY_ADDRESS), runs 4 trials 2 at once and is killed with
-its whole process group once one trial is COMPLETE in Optuna; the cluster lives on, as it
-would when a head-node job dies. `--resume` must finish the sweep so that the Optuna study
-and Tune's own trial results agree trial for trial: no duplicates, none RUNNING.
+The CLI attaches to the cluster (RAY_ADDRESS), runs 4 trials 2 at once and kills itself
+(test hook tune.study.KILL_AFTER_TELL_ENV) right after Optuna is told its first COMPLETE
+trial, before Tune's experiment checkpoint records that trial as finished: the crash after
+which Tune reruns a trial Optuna already holds. The cluster lives on, as it would when a
+head-node job dies. `--resume` must finish the sweep so that the Optuna study and Tune's
+own trial results agree trial for trial: no duplicates, none RUNNING, and the rerun trial
+reports the outcome stored the first time (`outcome_replayed`), not a new measurement.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 
 import optuna
 import pytest
 
 from _faultkit import (
     TINY, cli_sets, count_complete, kill_group, load_study, start_cli, tune_results, wait_cli,
-    wait_for,
 )
-from tune.study import FAIL_REASON_ATTR, TUNE_TRIAL_ID_ATTR
+from tune.study import FAIL_REASON_ATTR, KILL_AFTER_TELL_ENV, TUNE_TRIAL_ID_ATTR
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -30,25 +33,28 @@ State = optuna.trial.TrialState
 
 @pytest.fixture(scope="module")
 def resumed(fault_cluster, tmp_path_factory):
-    """Kill the driver after its first COMPLETE trial, resume; return counts and the resume log."""
+    """Let the driver kill itself after its first tell, resume; return what each run left."""
     fault_cluster.ensure_workers(2)
     results, logs = fault_cluster.results, tmp_path_factory.mktemp("driver-kill")
     proc = start_cli(fault_cluster, "--results-dir", str(results), "--name", NAME, "--num-samples",
-                     str(SAMPLES), "--max-concurrent", "2", *cli_sets(CONFIG), log=logs / "first.log")
+                     str(SAMPLES), "--max-concurrent", "2", *cli_sets(CONFIG), log=logs / "first.log",
+                     env={KILL_AFTER_TELL_ENV: "1"})
     try:
-        wait_for(lambda: count_complete(results / NAME / "optuna.db") >= 1, 240,
-                 "the first COMPLETE trial", proc)
+        first_rc = proc.wait(timeout=240)
     finally:
-        kill_group(proc)  # the driver and everything in its group, as a crash would
+        kill_group(proc)  # whatever the driver started dies with it, as in a crash
         proc.wait()
-    done_before = count_complete(results / NAME / "optuna.db")
+    told = {t.user_attrs[TUNE_TRIAL_ID_ATTR]: t.values for t in load_study(results, NAME).trials
+            if t.state == State.COMPLETE}
     again = start_cli(fault_cluster, "--results-dir", str(results), "--resume", NAME, log=logs / "resume.log")
     rc = wait_cli(again, 240)
-    return {"done_before": done_before, "rc": rc, "log": (logs / "resume.log").read_text(errors="replace")}
+    return {"first_rc": first_rc, "first_log": (logs / "first.log").read_text(errors="replace"),
+            "told": told, "rc": rc, "log": (logs / "resume.log").read_text(errors="replace")}
 
 
-def test_driver_was_killed_mid_sweep(resumed):
-    assert 1 <= resumed["done_before"] < SAMPLES
+def test_driver_killed_itself_right_after_the_first_tell(resumed):
+    assert resumed["first_rc"] == -signal.SIGKILL, resumed["first_log"][-3000:]
+    assert len(resumed["told"]) == 1
 
 
 def test_resume_exits_cleanly(resumed):
@@ -79,3 +85,11 @@ def test_optuna_and_tune_agree_trial_for_trial(fault_cluster, resumed):
     assert sorted(reported) == sorted(complete)
     for tid, trial in complete.items():
         assert trial.values == [reported[tid][name] for name in OBJECTIVES], tid
+
+
+def test_trial_told_before_the_kill_replays_its_stored_outcome(fault_cluster, resumed):
+    reported = tune_results(fault_cluster.results, NAME)
+    ((told_id, told_values),) = resumed["told"].items()
+    assert reported[told_id]["outcome_replayed"] is True
+    assert [reported[told_id][name] for name in OBJECTIVES] == told_values
+

@@ -4,7 +4,8 @@ The sweep CLI runs 3 digits trials (2 at once) against the multi-node cluster. O
 seed trial's fine-tune has a checkpoint registered by Train, the worker node hosting that
 fine-tune's RayTrainWorker is removed (its raylet and every process on it die). The
 affected work must go on on the other node, resuming the fine-tune from its checkpoint,
-and every Optuna trial must end COMPLETE or explicitly FAIL: none RUNNING, none missing.
+and every Optuna trial must end COMPLETE: nothing in this test fails deterministically,
+so a FAIL (like a trial RUNNING or missing) means work was lost.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
 NAME, SAMPLES, EPOCHS = "nodeloss", 3, 3
 CONFIG = {**TINY, "finetune.epochs": EPOCHS, "finetune.lr": 1.5e-3}
 ARGS = ["--name", NAME, "--num-samples", str(SAMPLES), "--max-concurrent", "2", *cli_sets(CONFIG)]
-TERMINAL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +63,11 @@ def test_sweep_exits_cleanly_after_losing_a_node(node_loss):
     assert node_loss["rc"] == 0, node_loss["log"][-3000:]
 
 
-def test_no_trial_is_lost_or_left_running(fault_cluster, node_loss):
+def test_every_trial_completes(fault_cluster, node_loss):
     trials = load_study(fault_cluster.results, NAME).trials
     assert len(trials) == SAMPLES
-    assert all(t.state in TERMINAL for t in trials), [t.state.name for t in trials]
-
-
-def test_failed_trials_say_why(fault_cluster, node_loss):
-    failed = [t for t in load_study(fault_cluster.results, NAME).trials
-              if t.state == optuna.trial.TrialState.FAIL]
-    assert all(t.user_attrs.get(FAIL_REASON_ATTR) for t in failed)
+    outcomes = [(t.state.name, t.user_attrs.get(FAIL_REASON_ATTR)) for t in trials]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), outcomes
 
 
 def test_optuna_and_tune_hold_the_same_trials(fault_cluster, node_loss):

@@ -4,7 +4,8 @@ The trial runs through run_trial on the multi-node cluster (training stages on R
 Once Train's controller has registered an epoch checkpoint (it is listed in the run's
 checkpoint_manager_snapshot.json), the RayTrainWorker process is killed; Train's
 FailureConfig restarts the worker group, which must log "resuming at epoch N" with N the
-epoch after that checkpoint, and never train the checkpointed epochs again.
+epoch after that checkpoint, and never train the checkpointed epochs again. The epoch is
+read once the replacement worker exists, i.e. after Train chose the checkpoint to restore.
 
 Waiting for the registration matters: a checkpoint the worker wrote but the controller had
 not yet polled dies with the worker (observed: the restart then began at epoch 1).
@@ -43,6 +44,10 @@ class WorkerKiller(threading.Thread):
         runs = [p for p in self.train_root.glob("finetune-*") if p.name not in self.known_runs]
         return runs[0] if runs else None
 
+    def _replacement_started(self) -> bool:
+        return any(p.pid != self.killed_pid for node in self.cluster.cluster.worker_nodes
+                   for p in self.cluster.processes_on(node, "RayTrainWorker"))
+
     def run(self) -> None:
         deadline = time.monotonic() + 180
         try:
@@ -56,7 +61,13 @@ class WorkerKiller(threading.Thread):
                         return
                     workers[0].send_signal(signal.SIGKILL)
                     self.killed_pid = workers[0].pid
-                    time.sleep(1.0)  # a report the controller was already handling settles
+                    # Train restores the new worker group from the checkpoint registered when
+                    # it restarts, so read the epoch once the replacement worker exists.
+                    while not self._replacement_started():
+                        if time.monotonic() > deadline:
+                            self.error = "no RayTrainWorker replaced the killed one"
+                            return
+                        time.sleep(0.1)
                     self.checkpoint_epoch = registered_epoch(run)
                     return
                 time.sleep(0.1)

@@ -275,23 +275,50 @@ def test_wait_timeout_names_key_and_owner(backend):
         cache.get_or_compute(STAGE, KEY, counting_compute([]))
 
 
+def lease_beat(backend) -> int:
+    """Return the heartbeat count in the key's lease file (-1 when there is none)."""
+    try:
+        with backend.fs.open_input_stream(backend.path() + ".lease") as f:
+            return json.loads(f.read())["beat"]
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return -1
+
+
 def test_heartbeat_keeps_a_slow_owner_alive(backend):
-    calls, results = [], []
-    lease_s = 0.3
-    slow = counting_compute(calls, sleep_s=4 * lease_s)
+    # The owner beats every 50 ms (owner lease_s / 4); the waiter breaks a lease only after
+    # 1 s without a beat, so a heartbeat thread stalled 20 beats by a loaded machine still
+    # passes, while an owner that does not beat at all loses its lease after 1 s.
+    owner_lease_s, waiter_lease_s = 0.2, 1.0
+    calls, results, waiting_since = [], [], []
+
+    def slow(tmp):
+        calls.append(tmp)
+        deadline = time.monotonic() + 30
+        # Compute for longer than the waiter's lease_s, counted from the moment it waits.
+        while not (waiting_since and time.monotonic() - waiting_since[0] > 1.5 * waiter_lease_s):
+            assert time.monotonic() < deadline, "the waiter never started"
+            time.sleep(0.02)
+        results.append(("beats", lease_beat(backend)))
+        counting_compute([])(tmp)
 
     def own():
-        results.append(backend.make(lease_s=lease_s).get_or_compute(STAGE, KEY, slow))
+        results.append(backend.make(lease_s=owner_lease_s).get_or_compute(STAGE, KEY, slow))
 
     owner = threading.Thread(target=own)
     owner.start()
     while not calls:
         time.sleep(0.01)
-    waiter = backend.make(lease_s=lease_s)
+    waiter = backend.make(lease_s=waiter_lease_s)
+    waiting_since.append(time.monotonic())
     results.append(waiter.get_or_compute(STAGE, KEY, counting_compute(calls)))
     owner.join()
-    assert len(calls) == 1 and sorted(r.hit for r in results) == [False, True]
-
+    beats = [r[1] for r in results if isinstance(r, tuple)]
+    cache_results = [r for r in results if not isinstance(r, tuple)]
+    assert len(calls) == 1, "the waiter broke a lease whose owner kept beating"
+    assert sorted(r.hit for r in cache_results) == [False, True]
+    assert beats and beats[0] >= 3  # the owner's heartbeat really ran during the compute
+    waited = next(r for r in cache_results if r.hit)
+    assert waited.waited_s > waiter_lease_s
 
 
 def test_two_threads_compute_once(backend):
@@ -320,6 +347,7 @@ def spawn_worker(tmp_path: Path, kind: str, count_file: Path, compute_s: float):
 
 
 @pytest.mark.parametrize("kind", ["local", "subtree"])
+@pytest.mark.slow
 def test_two_processes_compute_once(kind, tmp_path):
     count_file = tmp_path / "computes.txt"
     procs = [spawn_worker(tmp_path, kind, count_file, compute_s=1.5) for _ in range(2)]
@@ -333,6 +361,7 @@ def test_two_processes_compute_once(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["local", "subtree"])
+@pytest.mark.slow
 def test_writer_killed_mid_compute_is_recomputed(kind, tmp_path):
     count_file = tmp_path / "computes.txt"
     writer = spawn_worker(tmp_path, kind, count_file, compute_s=60)

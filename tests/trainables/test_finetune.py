@@ -32,6 +32,7 @@ def first_batch_loss(job: TrainJob, model: torch.nn.Module) -> float:
 
 
 @pytest.mark.parametrize("method", ["head_only", "lora", "full"])
+@pytest.mark.slow
 def test_each_method_lowers_the_training_loss(method, digits_root, tmp_path):
     flat = {**TINY, "finetune.method": method, "finetune.epochs": 4, "finetune.lr": 3e-3,
             "finetune.backbone_lr": 3e-4, "finetune.warmup_frac": 0.0}
@@ -98,6 +99,7 @@ def test_warmup_then_cosine_to_zero():
     assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_next_epoch(digits_root, tmp_path):
     session = LocalSession(tmp_path, torch.device("cpu"), show_progress=False)
     train_loop(TrainJob("finetune", {**TINY, "finetune.epochs": 1}, digits_root), session)
@@ -107,6 +109,7 @@ def test_resume_continues_at_the_next_epoch(digits_root, tmp_path):
     assert seen == [1] and [r["epoch"] for r in result["history"]] == [0, 1]
 
 
+@pytest.mark.slow
 def test_non_finite_loss_fails_the_stage(digits_root, tmp_path):
     job = TrainJob("finetune", {**TINY, "finetune.epochs": 1}, digits_root)
     session = LocalSession(tmp_path, torch.device("cpu"), show_progress=False)

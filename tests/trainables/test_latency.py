@@ -1,16 +1,22 @@
 """Tests for trainables.latency: latency measurement and FLOP counting."""
 
+import fcntl
 import logging
 import math
 import statistics
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
+import trainables.evaluate as evaluate_mod
+import trainables.latency as latency_mod
 from compress.tokens import enable_token_pruning, keep_schedule
+from trainables.config import TrialConfig
+from trainables.evaluate import cost_metrics, timing_lock, timing_lock_path
 from trainables.latency import LatencyResult, count_gflops, measure_latency
 
 logger = logging.getLogger(__name__)
@@ -153,3 +159,92 @@ def test_latency_rejects_invalid_arguments(kwargs, error, name):
     arguments = {"input_shape": INPUT_SHAPE, "batch_size": 1, **kwargs}
     with pytest.raises(error, match=name):
         measure_latency(nn.Identity(), **arguments)
+
+
+class _FakeClock:
+    """perf_counter for trainables.latency that only a forward pass moves."""
+
+    def __init__(self):
+        self.now_s = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now_s
+
+
+class _CostsPerCall(nn.Module):
+    """Advances the fake clock by the next of `costs_ms` on each forward call, whatever the batch."""
+
+    def __init__(self, clock: _FakeClock, costs_ms: list[float]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.clock, self.costs_ms = clock, list(costs_ms)
+
+    def forward(self, x):
+        self.clock.now_s += self.costs_ms.pop(0) / 1000.0
+        return x
+
+
+def test_latency_is_the_median_call_time_divided_by_the_batch(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(latency_mod, "time", SimpleNamespace(perf_counter=clock.perf_counter, sleep=time.sleep))
+    # warmup call (999 ms, not timed), then 5 timed calls of a batch of 4 images.
+    model = _CostsPerCall(clock, [999.0, 200.0, 40.0, 160.0, 80.0, 120.0])
+    result = measure_latency(model, INPUT_SHAPE, warmup=1, repeats=5, batch_size=4)
+    assert result.latency_ms == pytest.approx(120.0 / 4)          # median call 120 ms
+    assert result.throughput_img_s == pytest.approx(4 / 0.120)
+    # quartiles of (40, 80, 120, 160, 200) ms by statistics.quantiles: 60 and 180
+    assert result.latency_ms_spread == pytest.approx((180.0 - 60.0) / 4)
+
+
+def test_latency_picks_the_round_with_the_lowest_median(monkeypatch):
+    clock = _FakeClock()
+    monkeypatch.setattr(latency_mod, "time", SimpleNamespace(perf_counter=clock.perf_counter, sleep=lambda s: None))
+    model = _CostsPerCall(clock, [50.0, 50.0, 50.0, 10.0, 12.0, 90.0, 30.0, 30.0, 30.0])
+    result = measure_latency(model, INPUT_SHAPE, warmup=0, repeats=3, batch_size=2, rounds=3)
+    assert result.latency_ms == pytest.approx(12.0 / 2)
+
+
+def test_latency_reports_the_thread_count_it_ran_with(model):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        result = measure_latency(model, INPUT_SHAPE, warmup=0, repeats=1, batch_size=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.device_name.endswith("(1 threads)")
+
+
+def _lock_is_held(device: torch.device) -> bool:
+    """Return whether someone holds the timing lock (flock excludes every other open file)."""
+    with open(timing_lock_path(device), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def test_timing_lock_is_a_host_wide_file_lock():
+    device = torch.device("cpu")
+    assert not _lock_is_held(device)
+    with timing_lock(device):
+        assert _lock_is_held(device)
+    assert not _lock_is_held(device)
+
+
+def test_cost_metrics_times_latency_inside_the_timing_lock(monkeypatch):
+    held = []
+
+    def spy(model, shape, *, device, **kwargs):
+        held.append(_lock_is_held(device))
+        return LatencyResult(latency_ms=1.0, latency_ms_spread=0.0, throughput_img_s=1000.0,
+                             batch_size=kwargs["batch_size"], device_name="cpu", repeats=kwargs["repeats"])
+
+    monkeypatch.setattr(evaluate_mod, "measure_latency", spy)
+    cfg = TrialConfig()
+    size = cfg.data.image_size
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * size * size, 2))
+    metrics = cost_metrics(model, cfg, torch.device("cpu"))
+    assert held == [True]
+    assert metrics["latency_ms"] == 1.0 and metrics["latency_batch"] == cfg.eval.latency_batch

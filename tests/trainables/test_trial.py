@@ -27,16 +27,19 @@ def first(results):
     return run_trial(TINY, TrialContext(results_dir=results, show_progress=False))
 
 
+@pytest.mark.slow
 def test_trial_reports_objectives_and_secondary_metrics(first):
     assert OBJECTIVES <= set(first)
     assert {"val_auprc", "val_ece", "device", "cache_hit_finetune", "stage_s_finetune"} <= set(first)
     assert 0.0 <= first["val_auroc"] <= 1.0 and first["params"] == first["params_uncompressed"]
 
 
+@pytest.mark.slow
 def test_first_trial_computes_its_training_stages(first):
     assert first["cache_hit_pretrain"] is False and first["cache_hit_finetune"] is False
 
 
+@pytest.mark.slow
 def test_same_finetune_config_is_a_cache_hit(first, results):
     second = run_trial({**TINY, "compress.tau_mlp": 0.9, "tokens.r_max": 0.5},
                        TrialContext(results_dir=results, show_progress=False))
@@ -45,6 +48,7 @@ def test_same_finetune_config_is_a_cache_hit(first, results):
     assert second["params"] < first["params"] and second["gflops"] < first["gflops"]
 
 
+@pytest.mark.slow
 def test_whitened_svd_and_prehab_stages_run_and_are_cached(first, results):
     flat = {**TINY, "compress.svd_space": "whitened", "compress.tau_svd": 0.8, "prehab.lambda": 0.01,
             "prehab.space": "whitened"}
@@ -56,12 +60,14 @@ def test_whitened_svd_and_prehab_stages_run_and_are_cached(first, results):
     assert once["val_auroc"] == pytest.approx(again["val_auroc"])
 
 
+@pytest.mark.slow
 def test_recover_stage_trains_the_compressed_model(first, results):
     metrics = run_trial({**TINY, "compress.tau_heads": 0.7, "recover.epochs": 1},
                         TrialContext(results_dir=results, show_progress=False))
     assert metrics["cache_hit_recover"] is False and metrics["params"] < first["params"]
 
 
+@pytest.mark.slow
 def test_corrupt_finetune_entry_is_recomputed(first, results):
     flat = {**TINY, "finetune.method": "head_only"}
     ctx = TrialContext(results_dir=results, show_progress=False)
@@ -79,6 +85,7 @@ def test_corrupt_finetune_entry_is_recomputed(first, results):
     assert run_trial(flat, ctx)["cache_hit_finetune"] is False
 
 
+@pytest.mark.slow
 def test_concurrent_trials_with_one_key_train_once(tmp_path):
     ctx = TrialContext(results_dir=str(tmp_path), show_progress=False)
     outcomes, errors = [], []
@@ -107,6 +114,7 @@ class _FakeTuneContext:
         return self.trial_id
 
 
+@pytest.mark.slow
 def test_a_rerun_tune_trial_reports_its_stored_metrics(first, results, monkeypatch):
     """Tune reruns a trial restored after a driver crash: it must report what it measured."""
     from ray import tune
@@ -125,6 +133,7 @@ def test_a_rerun_tune_trial_reports_its_stored_metrics(first, results, monkeypat
     assert measured["trial_s"] not in (other_trial["trial_s"], other_sweep["trial_s"])
 
 
+@pytest.mark.slow
 def test_debug_cli_prints_the_metrics(results, first, capsys):
     args = ["--results-dir", results, "--no-progress"]
     for key, value in TINY.items():

@@ -7,7 +7,18 @@ import ray
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_YAML = REPO / "cluster.yaml"
+LOCK = REPO / "requirements" / "lock.txt"
+
+
+def locked_versions() -> tuple[str, tuple[int, int]]:
+    """Return (Ray version, (major, minor) of Python) pinned by requirements/lock.txt."""
+    text = LOCK.read_text()
+    ray_pin = re.search(r"^ray==(\S+)$", text, re.MULTILINE)
+    python_pin = re.search(r"^#.*\bpython (\d+)\.(\d+)\b", text, re.MULTILINE)
+    assert ray_pin and python_pin, f"{LOCK} lacks a ray== pin or its '# ... python X.Y' header line"
+    return ray_pin.group(1), (int(python_pin.group(1)), int(python_pin.group(2)))
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +64,23 @@ def test_a_spot_worker_type_exists(raw_config):
     assert "spot" in markets
 
 
-def test_docker_images_match_installed_ray_and_python(raw_config):
+def test_docker_images_match_the_locked_ray_and_python(raw_config):
+    ray_version, python_version = locked_versions()
     docker = raw_config["docker"]
     images = [docker[k] for k in ("image", "head_image", "worker_image") if k in docker]
     assert images
     for image in images:
         match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-(cpu|gpu|cu\d+)", image)
         assert match, f"unexpected image tag {image}"
-        assert match.group(1) == ray.__version__
-        assert (int(match.group(2)), int(match.group(3))) == sys.version_info[:2]
+        assert match.group(1) == ray_version, f"{image} vs ray=={ray_version} in {LOCK.name}"
+        assert (int(match.group(2)), int(match.group(3))) == python_version, image
+
+
+def test_installed_ray_and_python_are_the_locked_ones():
+    # A Ray client must match the cluster's Ray exactly; install with -c requirements/lock.txt.
+    ray_version, python_version = locked_versions()
+    assert ray.__version__ == ray_version
+    assert sys.version_info[:2] == python_version
 
 
 def test_setup_installs_this_project_from_its_file_mount(raw_config):
@@ -85,6 +104,13 @@ def test_every_ray_start_requires_the_token(raw_config):
     assert all("RAY_AUTH_MODE=token ray start" in cmd for cmd in starts)
 
 
+def test_nodes_install_the_locked_versions(raw_config):
+    (mount,) = [remote for remote, local in raw_config["file_mounts"].items() if local == "."]
+    lock = f"-c {mount}/requirements/lock.txt"
+    installs = [cmd for cmd in raw_config["setup_commands"] if "pip install" in cmd]
+    assert installs and all(lock in cmd for cmd in installs), installs
+
+
 SECRET_PATTERNS = [
     r"AKIA[0-9A-Z]{16}",                       # AWS access key id
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
@@ -97,3 +123,11 @@ SECRET_PATTERNS = [
 @pytest.mark.parametrize("pattern", SECRET_PATTERNS)
 def test_cluster_yaml_holds_no_credentials(pattern):
     assert not re.search(pattern, CLUSTER_YAML.read_text())
+
+
+def test_cluster_extra_pins_the_locked_ray():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    ray_version, _ = locked_versions()
+    assert f"ray[default]=={ray_version}" in extras["cluster"]

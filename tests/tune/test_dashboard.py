@@ -14,6 +14,9 @@ from tune.study import dashboard_command, default_storage_url, make_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+# Each test queries an optuna-dashboard process the module starts.
+pytestmark = pytest.mark.slow
+
 METRICS = ["val_auroc", "params", "latency_ms"]
 
 

@@ -2,6 +2,7 @@
 
 import io
 import json
+import pickle
 
 from trainables.runner import EPOCHS_FILE, EpochLog
 from tune.callbacks import ProgressLog
@@ -23,3 +24,33 @@ def test_reported_epochs_are_printed_once_in_order(tmp_path):
         "      finetune 01234567 epoch 2 train_loss 0.5000 val_score 0.9500 (1.5 s)",
     ]
     assert json.loads((run_dir / EPOCHS_FILE).read_text().splitlines()[1])["epoch"] == 1
+
+
+def _epoch(log: EpochLog, epoch: int) -> None:
+    log.after_report(None, [{"epoch": epoch, "train_loss": 0.5, "val_score": 0.9, "epoch_s": 1.0}], None)
+
+
+def test_resumed_sweep_prints_only_epochs_after_its_start(tmp_path):
+    # A killed driver's sweep: one run trained 2 epochs before the kill, another finished.
+    interrupted = tmp_path / "train" / "finetune-aaaaaaaaaaaaaaaaaaaa"
+    finished = tmp_path / "train" / "pretrain-bbbbbbbbbbbbbbbbbbbb"
+    before = EpochLog(str(interrupted / EPOCHS_FILE), interrupted.name)
+    _epoch(before, 0)
+    _epoch(before, 1)
+    _epoch(EpochLog(str(finished / EPOCHS_FILE), finished.name), 0)
+    # The resumed driver unpickles the callback saved with the Tuner (before any step of
+    # the first driver), then Tune calls setup().
+    saved = ProgressLog(str(tmp_path / "sweep" / "progress.jsonl"), 4, ["val_auroc"])
+    resumed = pickle.loads(pickle.dumps(saved))
+    out = io.StringIO()
+    resumed._stream = out
+    resumed.setup(total_num_samples=4)
+    resumed.on_step_end(1, [])
+    _epoch(EpochLog(str(interrupted / EPOCHS_FILE), interrupted.name), 2)  # the resumed run
+    fresh = tmp_path / "train" / "finetune-cccccccccccccccccccc"
+    _epoch(EpochLog(str(fresh / EPOCHS_FILE), fresh.name), 0)  # a run started after the resume
+    resumed.on_step_end(2, [])
+    assert out.getvalue().splitlines() == [
+        "      finetune aaaaaaaa epoch 3 train_loss 0.5000 val_score 0.9000 (1.0 s)",
+        "      finetune cccccccc epoch 1 train_loss 0.5000 val_score 0.9000 (1.0 s)",
+    ]

@@ -56,6 +56,7 @@ def test_help_explains_every_flag():
         assert flag in text
 
 
+@pytest.mark.slow
 def test_bad_set_value_exits_2_naming_the_key(tmp_path):
     proc = _cli("--results-dir", str(tmp_path), "--set", "compress.tau_mlp=1.5", cwd=tmp_path)
     assert proc.returncode == 2 and "compress.tau_mlp" in proc.stderr.splitlines()[-1]
@@ -87,6 +88,7 @@ def test_unreachable_storage_exits_2(tmp_path, capsys):
     assert "missing/dir" in _error(capsys, "--results-dir", str(tmp_path), "--storage", url, "--name", "s")
 
 
+@pytest.mark.slow
 def test_existing_sweep_name_without_resume_is_refused(tmp_path):
     # Through the script from outside the repo: also checks `python tune/run.py` imports.
     optuna.create_study(storage=make_storage(None, tmp_path, "taken"), study_name="taken")

@@ -80,9 +80,42 @@ def test_explicit_url_is_used(tmp_path):
     assert (tmp_path / "other.db").is_file() and not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize(("name", "cls"), [
+    ("tpe", optuna.samplers.TPESampler),
+    ("nsga2", optuna.samplers.NSGAIISampler),
+    ("gp", optuna.samplers.GPSampler),
+    ("random", optuna.samplers.RandomSampler),
+])
+def test_make_sampler_returns_the_named_class(name, cls):
+    assert type(make_sampler(name, seed=1)) is cls
+
+
+def test_tpe_models_conditional_params_jointly_and_lies_for_running_trials():
+    # Optuna keeps these options private; they are what make_sampler documents for "tpe".
+    sampler = make_sampler("tpe", seed=1)
+    assert (sampler._multivariate, sampler._group, sampler._constant_liar) == (True, True, True)
+
+
+def test_nsga2_takes_the_population_size_or_keeps_optunas_default():
+    assert make_sampler("nsga2", seed=1, population_size=12).population_size == 12
+    default = optuna.samplers.NSGAIISampler().population_size
+    assert make_sampler("nsga2", seed=1).population_size == default
+
+
+def _first_draws(sampler, count=6):
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    draws = []
+    for _ in range(count):
+        trial = study.ask()
+        draws.append((trial.suggest_float("x", 0.0, 1.0), trial.suggest_categorical("k", ["a", "b", "c"])))
+        study.tell(trial, [draws[-1][0], draws[-1][0] ** 2])
+    return draws
+
+
 @pytest.mark.parametrize("name", ["tpe", "nsga2", "gp", "random"])
-def test_make_sampler_builds_each_sampler(name):
-    assert isinstance(make_sampler(name, seed=1), optuna.samplers.BaseSampler)
+def test_make_sampler_is_seeded(name):
+    assert _first_draws(make_sampler(name, seed=3)) == _first_draws(make_sampler(name, seed=3))
+    assert _first_draws(make_sampler(name, seed=3)) != _first_draws(make_sampler(name, seed=4))
 
 
 def test_make_sampler_rejects_unknown_name():

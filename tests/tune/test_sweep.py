@@ -64,6 +64,12 @@ def test_progress_line_shows_params_objectives_cache_and_seconds():
     assert line == "[  3/24] tau_mlp=0.9 | val_auroc 0.91 params 312k | cache hit finetune miss - | 10 s"
 
 
+def test_progress_line_of_a_replayed_trial_says_it_was_measured_before_the_resume():
+    line = format_trial_line(3, 24, {"compress.tau_mlp": 0.9},
+                             {"val_auroc": 0.91, "trial_s": 9.6, "outcome_replayed": True}, ["val_auroc"])
+    assert line.endswith("| 10 s, measured before the resume")
+
+
 def test_progress_log_records_finished_and_failed_trial_ids(tmp_path):
     record = tmp_path / "progress.jsonl"
     progress = ProgressLog(str(record), total=2, objectives=["val_auroc"], stream=io.StringIO())
@@ -167,18 +173,97 @@ def test_sweep_writes_reports(results, sweep4):
         assert (results / "four" / name).is_file(), name
 
 
+def _brute_force_front(study: optuna.Study) -> set[int]:
+    """Return the numbers of the COMPLETE trials that no other COMPLETE trial dominates."""
+    signs = [-1.0 if d == optuna.study.StudyDirection.MAXIMIZE else 1.0 for d in study.directions]
+    losses = {t.number: [s * v for s, v in zip(signs, t.values)]
+              for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    return {number for number, mine in losses.items()
+            if not any(all(o <= m for o, m in zip(other, mine)) and any(o < m for o, m in zip(other, mine))
+                       for other in losses.values())}
+
+
+def _front_numbers(pareto_csv: Path) -> list[int]:
+    table = pd.read_csv(pareto_csv)
+    return sorted(table.loc[table["role"] == "front", "number"].astype(int))
+
+
+def test_reports_front_is_every_non_dominated_complete_trial(tmp_path):
+    from tune.reports import write_reports
+
+    # Coarse values make ties and trials dominated only by a tie; every 5th trial fails.
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=7))
+    rng = np.random.default_rng(7)
+    for number in range(60):
+        trial = study.ask()
+        trial.suggest_float("x", 0.0, 1.0)
+        if number % 5 == 4:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, [float(v) for v in rng.integers(0, 4, size=3)])
+    write_reports(study, tmp_path, [("values_0", "max"), ("values_1", "min"), ("values_2", "min")])
+    expected = _brute_force_front(study)
+    assert 1 < len(expected) < 48
+    assert _front_numbers(tmp_path / "pareto.csv") == sorted(expected)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_front_holds_only_non_dominated_trials(results, sweep4):
-    trials = pd.read_parquet(results / "four" / "trials.parquet")
-    losses = np.stack([-trials[n] if m == "max" else trials[n] for n, m in OBJECTIVES], axis=1)
-    front = pd.read_csv(results / "four" / "pareto.csv")
-    numbers = front.loc[front["role"] == "front", "number"].tolist()
-    assert numbers
-    for number in numbers:
-        mine = losses[trials["number"] == number][0]
-        dominated = np.all(losses <= mine, axis=1) & np.any(losses < mine, axis=1)
-        assert not dominated.any(), number
+def test_sweep_front_is_every_non_dominated_complete_trial(results, sweep4):
+    assert _front_numbers(results / "four" / "pareto.csv") == sorted(_brute_force_front(_study(results, "four")))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_trials_time_latency_with_their_cpu_share_of_threads(results, sweep4):
+    # The digits preset gives a trial 0.1 CPU; Ray gives such an actor one torch thread.
+    devices = {t.user_attrs["device"] for t in _study(results, "four").trials}
+    assert devices and all(device.endswith("(1 threads)") for device in devices), devices
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_dashboard_serves_the_study_the_sweep_wrote(results, sweep4):
+    import shlex
+    import socket
+    import urllib.error
+    import urllib.request
+
+    def get_json(url):
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+
+    (printed,) = [line.split(":", 1)[1] for line in sweep4.stdout.splitlines() if line.startswith("dashboard: ")]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = shlex.split(printed)
+    args[args.index("--port") + 1] = str(port)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                (summary,) = get_json(f"{base}/api/studies")["study_summaries"]
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer within 60 s"
+                time.sleep(0.3)
+        detail = get_json(f"{base}/api/studies/{summary['study_id']}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    study = _study(results, "four")
+    assert summary["study_name"] == "four"
+    assert detail["objective_names"] == [n for n, _ in OBJECTIVES]
+    served = {t["number"]: t for t in detail["trials"]}
+    assert sorted(served) == [t.number for t in study.trials]
+    assert all(served[t.number]["values"] == t.values for t in study.trials)
+    assert {t["number"] for t in detail["best_trials"]} == _brute_force_front(study)
+    assert {"device", "latency_ms_spread", "config"} <= {a["key"] for a in served[0]["user_attrs"]}
 
 
 @pytest.mark.ray
@@ -244,6 +329,9 @@ def test_resume_after_killed_driver_ends_with_exactly_num_samples(results, env, 
 
     resumed = _cli(env, "--results-dir", str(results), "--resume", "killed")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Every training stage of this sweep is a cache hit (sweep4 trained them): an epoch
+    # line in the resume's console would be history re-printed as if training again.
+    assert " epoch " not in resumed.stdout, resumed.stdout[-3000:]
     trials = _study(results, "killed").trials
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 5
