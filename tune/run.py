@@ -95,6 +95,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--final-eval", action="store_true",
                         help="after the sweep (or with --report), score the reference and the "
                              "Pareto-optimal configs once on the test split: final_eval.csv/.md")
+    parser.add_argument("--no-retime", action="store_true",
+                        help="skip the re-timing pass at the end of a sweep (the reference and every "
+                             "front point rebuilt and timed again, interleaved, in one process)")
+    parser.add_argument("--retime", action="store_true",
+                        help="with --report: run the re-timing pass again (without it the report reuses "
+                             "the sweep's retime.csv, if any)")
+    parser.add_argument("--retime-rounds", type=_positive_int, default=None,
+                        help="rounds of the re-timing pass (default 7, the fewest giving a 95%% interval)")
     parser.add_argument("--wandb", action="store_true",
                         help="log each trial to W&B (project vitsweep, group = sweep name) and the "
                              "Pareto table at the end; offline unless WANDB_API_KEY or WANDB_MODE=online")
@@ -225,23 +233,47 @@ def _debug_trial(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+def _retime(settings: SweepSettings, study, args: argparse.Namespace):
+    """Return the re-timing pass's table: run now (end of a sweep, or --report --retime), else the saved one."""
+    from optuna.trial import TrialState
+
+    from tune.retime import DEFAULT_ROUNDS, read_retimed, retime_sweep
+
+    run_now = args.retime if args.report else not args.no_retime
+    if "latency_ms" not in settings.metric_names or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    if not run_now:
+        return read_retimed(settings.local_dir)
+    started = time.perf_counter()
+    frame = retime_sweep(settings, study, rounds=args.retime_rounds or DEFAULT_ROUNDS)
+    print(f"re-timing pass: {frame['number'].nunique()} configs, {int(frame['rounds'].max())} rounds, "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
+    return frame
+
+
 def _finish(settings: SweepSettings, storage, args: argparse.Namespace) -> int:
     import optuna
 
     from tune.callbacks import log_front_to_wandb
     from tune.study import default_storage_url
-    from tune.summary import build_reports, final_eval, front_frame, print_summary, verify
+    from tune.summary import build_reports, final_eval, print_summary, verify
 
     study = optuna.load_study(study_name=settings.name, storage=storage)
     counts = verify(settings, study)
-    written = build_reports(settings, study)
+    import ray
+
+    ray.shutdown()  # idle trial actors would share the cores the re-timing pass measures on
+    retimed = _retime(settings, study, args)
+    written = build_reports(settings, study, retimed)
     url = settings.storage_url or default_storage_url(settings.results_dir, settings.name)
     print_summary(settings, study, counts, written, url)
     if args.final_eval:
         frame = final_eval(settings, study)
         print(f"final evaluation on test ({len(frame)} configs): {settings.local_dir / 'final_eval.md'}")
-    if args.wandb:
-        mode = log_front_to_wandb(front_frame(settings, study), settings.name, settings.local_dir)
+    if args.wandb and "pareto.csv" in written:
+        import pandas as pd
+
+        mode = log_front_to_wandb(pd.read_csv(written["pareto.csv"]), settings.name, settings.local_dir)
         print(f"W&B ({mode}): Pareto table logged to project vitsweep, group {settings.name}")
     return 0
 
@@ -258,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{' and '.join(modes)} exclude each other")
     if args.debug_trial:
         return _debug_trial(args, parser)
+    if (args.retime or args.retime_rounds) and not args.report and args.no_retime:
+        parser.error("--no-retime excludes --retime and --retime-rounds")
+    if args.retime and not args.report:
+        parser.error("--retime goes with --report NAME (a sweep re-times its front at the end unless --no-retime)")
 
     if args.report:
         settings = _saved_settings(args.report, args, parser, "--report")

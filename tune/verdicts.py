@@ -87,13 +87,22 @@ def add_verdicts(table: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> 
             if name in EXACT_OBJECTIVES:
                 column.append(_exact_verdict(delta, mode))
                 continue
-            word = verdict(float(row.get(f"delta_{name}_lo", math.nan)),
-                           float(row.get(f"delta_{name}_hi", math.nan)), mode)
-            if name == "latency_ms" and word != "n/a" and abs(delta) < LATENCY_TIE_FRACTION * abs(ref_value):
-                word = "tie"
-            column.append(word)
+            lo, hi = float(row.get(f"delta_{name}_lo", math.nan)), float(row.get(f"delta_{name}_hi", math.nan))
+            if name == "latency_ms":
+                column.append(latency_verdict(delta, lo, hi, ref_value))
+            else:
+                column.append(verdict(lo, hi, mode))
         table[f"verdict_{name}"] = column
     return table
+
+
+def latency_verdict(delta: float, lo: float, hi: float, reference_ms: float) -> str:
+    """Return the verdict on a latency difference (lower is better): its interval's, but a tie under
+    LATENCY_TIE_FRACTION of the reference's latency."""
+    word = verdict(lo, hi, "min")
+    if word != "n/a" and abs(delta) < LATENCY_TIE_FRACTION * abs(reference_ms):
+        return "tie"
+    return word
 
 
 def dominates_reference(row: pd.Series, objectives: Sequence[tuple[str, str]]) -> bool:
