@@ -92,6 +92,10 @@ def make_parser() -> argparse.ArgumentParser:
                              "(breakpoints work) and print its metrics")
     parser.add_argument("--report", metavar="NAME", default=None,
                         help="rebuild the reports of the finished sweep NAME without running trials")
+    parser.add_argument("--compare", nargs=2, metavar=("NAME1", "NAME2"), default=None,
+                        help="compare two finished sweeps (same objectives): hypervolume of each against "
+                             "one reference point and where each front attains what the other does not; "
+                             "writes <results-dir>/compare-NAME1-NAME2/")
     parser.add_argument("--final-eval", action="store_true",
                         help="after the sweep (or with --report), score the reference and the "
                              "Pareto-optimal configs once on the test split: final_eval.csv/.md")
@@ -233,6 +237,34 @@ def _debug_trial(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import optuna
+
+    from tune.compare import common_reference_point, write_comparison
+    from tune.summary import reference_point
+
+    first, second = args.compare
+    if first == second:
+        parser.error(f"--compare needs two different sweeps, got {first!r} twice")
+    settings = [_saved_settings(name, args, parser, "--compare") for name in args.compare]
+    if settings[0].objectives != settings[1].objectives:
+        parser.error(f"--compare: sweeps {first!r} and {second!r} have different objectives "
+                     f"({settings[0].objectives} vs {settings[1].objectives})")
+    studies = {s.name: optuna.load_study(study_name=s.name, storage=_open_storage(s, parser)) for s in settings}
+    objectives = settings[0].objectives
+    if any(not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+           for study in studies.values()):
+        parser.error("--compare: both sweeps need at least one complete trial")
+    point = common_reference_point([reference_point(study, objectives) for study in studies.values()], objectives)
+    out = settings[0].local_dir.parent / f"compare-{first}-{second}"
+    written = write_comparison(studies, objectives, point, out)
+    print((out / "compare.md").read_text(encoding="utf-8"))
+    print(f"results: {out}")
+    for name in sorted(written):
+        print(f"  {name}")
+    return 0
+
+
 def _retime(settings: SweepSettings, study, args: argparse.Namespace):
     """Return the re-timing pass's table: run now (end of a sweep, or --report --retime), else the saved one."""
     from optuna.trial import TrialState
@@ -285,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("optuna").setLevel(logging.WARNING)
     modes = [m for m, on in (("--resume", args.resume), ("--report", args.report),
-                             ("--debug-trial", args.debug_trial)) if on]
+                             ("--debug-trial", args.debug_trial), ("--compare", args.compare)) if on]
     if len(modes) > 1:
         parser.error(f"{' and '.join(modes)} exclude each other")
     if args.debug_trial:
@@ -295,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.retime and not args.report:
         parser.error("--retime goes with --report NAME (a sweep re-times its front at the end unless --no-retime)")
 
+    if args.compare:
+        return _compare(args, parser)
     if args.report:
         settings = _saved_settings(args.report, args, parser, "--report")
         return _finish(settings, _open_storage(settings, parser), args)
