@@ -107,6 +107,13 @@ def make_parser() -> argparse.ArgumentParser:
                              "the sweep's retime.csv, if any)")
     parser.add_argument("--retime-rounds", type=_positive_int, default=None,
                         help="rounds of the re-timing pass (default 7, the fewest giving a 95%% interval)")
+    parser.add_argument("--replicates", type=_positive_int, default=None, metavar="R",
+                        help="after the sweep (or with --report): fine-tune the reference again with R other "
+                             "run.seed values and report the seed-to-seed spread (replicates.csv/.md). Costs R "
+                             "full trials per config, training included (digits: pretrain + fine-tune, about "
+                             "1-2 min each on 2 idle cores); off by default")
+    parser.add_argument("--replicates-front", type=int, default=0, metavar="K",
+                        help="with --replicates: also replicate the K best front points by the first objective")
     parser.add_argument("--wandb", action="store_true",
                         help="log each trial to W&B (project vitsweep, group = sweep name) and the "
                              "Pareto table at the end; offline unless WANDB_API_KEY or WANDB_MODE=online")
@@ -296,7 +303,13 @@ def _finish(settings: SweepSettings, storage, args: argparse.Namespace) -> int:
 
     ray.shutdown()  # idle trial actors would share the cores the re-timing pass measures on
     retimed = _retime(settings, study, args)
-    written = build_reports(settings, study, retimed)
+    replicated = None
+    if args.replicates:
+        from tune.replicates import run_replicates
+
+        replicated = run_replicates(settings, study, args.replicates, args.replicates_front)
+        print(f"replicates: {settings.local_dir / 'replicates.md'}")
+    written = build_reports(settings, study, retimed, replicated)
     url = settings.storage_url or default_storage_url(settings.results_dir, settings.name)
     print_summary(settings, study, counts, written, url)
     if args.final_eval:
@@ -324,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         return _debug_trial(args, parser)
     if (args.retime or args.retime_rounds) and not args.report and args.no_retime:
         parser.error("--no-retime excludes --retime and --retime-rounds")
+    if args.replicates_front and not args.replicates:
+        parser.error("--replicates-front K needs --replicates R")
+    if args.replicates_front < 0:
+        parser.error(f"--replicates-front must be >= 0, got {args.replicates_front}")
     if args.retime and not args.report:
         parser.error("--retime goes with --report NAME (a sweep re-times its front at the end unless --no-retime)")
 

@@ -98,20 +98,25 @@ def retime_notes(retimed: pd.DataFrame | None) -> list[str]:
 
 
 def build_reports(settings: SweepSettings, study: optuna.Study,
-                  retimed: pd.DataFrame | None = None) -> dict[str, Path]:
+                  retimed: pd.DataFrame | None = None, replicated: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write the reports into the sweep's local folder (and copy them to a URI results root).
 
     `retimed` is the re-timing pass's table (tune.retime); the front then uses its latencies.
+    `replicated` is tune.replicates' table; pareto.md then states the seed-to-seed spread.
     """
+    from tune.replicates import replicate_notes
+
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         written = write_reports(study, settings.local_dir, settings.objectives)
     else:
         written = write_reports(study, settings.local_dir, settings.objectives,
                                 reference_point=reference_point(study, settings.objectives),
                                 predictions=predictions_loader(settings), retimed=retimed,
-                                notes=retime_notes(retimed if "latency_ms" in settings.metric_names else None))
+                                notes=retime_notes(retimed if "latency_ms" in settings.metric_names else None)
+                                + replicate_notes(replicated, settings.metric_names[0]))
     if is_uri(settings.results_dir):
-        _copy_to_uri(settings.local_dir, settings.sweep_dir, written)
+        extra = [n for n in ("retime.csv", "replicates.csv", "replicates.md") if (settings.local_dir / n).is_file()]
+        _copy_to_uri(settings.local_dir, settings.sweep_dir, [*written, *extra])
     return written
 
 
