@@ -7,14 +7,17 @@ import fcntl
 import logging
 import math
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from compress import count_params
+from trainables.bootstrap import metric_intervals
 from trainables.config import TrialConfig
 from trainables.finetune import make_dataset, predict
 from trainables.latency import count_gflops, measure_latency
@@ -22,10 +25,23 @@ from trainables.metrics import classification_metrics, tta_probs
 
 log = logging.getLogger(__name__)
 
+PROBS_FILE = "probs.npy"
+LABELS_FILE = "labels.npy"
+
 
 def split_metrics(model: nn.Module, cfg: TrialConfig, data_root: str, split: str,
                   device: torch.device) -> dict[str, float]:
     """Return classification metrics of the model on a split, prefixed with the split ('val_'/'test_')."""
+    return split_evaluation(model, cfg, data_root, split, device)[0]
+
+
+def split_evaluation(model: nn.Module, cfg: TrialConfig, data_root: str, split: str,
+                     device: torch.device) -> tuple[dict[str, float], Predictions]:
+    """Return (split metrics with 95% bootstrap intervals, the predictions they come from).
+
+    Binary targets get <prefix>_auroc_lo/_hi, _auprc_lo/_hi and _accuracy_lo/_hi from a
+    stratified bootstrap over the split's images (trainables.bootstrap, fixed seed).
+    """
     dataset = make_dataset(cfg, data_root, split)
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
                         num_workers=cfg.data.loader_workers)
@@ -39,7 +55,40 @@ def split_metrics(model: nn.Module, cfg: TrialConfig, data_root: str, split: str
     else:
         labels, probs = predict(model, loader, device)
     prefix = "val" if split == "valid" else split
-    return {f"{prefix}_{name}": value for name, value in classification_metrics(labels, probs).items()}
+    metrics = classification_metrics(labels, probs)
+    predictions = Predictions.of(labels, probs)
+    if predictions.probs.ndim == 1:
+        metrics.update(metric_intervals(predictions.labels, predictions.probs))
+    return {f"{prefix}_{name}": value for name, value in metrics.items()}, predictions
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One model's predictions on a split: labels (int64) and probabilities (float32; the
+    positive class's for a binary target, else (N, K)), so two trials compare paired."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+
+    @classmethod
+    def of(cls, labels: torch.Tensor, probs: torch.Tensor) -> "Predictions":
+        """Return the predictions of (N,) labels and (N, K) softmax probabilities."""
+        probs = probs.detach().cpu().float().numpy()
+        if probs.ndim == 2 and probs.shape[1] == 2:
+            probs = probs[:, 1]
+        return cls(labels.detach().cpu().numpy().astype(np.int64).reshape(-1), probs.astype(np.float32))
+
+    def save(self, folder: Path) -> None:
+        """Write probs.npy and labels.npy into `folder`."""
+        np.save(folder / PROBS_FILE, self.probs)
+        np.save(folder / LABELS_FILE, self.labels)
+
+    @classmethod
+    def load(cls, folder: Path) -> "Predictions | None":
+        """Return the predictions saved in `folder`, or None when it has none (an older sweep)."""
+        if not (folder / PROBS_FILE).is_file():
+            return None
+        return cls(np.load(folder / LABELS_FILE), np.load(folder / PROBS_FILE))
 
 
 def timing_lock_path(device: torch.device) -> Path:
@@ -60,7 +109,8 @@ def timing_lock(device: torch.device):
 
 
 def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> dict[str, Any]:
-    """Return params, GFLOPs per image, and latency (median ms per image, IQR, throughput, device)."""
+    """Return params, GFLOPs per image, and latency (median ms per image over rounds, its interval, IQR,
+    throughput, thread count, device)."""
     shape = (3, cfg.data.image_size, cfg.data.image_size)
     model = model.to(device).eval()
     with timing_lock(device):
@@ -71,7 +121,10 @@ def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> di
         "params": count_params(model),
         "gflops": count_gflops(model, shape),
         "latency_ms": latency.latency_ms,
+        "latency_ms_lo": latency.latency_ms_lo,
+        "latency_ms_hi": latency.latency_ms_hi,
         "latency_ms_spread": latency.latency_ms_spread,
+        "latency_threads": torch.get_num_threads(),
         "throughput_img_s": latency.throughput_img_s,
         "latency_batch": latency.batch_size,
         "device": latency.device_name,

@@ -17,7 +17,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LatencyResult:
-    """Timing of repeated forward passes; spreads are interquartile ranges (q75 - q25)."""
+    """Timing of repeated forward passes; spreads are interquartile ranges (q75 - q25).
+
+    latency_ms is the median over rounds of each round's median; [latency_ms_lo,
+    latency_ms_hi] is the interval of median_interval over the round medians (`round_ms`).
+    """
 
     latency_ms: float
     latency_ms_spread: float
@@ -26,6 +30,32 @@ class LatencyResult:
     device_name: str
     repeats: int
     rounds: int = 1
+    latency_ms_lo: float = math.nan
+    latency_ms_hi: float = math.nan
+    round_ms: tuple[float, ...] = ()
+
+
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Return (median, lo, hi): the distribution-free order-statistic interval of the median.
+
+    The interval comes from scipy.stats.quantile_test (binomial order statistics); it
+    needs at least 6-7 values for 95%. With fewer it is [min, max], whose coverage is
+    only 1 - 2 * 0.5^n (75% for 3 values, 94% for 5), so time at least 7 rounds where
+    the interval decides something (the re-timing pass does).
+    """
+    from scipy.stats import quantile_test
+
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("median_interval needs at least one value")
+    median = statistics.median(values)
+    if len(values) == 1:
+        return median, median, median
+    interval = quantile_test(values, q=median, p=0.5).confidence_interval(confidence)
+    lo, hi = float(interval.low), float(interval.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        lo, hi = min(values), max(values)
+    return median, lo, hi
 
 
 def measure_latency(
@@ -39,14 +69,15 @@ def measure_latency(
     rounds: int = 1,
     pause_s: float = 0.0,
 ) -> LatencyResult:
-    """Return the median per-image latency (and its IQR) of `model` on random (batch_size, *input_shape) inputs.
+    """Return the median per-image latency (its interval and IQR) of `model` on random (batch_size, *input_shape) inputs.
 
-    latency_ms = median_i(t_i) / batch_size, latency_ms_spread = IQR_i(t_i) / batch_size,
-    throughput_img_s = batch_size / median_i(t_i), over `repeats` timed runs after
-    `warmup` untimed ones, each under torch.inference_mode with the device synchronised
-    before and after. With rounds > 1 the timed runs are repeated in `rounds` blocks,
-    `pause_s` apart, and the block with the lowest median is reported: other processes
-    can only add time, so the least disturbed block is the model's own latency. `device`
+    The timed runs come in `rounds` blocks of `repeats` runs, `pause_s` apart, after
+    `warmup` untimed runs, each under torch.inference_mode with the device synchronised
+    before and after. With m_r the median run time of block r:
+    latency_ms = median_r(m_r) / batch_size, [latency_ms_lo, latency_ms_hi] =
+    median_interval(m_r) / batch_size, throughput_img_s = batch_size / median_r(m_r),
+    latency_ms_spread = IQR of the runs of the median block / batch_size. A burst of
+    outside load that slows one block moves the median of several blocks little. `device`
     defaults to the model's; when given, the model is moved there in place. The model is
     timed in eval mode and its training flag restored.
     """
@@ -75,17 +106,21 @@ def measure_latency(
     finally:
         model.train(was_training)
 
-    run_times_s = min(blocks_s, key=statistics.median)
-    median_s = statistics.median(run_times_s)
-    quartiles_s = statistics.quantiles(run_times_s, n=4) if repeats > 1 else [median_s] * 3
+    round_ms = [statistics.median(block) * 1000.0 / batch_size for block in blocks_s]
+    latency_ms, lo_ms, hi_ms = median_interval(round_ms)
+    run_times_s = sorted(blocks_s, key=statistics.median)[(len(blocks_s) - 1) // 2]
+    quartiles_s = statistics.quantiles(run_times_s, n=4) if repeats > 1 else [run_times_s[0]] * 3
     return LatencyResult(
-        latency_ms=median_s * 1000.0 / batch_size,
+        latency_ms=latency_ms,
         latency_ms_spread=(quartiles_s[2] - quartiles_s[0]) * 1000.0 / batch_size,
-        throughput_img_s=batch_size / median_s,
+        throughput_img_s=1000.0 / latency_ms,
         batch_size=batch_size,
         device_name=device_name(target),
         repeats=repeats,
         rounds=rounds,
+        latency_ms_lo=lo_ms,
+        latency_ms_hi=hi_ms,
+        round_ms=tuple(round_ms),
     )
 
 

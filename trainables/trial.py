@@ -34,7 +34,7 @@ from compress import (
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig, parse_overrides
 from trainables.data import data_fingerprint, ensure_digits
-from trainables.evaluate import check_finite, cost_metrics, split_metrics
+from trainables.evaluate import Predictions, check_finite, cost_metrics, split_evaluation
 from trainables.finetune import TrainJob, compress_structure, dataset_prefix, make_dataset, pick_device
 from trainables.refs import cache_ref, resolve_ref
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 OBJECTIVE_METRICS = ("val_auroc", "params", "latency_ms", "gflops")
 TRIAL_ERROR_KEY = "trial_error"  # in a Tune report: why the trial failed without raising
+OUTCOME_KEY_ATTR = "outcome_key"  # in a Tune report: the cache entry holding metrics and predictions
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,50 @@ def _data_key(cfg: TrialConfig) -> dict[str, Any]:
 def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
               *, split: str | None = None) -> dict[str, Any]:
     """Run one trial from its flat config; return every metric the sweep records (scalars only)."""
+    return evaluate_trial(flat, ctx, split=split)[0]
+
+
+def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
+                   *, split: str | None = None) -> tuple[dict[str, Any], Predictions]:
+    """Run one trial from its flat config; return (its metrics, its predictions on the evaluated split)."""
     started = time.perf_counter()
     cfg = TrialConfig.from_flat(flat)
-    flat = cfg.to_flat()
-    stages = _Stages(cfg, flat, ctx)
+    stages = _Stages(cfg, cfg.to_flat(), ctx)
+    compressed, params_uncompressed, tokens = _build(stages)
+    root = data_root(cfg, ctx)
+
+    # 8. evaluate
+    device = pick_device(cfg.run.device)
+    eval_split = split or cfg.eval.split
+    metrics, predictions = stages.timed("evaluate", lambda: _evaluate(compressed, cfg, root, eval_split, device))
+    metrics.update({
+        "params_uncompressed": params_uncompressed,
+        "params_ratio": metrics["params"] / params_uncompressed,
+        "tokens_last_layer": tokens["schedule"][-1] if tokens and tokens.get("schedule") else -1,
+        **{f"cache_hit_{stage}": hit for stage, hit in stages.hits.items()},
+        **{f"stage_s_{stage}": round(seconds, 3) for stage, seconds in stages.seconds.items()},
+        "trial_s": round(time.perf_counter() - started, 3),
+    })
+    prefix = "val" if eval_split == "valid" else eval_split
+    check_finite(metrics, [f"{prefix}_auroc", "params", "latency_ms", "gflops"])
+    return metrics, predictions
+
+
+def _evaluate(model: nn.Module, cfg: TrialConfig, root: str, split: str, device) -> tuple[dict[str, Any], Predictions]:
+    metrics, predictions = split_evaluation(model, cfg, root, split, device)
+    return {**metrics, **cost_metrics(model, cfg, device)}, predictions
+
+
+def build_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> tuple[nn.Module, TrialConfig]:
+    """Return (the trial's final model, compressed and token-pruned as evaluated, its config); training
+    stages come from the cache (or run, when missing), nothing is evaluated."""
+    cfg = TrialConfig.from_flat(flat)
+    return _build(_Stages(cfg, cfg.to_flat(), ctx))[0], cfg
+
+
+def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None]:
+    """Return (final model, parameter count before compression, token-pruning info) of a trial's stages."""
+    cfg, flat, ctx = stages.cfg, stages.flat, stages.ctx
     root = data_root(cfg, ctx)
     fingerprint = data_fingerprint(root, dataset_prefix(cfg))
     cache_root = ctx.results_dir
@@ -233,24 +274,7 @@ def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
     if cfg.tokens.r_max > 0:
         tokens = enable_token_pruning(compressed, cfg.tokens.r_max, cfg.tokens.alpha, fuse=cfg.tokens.fuse)
 
-    # 8. evaluate
-    device = pick_device(cfg.run.device)
-    eval_split = split or cfg.eval.split
-    metrics = stages.timed("evaluate", lambda: {
-        **split_metrics(compressed, cfg, root, eval_split, device),
-        **cost_metrics(compressed, cfg, device),
-    })
-    metrics.update({
-        "params_uncompressed": params_uncompressed,
-        "params_ratio": metrics["params"] / params_uncompressed,
-        "tokens_last_layer": tokens["schedule"][-1] if tokens and tokens.get("schedule") else -1,
-        **{f"cache_hit_{stage}": hit for stage, hit in stages.hits.items()},
-        **{f"stage_s_{stage}": round(seconds, 3) for stage, seconds in stages.seconds.items()},
-        "trial_s": round(time.perf_counter() - started, 3),
-    })
-    prefix = "val" if eval_split == "valid" else eval_split
-    check_finite(metrics, [f"{prefix}_auroc", "params", "latency_ms", "gflops"])
-    return metrics
+    return compressed, params_uncompressed, tokens
 
 
 def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: TrialContext,
@@ -261,7 +285,9 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     not raised: retrying would fail the same way. The report carries NaN objectives (Tune's
     strict metric check wants them) and `trial_error`, which the searcher turns into FAIL.
     The metrics of a finished trial are stored in the cache under its experiment and trial
-    id, so a trial Tune reruns after restoring a crashed sweep reports them again unchanged.
+    id, so a trial Tune reruns after restoring a crashed sweep reports them again unchanged;
+    its validation predictions are stored beside them (probs.npy, labels.npy) and the
+    report carries the entry's key as `outcome_key`.
     """
     from ray import tune
 
@@ -275,17 +301,22 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
         # this trial's values, so the rerun reports what was measured, not a new latency.
         log.info("trial %s was measured before this restore; reporting its stored outcome",
                  tune_ctx.get_trial_id())
-        tune.report({**json.loads((stored / "metrics.json").read_text()), "outcome_replayed": True})
+        tune.report({**json.loads((stored / "metrics.json").read_text()), OUTCOME_KEY_ATTR: key,
+                     "outcome_replayed": True})
         return
     try:
-        metrics = run_trial(flat, context)
+        metrics, predictions = evaluate_trial(flat, context)
     except FloatingPointError as err:
         log.error("trial failed: %s", err)
         tune.report({**{name: math.nan for name in objectives}, TRIAL_ERROR_KEY: str(err)})
         return
-    cache.get_or_compute("outcome", key,
-                         lambda out: (out / "metrics.json").write_text(json.dumps(metrics)), log=log)
-    tune.report({**metrics, "outcome_replayed": False})
+
+    def store(out: Path) -> None:
+        (out / "metrics.json").write_text(json.dumps(metrics))
+        predictions.save(out)  # 4 bytes an image: the reports compare trials paired on them
+
+    cache.get_or_compute("outcome", key, store, log=log)
+    tune.report({**metrics, OUTCOME_KEY_ATTR: key, "outcome_replayed": False})
 
 
 def outcome_key(flat: dict[str, Any], sweep: str, trial_id: str) -> str:

@@ -16,10 +16,13 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+import moocore
 import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
+
+from tune.verdicts import LATENCY_TIE_FRACTION, add_deltas, add_verdicts, headline
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +56,10 @@ def _losses(df: pd.DataFrame, objectives: Objectives) -> np.ndarray:
 
 
 def _non_dominated_mask(losses: np.ndarray) -> np.ndarray:
-    """Return a mask of rows no other row dominates (no worse everywhere, better somewhere)."""
-    n = len(losses)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
-        no_worse = np.all(losses <= losses[i], axis=1)
-        better = np.any(losses < losses[i], axis=1)
-        mask[i] = not np.any(no_worse & better)
-    return mask
+    """Return a mask of rows no other row dominates (no worse everywhere, better somewhere); equal rows stay."""
+    if len(losses) == 0:
+        return np.zeros(0, dtype=bool)
+    return moocore.is_nondominated(losses, keep_weakly=True)
 
 
 def pareto_front(df: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
@@ -76,42 +75,17 @@ def pareto_front(df: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
     return candidates[_non_dominated_mask(losses[finite])]
 
 
-def _hypervolume_2d(losses: np.ndarray, reference: np.ndarray) -> float:
-    """Area dominated by 2-D losses below `reference`: sum of (y_next - y_i) * (r_x - min x so far)."""
-    order = np.argsort(losses[:, 1], kind="stable")
-    ys = losses[order, 1]
-    best_x = np.minimum.accumulate(losses[order, 0])
-    next_ys = np.append(ys[1:], reference[1])
-    return float(np.sum((next_ys - ys) * (reference[0] - best_x)))
-
-
 def hypervolume(losses: np.ndarray, reference: np.ndarray) -> float:
-    """Return the exact volume dominated by `losses` (minimised) and bounded by `reference`.
+    """Return the exact volume dominated by `losses` (minimised) and bounded by `reference` (moocore).
 
-    Points not strictly better than the reference on every axis add nothing. In 3 or
-    more dimensions the volume is cut into slabs along the last axis:
-    HV = sum_i (z_{i+1} - z_i) * HV_{d-1}(points with z <= z_i), z_{n+1} = reference.
+    Points not strictly better than the reference on every axis add nothing.
     """
-    losses = np.asarray(losses, dtype=float).reshape(-1, len(reference))
     reference = np.asarray(reference, dtype=float)
+    losses = np.asarray(losses, dtype=float).reshape(-1, len(reference))
     losses = losses[np.all(losses < reference, axis=1)]
     if len(losses) == 0:
         return 0.0
-    dims = losses.shape[1]
-    if dims == 1:
-        return float(reference[0] - losses[:, 0].min())
-    if dims == 2:
-        return _hypervolume_2d(losses, reference)
-    losses = losses[_non_dominated_mask(losses)]
-    order = np.argsort(losses[:, -1], kind="stable")
-    losses = losses[order]
-    next_z = np.append(losses[1:, -1], reference[-1])
-    total = 0.0
-    for i in range(len(losses)):
-        depth = next_z[i] - losses[i, -1]
-        if depth > 0:
-            total += depth * hypervolume(losses[: i + 1, :-1], reference[:-1])
-    return total
+    return float(moocore.hypervolume(losses, ref=reference))
 
 
 def _reference_losses(objectives: Objectives, reference_point: Mapping[str, float]) -> np.ndarray:
@@ -137,17 +111,15 @@ def hypervolume_history(
         df = df.sort_values("number", kind="stable")
     losses = _losses(df, objectives)
     reference = _reference_losses(objectives, reference_point)
-    history: list[float] = []
-    front = np.empty((0, len(objectives)))
-    current = 0.0
-    for point in losses:
-        # Only a point no front member dominates can change the volume.
-        dominated = np.any(np.all(front <= point, axis=1)) if len(front) else False
-        if np.all(np.isfinite(point)) and not dominated:
-            front = np.vstack([front[~np.all(point <= front, axis=1)], point])
-            current = hypervolume(front, reference)
-        history.append(current)
-    return history
+    finite = np.all(np.isfinite(losses), axis=1)
+    return [hypervolume(losses[: i + 1][finite[: i + 1]], reference) for i in range(len(losses))]
+
+
+def front_hypervolume(df: pd.DataFrame, objectives: Objectives, reference_point: Mapping[str, float]) -> float:
+    """Return the hypervolume of the rows of `df` (missing objectives skipped) against `reference_point`."""
+    objectives = parse_objectives(objectives)
+    losses = _losses(df, objectives)
+    return hypervolume(losses[np.all(np.isfinite(losses), axis=1)], _reference_losses(objectives, reference_point))
 
 
 def _cell(value: Any) -> Any:
@@ -218,11 +190,15 @@ def front_table(
     objectives: Objectives,
     reference: pd.Series | None,
     extra_columns: Sequence[str] = (),
+    predictions: Callable[[pd.Series], Any] | None = None,
 ) -> pd.DataFrame:
-    """Return the front, best first by the first objective, with the reference row and deltas.
+    """Return the front, best first by the first objective, with the reference row, deltas and verdicts.
 
-    Columns: role ("reference" or "front"), number, the objectives,
-    delta_<objective> = value - reference value (only with a reference), `extra_columns`.
+    Columns: role ("reference" or "front"), number, each objective with its 95% interval
+    (<objective>_lo/_hi, where the trials carry one), then with a reference
+    delta_<objective> = value - reference value, its interval and verdict_<objective>
+    (tune.verdicts; `predictions(row)` gives the stored validation probabilities for the
+    paired bootstrap), then `extra_columns`.
     """
     objectives = parse_objectives(objectives)
     first, first_mode = objectives[0]
@@ -236,11 +212,37 @@ def front_table(
         front = pd.concat([ref, front], ignore_index=True).infer_objects()
         for name, _ in objectives:
             front[name] = front[name].astype(float)
-            front[f"delta_{name}"] = front[name] - float(reference[name])
-    extra = [c for c in extra_columns if c in front.columns]
-    leading = ["role", "number"] + [n for n, _ in objectives]
-    deltas = [f"delta_{n}" for n, _ in objectives if f"delta_{n}" in front.columns]
+            if f"delta_{name}" not in front.columns or front[f"delta_{name}"].isna().all():
+                front[f"delta_{name}"] = front[name] - float(reference[name])
+        front = add_verdicts(add_deltas(front, objectives, predictions), objectives)
+    leading = ["role", "number"]
+    for name, _ in objectives:
+        leading += [c for c in (name, f"{name}_lo", f"{name}_hi") if c in front.columns]
+    deltas = [c for name, _ in objectives
+              for c in (f"delta_{name}", f"delta_{name}_lo", f"delta_{name}_hi", f"verdict_{name}")
+              if c in front.columns]
+    extra = [c for c in extra_columns if c in front.columns and c not in leading + deltas]
     return front[leading + deltas + extra].reset_index(drop=True)
+
+
+def apply_retimed(df: pd.DataFrame, retimed: pd.DataFrame) -> pd.DataFrame:
+    """Return the rows of `df` the re-timing pass timed, latency_ms replaced by the re-timed values.
+
+    The in-sweep value stays as latency_ms_sweep; latency_ms_lo/_hi become the pass's
+    interval and delta_latency_ms (+_lo/_hi) its paired difference to the reference.
+    """
+    timed = retimed.drop_duplicates("number").set_index("number")
+    rows = df[df["number"].isin(timed.index)].copy()
+    numbers = rows["number"].to_numpy()
+    rows["latency_ms_sweep"] = rows["latency_ms"]
+    for target, source in (("latency_ms", "latency_ms_retimed"), ("latency_ms_lo", "latency_ms_retimed_lo"),
+                           ("latency_ms_hi", "latency_ms_retimed_hi"), ("delta_latency_ms", "delta_latency_ms"),
+                           ("delta_latency_ms_lo", "delta_latency_ms_lo"),
+                           ("delta_latency_ms_hi", "delta_latency_ms_hi")):
+        rows[target] = timed.loc[numbers, source].to_numpy(dtype=float)
+    for name in ("latency_ms_retimed", "latency_ms_retimed_lo", "latency_ms_retimed_hi"):
+        rows[name] = timed.loc[numbers, name].to_numpy(dtype=float)
+    return rows
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -273,9 +275,20 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def _error_bars(frame: pd.DataFrame, name: str) -> np.ndarray | None:
+    """Return matplotlib's (2, n) distances to the interval ends of column `name`, or None without an interval."""
+    lo, hi = f"{name}_lo", f"{name}_hi"
+    if lo not in frame.columns or hi not in frame.columns:
+        return None
+    values = frame[name].to_numpy(dtype=float)
+    low = np.clip(values - frame[lo].to_numpy(dtype=float), 0, None)
+    high = np.clip(frame[hi].to_numpy(dtype=float) - values, 0, None)
+    return np.nan_to_num(np.stack([low, high]))
+
+
 def _plot_projection(
     df: pd.DataFrame, front: pd.DataFrame, x: tuple[str, str], y: tuple[str, str],
-    reference: pd.Series | None, path: Path,
+    reference: pd.DataFrame | None, path: Path, note: str = "",
 ) -> None:
     import matplotlib
 
@@ -283,14 +296,23 @@ def _plot_projection(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2), dpi=120)
-    ax.scatter(df[x[0]], df[y[0]], s=14, c="0.75", label="trials")
+    ax.scatter(df[x[0]], df[y[0]], s=14, c="0.75", label="trials (in-sweep values)")
     ordered = front.sort_values(x[0])
-    ax.plot(ordered[x[0]], ordered[y[0]], "o", c="tab:blue", label="Pareto front (all objectives)")
-    if reference is not None:
-        ax.plot(reference[x[0]], reference[y[0]], "*", ms=14, c="tab:red", label="reference config")
+    ax.errorbar(ordered[x[0]].astype(float), ordered[y[0]].astype(float), xerr=_error_bars(ordered, x[0]),
+                yerr=_error_bars(ordered, y[0]), fmt="o", c="tab:blue", ms=4, elinewidth=0.8, capsize=2,
+                label="Pareto front, 95% intervals")
+    if reference is not None and not reference.empty:
+        ax.errorbar(reference[x[0]].astype(float), reference[y[0]].astype(float),
+                    xerr=_error_bars(reference, x[0]), yerr=_error_bars(reference, y[0]), fmt="*", ms=14,
+                    c="tab:red", elinewidth=0.8, capsize=2, label="reference config")
+    for axis, (name, _) in (("x", x), ("y", y)):
+        if name.startswith("params") and name != "params_ratio":
+            getattr(ax, f"set_{axis}scale")("log")
     ax.set_xlabel(f"{x[0]} ({x[1]})")
     ax.set_ylabel(f"{y[0]} ({y[1]})")
-    ax.legend(fontsize=8)
+    if note:
+        ax.set_title(note, fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _atomic_write(path, lambda temp: fig.savefig(temp, format="png"))
@@ -319,6 +341,9 @@ def write_reports(
     objectives: Objectives,
     reference_point: Mapping[str, float] | None = None,
     reference_trial: int | None = None,
+    predictions: Callable[[pd.Series], Any] | None = None,
+    retimed: pd.DataFrame | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write the sweep's reports into local folder `out_dir`; return {report name: path}.
 
@@ -326,7 +351,11 @@ def write_reports(
     pareto_<a>__<b>.png per pair of objectives. `reference_trial` picks the reference
     configuration (default: the first enqueued COMPLETE trial, i.e. the seed point).
     `reference_point` bounds the hypervolume (default: the worst value of each objective
-    over complete trials, logged as such).
+    over complete trials, logged as such). `predictions(row)` returns a trial's stored
+    validation predictions (paired AUROC intervals). With `retimed` (tune.retime's table)
+    the front, its deltas, plots and front hypervolume use the re-timed latencies;
+    trials.parquet and the hypervolume history keep the in-sweep ones. `notes` are lines
+    added under pareto.md's headline.
     """
     objectives = parse_objectives(objectives)
     out_dir = Path(out_dir)
@@ -340,18 +369,17 @@ def write_reports(
         logger.warning("study %r has no complete trial; wrote trials.parquet only", study.study_name)
         return written
     reference = reference_row(complete, objectives, reference_trial)
+    candidates = complete
+    use_retimed = retimed is not None and not retimed.empty and "latency_ms" in dict(objectives)
+    if use_retimed:
+        candidates = apply_retimed(complete, retimed)
+        if reference is not None:
+            reference = candidates[candidates["number"] == reference["number"]].iloc[0]
     param_names = sorted({name for trial in study.get_trials(deepcopy=False) for name in trial.params})
-    table = front_table(complete, objectives, reference, extra_columns=param_names)
+    extra = (["latency_ms_sweep"] if use_retimed else []) + param_names
+    table = front_table(candidates, objectives, reference, extra_columns=extra, predictions=predictions)
     written["pareto.csv"] = _atomic_write(
         out_dir / "pareto.csv", lambda temp: table.to_csv(temp, index=False)
-    )
-    title = f"# Pareto front of study {study.study_name!r}\n\n"
-    summary = (
-        f"{len(complete)} complete of {len(df)} trials; {int((table['role'] == 'front').sum())} "
-        f"on the front ({', '.join(f'{n} {m}' for n, m in objectives)}).\n\n"
-    )
-    written["pareto.md"] = _atomic_write(
-        out_dir / "pareto.md", lambda temp: temp.write_text(title + summary + markdown_table(table))
     )
     if reference_point is None:
         reference_point = {
@@ -359,6 +387,31 @@ def write_reports(
             for name, mode in objectives
         }
         logger.info("hypervolume reference point defaults to the worst values: %s", reference_point)
+    if use_retimed:
+        reference_point = {**reference_point,
+                           "latency_ms": max(reference_point["latency_ms"], float(candidates["latency_ms"].max()))}
+    front = table[table["role"] == "front"]
+    front_volume = front_hypervolume(table, objectives, reference_point)
+    title = f"# Pareto front of study {study.study_name!r}\n\n"
+    lines = [
+        headline(table, objectives) if reference is not None else "No reference trial: no verdicts.",
+        "",
+        f"{len(complete)} complete of {len(df)} trials; {len(front)} on the front "
+        f"({', '.join(f'{n} {m}' for n, m in objectives)}); hypervolume of the front and the "
+        f"reference {front_volume:.6g} (reference point {dict(reference_point)}).",
+        "Intervals are 95%: validation metrics by stratified bootstrap over the validation images "
+        "(deltas paired on the same images), latency over timing rounds; verdicts compare each point "
+        "with the reference (better / worse / tie; params and gflops are exact counts; latency "
+        f"differences under {LATENCY_TIE_FRACTION:.0%} of the reference count as ties).",
+        *notes,
+    ]
+    if use_retimed:
+        lines.append("latency_ms of the reference and the front comes from the re-timing pass (interleaved rounds "
+                     "in one process, retime.csv); the in-sweep value is latency_ms_sweep.")
+    written["pareto.md"] = _atomic_write(
+        out_dir / "pareto.md",
+        lambda temp: temp.write_text(title + "\n".join(lines) + "\n\n" + markdown_table(_display(table, objectives))),
+    )
     history = pd.DataFrame(
         {
             "number": complete.sort_values("number")["number"].to_numpy(),
@@ -370,9 +423,37 @@ def write_reports(
     )
     _plot_history(history, out_dir / "hypervolume.png")
     written["hypervolume.png"] = out_dir / "hypervolume.png"
-    front = table[table["role"] == "front"]
+    ref_frame = table[table["role"] == "reference"]
+    note = "front and reference latency: re-timing pass" if use_retimed else ""
     for x, y in combinations(objectives, 2):
         name = f"pareto_{x[0]}__{y[0]}.png"
-        _plot_projection(complete, front, x, y, reference, out_dir / name)
+        _plot_projection(complete, front, x, y, ref_frame, out_dir / name, note)
         written[name] = out_dir / name
     return written
+
+
+def _display(table: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
+    """Return the table for Markdown: each value and difference with its interval in one cell."""
+
+    def with_interval(value, lo, hi) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        text = f"{float(value):.4g}"
+        if lo is not None and hi is not None and math.isfinite(float(lo)) and math.isfinite(float(hi)) \
+                and float(lo) != float(hi):
+            text += f" [{float(lo):.4g}, {float(hi):.4g}]"
+        return text
+
+    out = pd.DataFrame({"role": table["role"], "number": table["number"]})
+    for name, _ in objectives:
+        out[name] = [with_interval(r.get(name), r.get(f"{name}_lo"), r.get(f"{name}_hi")) for _, r in table.iterrows()]
+    for name, _ in objectives:
+        if f"delta_{name}" in table.columns:
+            out[f"Δ {name}"] = [with_interval(r.get(f"delta_{name}"), r.get(f"delta_{name}_lo"),
+                                              r.get(f"delta_{name}_hi")) for _, r in table.iterrows()]
+            out[f"verdict {name}"] = table[f"verdict_{name}"]
+    for column in table.columns:
+        if column not in out.columns and not column.startswith(("delta_", "verdict_")) \
+                and not any(column in (n, f"{n}_lo", f"{n}_hi") for n, _ in objectives):
+            out[column] = table[column]
+    return out

@@ -93,9 +93,28 @@ def make_parser() -> argparse.ArgumentParser:
                              "(breakpoints work) and print its metrics")
     parser.add_argument("--report", metavar="NAME", default=None,
                         help="rebuild the reports of the finished sweep NAME without running trials")
+    parser.add_argument("--compare", nargs=2, metavar=("NAME1", "NAME2"), default=None,
+                        help="compare two finished sweeps (same objectives): hypervolume of each against "
+                             "one reference point and where each front attains what the other does not; "
+                             "writes <results-dir>/compare-NAME1-NAME2/")
     parser.add_argument("--final-eval", action="store_true",
                         help="after the sweep (or with --report), score the reference and the "
                              "Pareto-optimal configs once on the test split: final_eval.csv/.md")
+    parser.add_argument("--no-retime", action="store_true",
+                        help="skip the re-timing pass at the end of a sweep (the reference and every "
+                             "front point rebuilt and timed again, interleaved, in one process)")
+    parser.add_argument("--retime", action="store_true",
+                        help="with --report: run the re-timing pass again (without it the report reuses "
+                             "the sweep's retime.csv, if any)")
+    parser.add_argument("--retime-rounds", type=_positive_int, default=None,
+                        help="rounds of the re-timing pass (default 7, the fewest giving a 95%% interval)")
+    parser.add_argument("--replicates", type=_positive_int, default=None, metavar="R",
+                        help="after the sweep (or with --report): fine-tune the reference again with R other "
+                             "run.seed values and report the seed-to-seed spread (replicates.csv/.md). Costs R "
+                             "full trials per config, training included (digits: pretrain + fine-tune, about "
+                             "1-2 min each on 2 idle cores); off by default")
+    parser.add_argument("--replicates-front", type=int, default=0, metavar="K",
+                        help="with --replicates: also replicate the K best front points by the first objective")
     parser.add_argument("--wandb", action="store_true",
                         help="log each trial to W&B (project vitsweep, group = sweep name) and the "
                              "Pareto table at the end; offline unless WANDB_API_KEY or WANDB_MODE=online")
@@ -239,23 +258,81 @@ def _check_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         parser.error(str(err))
 
 
+def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import optuna
+
+    from tune.compare import common_reference_point, write_comparison
+    from tune.summary import reference_point
+
+    first, second = args.compare
+    if first == second:
+        parser.error(f"--compare needs two different sweeps, got {first!r} twice")
+    settings = [_saved_settings(name, args, parser, "--compare") for name in args.compare]
+    if settings[0].objectives != settings[1].objectives:
+        parser.error(f"--compare: sweeps {first!r} and {second!r} have different objectives "
+                     f"({settings[0].objectives} vs {settings[1].objectives})")
+    studies = {s.name: optuna.load_study(study_name=s.name, storage=_open_storage(s, parser)) for s in settings}
+    objectives = settings[0].objectives
+    if any(not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+           for study in studies.values()):
+        parser.error("--compare: both sweeps need at least one complete trial")
+    point = common_reference_point([reference_point(study, objectives) for study in studies.values()], objectives)
+    out = settings[0].local_dir.parent / f"compare-{first}-{second}"
+    written = write_comparison(studies, objectives, point, out)
+    print((out / "compare.md").read_text(encoding="utf-8"))
+    print(f"results: {out}")
+    for name in sorted(written):
+        print(f"  {name}")
+    return 0
+
+
+def _retime(settings: SweepSettings, study, args: argparse.Namespace):
+    """Return the re-timing pass's table: run now (end of a sweep, or --report --retime), else the saved one."""
+    from optuna.trial import TrialState
+
+    from tune.retime import DEFAULT_ROUNDS, read_retimed, retime_sweep
+
+    run_now = args.retime if args.report else not args.no_retime
+    if "latency_ms" not in settings.metric_names or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    if not run_now:
+        return read_retimed(settings.local_dir)
+    started = time.perf_counter()
+    frame = retime_sweep(settings, study, rounds=args.retime_rounds or DEFAULT_ROUNDS)
+    print(f"re-timing pass: {frame['number'].nunique()} configs, {int(frame['rounds'].max())} rounds, "
+          f"{time.perf_counter() - started:.1f} s", flush=True)
+    return frame
+
+
 def _finish(settings: SweepSettings, storage, args: argparse.Namespace) -> int:
     import optuna
 
     from tune.callbacks import log_front_to_wandb
     from tune.study import default_storage_url
-    from tune.summary import build_reports, final_eval, front_frame, print_summary, verify
+    from tune.summary import build_reports, final_eval, print_summary, verify
 
     study = optuna.load_study(study_name=settings.name, storage=storage)
     counts = verify(settings, study)
-    written = build_reports(settings, study)
+    import ray
+
+    ray.shutdown()  # idle trial actors would share the cores the re-timing pass measures on
+    retimed = _retime(settings, study, args)
+    replicated = None
+    if args.replicates:
+        from tune.replicates import run_replicates
+
+        replicated = run_replicates(settings, study, args.replicates, args.replicates_front)
+        print(f"replicates: {settings.local_dir / 'replicates.md'}")
+    written = build_reports(settings, study, retimed, replicated)
     url = settings.storage_url or default_storage_url(settings.results_dir, settings.name)
     print_summary(settings, study, counts, written, url)
     if args.final_eval:
         frame = final_eval(settings, study)
         print(f"final evaluation on test ({len(frame)} configs): {settings.local_dir / 'final_eval.md'}")
-    if args.wandb:
-        mode = log_front_to_wandb(front_frame(settings, study), settings.name, settings.local_dir)
+    if args.wandb and "pareto.csv" in written:
+        import pandas as pd
+
+        mode = log_front_to_wandb(pd.read_csv(written["pareto.csv"]), settings.name, settings.local_dir)
         print(f"W&B ({mode}): Pareto table logged to project vitsweep, group {settings.name}")
     return 0
 
@@ -267,12 +344,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("optuna").setLevel(logging.WARNING)
     modes = [m for m, on in (("--resume", args.resume), ("--report", args.report),
-                             ("--debug-trial", args.debug_trial)) if on]
+                             ("--debug-trial", args.debug_trial), ("--compare", args.compare)) if on]
     if len(modes) > 1:
         parser.error(f"{' and '.join(modes)} exclude each other")
     if args.debug_trial:
         return _debug_trial(args, parser)
+    if (args.retime or args.retime_rounds) and not args.report and args.no_retime:
+        parser.error("--no-retime excludes --retime and --retime-rounds")
+    if args.replicates_front and not args.replicates:
+        parser.error("--replicates-front K needs --replicates R")
+    if args.replicates_front < 0:
+        parser.error(f"--replicates-front must be >= 0, got {args.replicates_front}")
+    if args.retime and not args.report:
+        parser.error("--retime goes with --report NAME (a sweep re-times its front at the end unless --no-retime)")
 
+    if args.compare:
+        return _compare(args, parser)
     if args.report:
         settings = _saved_settings(args.report, args, parser, "--report")
         return _finish(settings, _open_storage(settings, parser), args)

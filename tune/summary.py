@@ -58,15 +58,65 @@ def _copy_to_uri(local_dir: Path, uri: str, names) -> None:
                               source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
 
 
-def build_reports(settings: SweepSettings, study: optuna.Study) -> dict[str, Path]:
-    """Write the reports into the sweep's local folder (and copy them to a URI results root)."""
+def predictions_loader(settings: SweepSettings):
+    """Return row -> the trial's stored validation Predictions (None for trials stored without them)."""
+    from trainables.cache import StageCache
+    from trainables.evaluate import Predictions
+
+    cache = StageCache(settings.results_dir)
+    loaded: dict[str, Any] = {}
+
+    def load(row: pd.Series):
+        key = row.get("outcome_key")
+        if not isinstance(key, str):
+            return None
+        if key not in loaded:
+            entry = cache.get("outcome", key)
+            loaded[key] = Predictions.load(entry) if entry is not None else None
+        return loaded[key]
+
+    return load
+
+
+def retime_notes(retimed: pd.DataFrame | None) -> list[str]:
+    """Return pareto.md's lines about the re-timing pass: where it ran, and how far a repeat moved."""
+    from tune.retime import repeatability
+
+    if retimed is None or retimed.empty:
+        return ["No re-timing pass: latencies are the in-sweep ones, each timed once when its trial ran."]
+    lines = [f"Re-timing pass: {retimed['number'].nunique()} configs (the reference twice) in "
+             f"{int(retimed['rounds'].max())} interleaved rounds on {retimed['device'].iloc[0]}, at each trial's "
+             f"batch ({', '.join(map(str, sorted(set(retimed['batch']))))}) and threads "
+             f"({', '.join(map(str, sorted(set(retimed['threads']))))}), {float(retimed['pass_s'].iloc[0]):.1f} s."]
+    moved = repeatability(retimed)
+    if moved is not None:
+        ref = retimed[retimed["role"] == "reference"]["latency_ms_retimed"].iloc[0]
+        rep = retimed[retimed["role"] == "repeat"]["latency_ms_retimed"].iloc[0]
+        lines.append(f"The reference timed twice in the pass (two builds): medians {ref:.4g} and {rep:.4g} ms, "
+                     f"{100 * moved:.1f}% apart.")
+    return lines
+
+
+def build_reports(settings: SweepSettings, study: optuna.Study,
+                  retimed: pd.DataFrame | None = None, replicated: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write the reports into the sweep's local folder (and copy them to a URI results root).
+
+    `retimed` is the re-timing pass's table (tune.retime); the front then uses its latencies.
+    `replicated` is tune.replicates' table; pareto.md then states the seed-to-seed spread.
+    """
+    from tune.replicates import replicate_notes
+
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         written = write_reports(study, settings.local_dir, settings.objectives)
     else:
         written = write_reports(study, settings.local_dir, settings.objectives,
-                                reference_point=reference_point(study, settings.objectives))
+                                reference_point=reference_point(study, settings.objectives),
+                                predictions=predictions_loader(settings), retimed=retimed,
+                                notes=retime_notes(retimed if "latency_ms" in settings.metric_names else None)
+                                + replicate_notes(replicated, settings.metric_names[0]))
     if is_uri(settings.results_dir):
-        _copy_to_uri(settings.local_dir, settings.sweep_dir, written)
+        extra = [n for n in ("retime.csv", "replicates.csv", "replicates.md") if (settings.local_dir / n).is_file()]
+        _copy_to_uri(settings.local_dir, settings.sweep_dir, [*written, *extra])
     return written
 
 

@@ -17,7 +17,7 @@ import trainables.latency as latency_mod
 from compress.tokens import enable_token_pruning, keep_schedule
 from trainables.config import TrialConfig
 from trainables.evaluate import cost_metrics, timing_lock, timing_lock_path
-from trainables.latency import LatencyResult, count_gflops, measure_latency
+from trainables.latency import LatencyResult, count_gflops, measure_latency, median_interval
 
 logger = logging.getLogger(__name__)
 
@@ -134,12 +134,20 @@ class _SlowFirstCalls(nn.Module):
         return x
 
 
-def test_latency_reports_the_least_disturbed_round():
-    # warmup 1 + first round of 4 runs are slow; the second round is not.
-    result = measure_latency(_SlowFirstCalls(slow=5), INPUT_SHAPE, warmup=1, repeats=4, batch_size=1, rounds=2)
-    assert result.rounds == 2 and result.latency_ms < 10.0
+def test_latency_is_the_median_round_and_the_interval_spans_the_disturbed_one():
+    # warmup 1 + first round of 4 runs are slow; the other two rounds are not.
+    result = measure_latency(_SlowFirstCalls(slow=5), INPUT_SHAPE, warmup=1, repeats=4, batch_size=1, rounds=3)
+    assert result.rounds == 3 and result.latency_ms < 10.0
+    assert result.latency_ms_lo <= result.latency_ms < 10.0 <= 20.0 <= result.latency_ms_hi
     single = measure_latency(_SlowFirstCalls(slow=5), INPUT_SHAPE, warmup=1, repeats=4, batch_size=1)
     assert single.rounds == 1 and single.latency_ms >= 20.0
+
+
+def test_median_interval_is_the_order_statistic_interval_at_95_percent():
+    # For n = 9 the 95% interval of the median is [x_(2), x_(8)] (binomial tails 0.0195 each).
+    assert median_interval(range(1, 10)) == (5.0, 2.0, 8.0)
+    # Too few values for 95%: the full range.
+    assert median_interval([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,10 @@
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from trainables.cache import MANIFEST_NAME
+from trainables.cache import MANIFEST_NAME, StageCache
 from trainables.trial import TrialContext, main, run_trial, tune_trainable
 
 TINY = {
@@ -32,6 +33,14 @@ def test_trial_reports_objectives_and_secondary_metrics(first):
     assert OBJECTIVES <= set(first)
     assert {"val_auprc", "val_ece", "device", "cache_hit_finetune", "stage_s_finetune"} <= set(first)
     assert 0.0 <= first["val_auroc"] <= 1.0 and first["params"] == first["params_uncompressed"]
+
+
+@pytest.mark.slow
+def test_trial_reports_intervals_around_its_metrics(first):
+    for name in ("val_auroc", "val_auprc", "val_accuracy", "latency_ms"):
+        assert first[f"{name}_lo"] <= first[name] <= first[f"{name}_hi"], name
+    assert first["val_auroc_hi"] > first["val_auroc_lo"]
+    assert first["latency_threads"] >= 1
 
 
 @pytest.mark.slow
@@ -129,6 +138,11 @@ def test_a_rerun_tune_trial_reports_its_stored_metrics(first, results, monkeypat
     assert [r["outcome_replayed"] for r in reports] == [False, True, False, False]
     assert {k: v for k, v in rerun.items() if k != "outcome_replayed"} == \
         {k: v for k, v in measured.items() if k != "outcome_replayed"}
+    # the stored outcome keeps the validation probabilities, 4 bytes an image, for paired comparisons
+    entry = StageCache(results).get("outcome", measured["outcome_key"])
+    probs, labels = np.load(entry / "probs.npy"), np.load(entry / "labels.npy")
+    assert probs.dtype == np.float32 and probs.shape == labels.shape == (TINY["data.val_limit"],)
+    assert rerun["outcome_key"] == measured["outcome_key"] != other_trial["outcome_key"]
     # another trial id, or the same id in another sweep sharing the cache, is measured afresh
     assert measured["trial_s"] not in (other_trial["trial_s"], other_sweep["trial_s"])
 

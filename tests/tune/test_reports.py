@@ -187,3 +187,71 @@ def test_write_reports_on_study_without_complete_trials_writes_only_parquet(tmp_
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
     written = write_reports(study, tmp_path, [("values_0", "max"), ("values_1", "min")])
     assert set(written) == {"trials.parquet"}
+
+
+def _verdict_study(top_probs_by_number):
+    """Reference (trial 0) and two compressed trials with stored predictions and latency intervals."""
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], study_name="verdicts")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_auroc", "params", "latency_ms"])
+    study.enqueue_trial({"tau": 1.0})
+    rows = [(1000, 2.0), (440, 1.5), (300, 1.0)]  # params, latency (each clearly below the last)
+    for number, (params, latency) in enumerate(rows):
+        trial = study.ask()
+        trial.suggest_float("tau", 0.5, 1.0)
+        labels, probs = top_probs_by_number[number]
+        trial.set_user_attr("latency_ms_lo", latency * 0.98)
+        trial.set_user_attr("latency_ms_hi", latency * 1.02)
+        from sklearn.metrics import roc_auc_score
+
+        study.tell(trial, [roc_auc_score(labels, probs), params, latency])
+    return study
+
+
+def _synthetic(shift, seed=0, n=135):
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.ones(n, int), np.zeros(n, int)]
+    probs = 1 / (1 + np.exp(-np.r_[rng.normal(shift, 1, n), rng.normal(0, 1, n)]))
+    return labels, probs.astype(np.float32)
+
+
+def _predictions(by_number):
+    from trainables.evaluate import Predictions
+
+    return lambda row: Predictions(*by_number[int(row["number"])])
+
+
+def test_a_top_auroc_gain_inside_the_interval_is_never_reported_as_dominating(tmp_path):
+    labels, ref = _synthetic(2.0)
+    better = ref.copy()
+    # One positive moved above the negatives just over it: a gain of a few pairs out of 18,225.
+    pos = np.flatnonzero(labels == 1)
+    weakest = pos[np.argmin(ref[pos])]
+    better[weakest] = np.sort(ref[labels == 0])[-20]
+    by_number = {0: (labels, ref), 1: (labels, better), 2: (labels, ref * 0.9)}
+    study = _verdict_study(by_number)
+    write_reports(study, tmp_path, [("val_auroc", "max"), ("params", "min"), ("latency_ms", "min")],
+                  predictions=_predictions(by_number))
+    table = pd.read_csv(tmp_path / "pareto.csv")
+    top = table[(table["role"] == "front") & (table["number"] == 1)].iloc[0]
+    assert top["delta_val_auroc"] > 0 and top["delta_val_auroc_lo"] <= 0 < top["delta_val_auroc_hi"]
+    assert top["verdict_val_auroc"] == "tie"
+    assert top["verdict_params"] == "better" and top["verdict_latency_ms"] == "better"
+    first_line = (tmp_path / "pareto.md").read_text().splitlines()[2]
+    assert first_line.startswith("None of") and "closest: trial 1: ties on val_auroc" in first_line
+
+
+def test_a_clearly_better_smaller_faster_point_is_reported_as_dominating(tmp_path):
+    labels, ref = _synthetic(0.8)
+    _, strong = _synthetic(3.0)
+    by_number = {0: (labels, ref), 1: (labels, strong), 2: (labels, ref)}
+    study = _verdict_study(by_number)
+    write_reports(study, tmp_path, [("val_auroc", "max"), ("params", "min"), ("latency_ms", "min")],
+                  predictions=_predictions(by_number))
+    table = pd.read_csv(tmp_path / "pareto.csv")
+    assert table.loc[table["number"] == 1, "verdict_val_auroc"].tolist()[-1] == "better"
+    # trial 2 has the reference's predictions: delta exactly 0, a tie
+    row2 = table[(table["number"] == 2) & (table["role"] == "front")].iloc[0]
+    assert row2["delta_val_auroc"] == 0 and row2["verdict_val_auroc"] == "tie"
+    assert (tmp_path / "pareto.md").read_text().splitlines()[2].startswith("1 of 2 front points dominate")
