@@ -269,6 +269,7 @@ def ray_local(tmp_path_factory):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_sweep_in_ray_tune_leaves_complete_and_fail_trials(ray_local, tmp_path):
     from ray import tune
 
