@@ -371,6 +371,10 @@ def write_reports(
     reference = reference_row(complete, objectives, reference_trial)
     candidates = complete
     use_retimed = retimed is not None and not retimed.empty and "latency_ms" in dict(objectives)
+    if use_retimed and (reference is None or int(reference["number"]) not in set(retimed["number"])):
+        logger.warning("retime.csv does not hold the reference trial; the front uses in-sweep latencies "
+                       "(rerun the pass: --report NAME --retime)")
+        use_retimed = False
     if use_retimed:
         candidates = apply_retimed(complete, retimed)
         if reference is not None:

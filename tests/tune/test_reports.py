@@ -255,3 +255,24 @@ def test_a_clearly_better_smaller_faster_point_is_reported_as_dominating(tmp_pat
     row2 = table[(table["number"] == 2) & (table["role"] == "front")].iloc[0]
     assert row2["delta_val_auroc"] == 0 and row2["verdict_val_auroc"] == "tie"
     assert (tmp_path / "pareto.md").read_text().splitlines()[2].startswith("1 of 2 front points dominate")
+
+
+def test_front_uses_retimed_latencies_and_keeps_the_sweep_ones(tmp_path):
+    labels, ref = _synthetic(0.8)
+    by_number = {0: (labels, ref), 1: (labels, _synthetic(3.0)[1]), 2: (labels, ref)}
+    study = _verdict_study(by_number)
+    # The pass found the reference 40% faster than in the sweep and trial 1 no faster than it.
+    retimed = pd.DataFrame({
+        "number": [0, 0, 1, 2], "role": ["reference", "repeat", "front", "front"],
+        "latency_ms_retimed": [1.2, 1.21, 1.19, 0.9], "latency_ms_retimed_lo": [1.1, 1.1, 1.1, 0.85],
+        "latency_ms_retimed_hi": [1.3, 1.3, 1.3, 0.95], "delta_latency_ms": [0.0, 0.01, -0.01, -0.3],
+        "delta_latency_ms_lo": [0.0, -0.02, -0.03, -0.35], "delta_latency_ms_hi": [0.0, 0.03, 0.02, -0.25],
+    })
+    write_reports(study, tmp_path, [("val_auroc", "max"), ("params", "min"), ("latency_ms", "min")],
+                  predictions=_predictions(by_number), retimed=retimed)
+    table = pd.read_csv(tmp_path / "pareto.csv").set_index(["role", "number"])
+    assert table.loc[("reference", 0), "latency_ms"] == 1.2 and table.loc[("reference", 0), "latency_ms_sweep"] == 2.0
+    assert table.loc[("front", 1), "verdict_latency_ms"] == "tie"
+    assert table.loc[("front", 2), "verdict_latency_ms"] == "better"
+    assert "re-timing pass" in (tmp_path / "pareto.md").read_text()
+    assert pd.read_parquet(tmp_path / "trials.parquet").set_index("number").loc[0, "latency_ms"] == 2.0
