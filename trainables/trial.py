@@ -166,7 +166,7 @@ def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
 
     # 2. finetune
     ft_key = stage_key("finetune", {"model": dataclasses.asdict(cfg.model),
-                                    "finetune": cfg.finetune.key_fields(), "data": _data_key(cfg),
+                                    **cfg.finetune_key_fields(), "data": _data_key(cfg),
                                     "seed": cfg.run.seed}, parent, fingerprint)
 
     def finetune(out: Path) -> None:
@@ -174,6 +174,8 @@ def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
 
     stages.cached("finetune", ft_key, finetune)
     model_ref, model_key = cache_ref("finetune", ft_key, "model"), ft_key
+    # Where the models before and after prehab live, for the reports' spectrum diagnostics.
+    model_refs = {"model_ref_finetune": model_ref}
 
     # 3. whitening statistics of whichever model is about to be regularised or factorised
     def whitening(of_ref: str, of_key: str) -> tuple[str, str]:
@@ -208,6 +210,7 @@ def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
 
         stages.cached("prehab", ph_key, prehab)
         model_ref, model_key = cache_ref("prehab", ph_key, "model"), ph_key
+        model_refs["model_ref_prehab"] = model_ref
 
     # 5. compress (heads -> MLP -> SVD), cheap and in this process
     stats_ref = None
@@ -247,6 +250,7 @@ def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
         **{f"cache_hit_{stage}": hit for stage, hit in stages.hits.items()},
         **{f"stage_s_{stage}": round(seconds, 3) for stage, seconds in stages.seconds.items()},
         "trial_s": round(time.perf_counter() - started, 3),
+        **model_refs,
     })
     prefix = "val" if eval_split == "valid" else eval_split
     check_finite(metrics, [f"{prefix}_auroc", "params", "latency_ms", "gflops"])
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         flat = parse_overrides(args.set)
-        TrialConfig.from_flat(flat)
+        TrialConfig.from_flat(flat).check_applicable(flat)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     metrics = run_trial(flat, TrialContext(results_dir=args.results_dir, show_progress=not args.no_progress),

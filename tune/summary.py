@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from tune.callbacks import PROGRESS_FILENAME, finished_trial_ids
 from tune.reports import markdown_table, front_table, reference_row, trials_frame, write_reports
+from tune.spectra import write_spectra
 from tune.study import CONFIG_ATTR, dashboard_command, verify_study
 from tune.sweep import SweepSettings, is_uri
 
@@ -65,6 +66,8 @@ def build_reports(settings: SweepSettings, study: optuna.Study) -> dict[str, Pat
     else:
         written = write_reports(study, settings.local_dir, settings.objectives,
                                 reference_point=reference_point(study, settings.objectives))
+    written.update(write_spectra(study, settings.local_dir, settings.objectives, settings.base,
+                                 settings.results_dir))
     if is_uri(settings.results_dir):
         _copy_to_uri(settings.local_dir, settings.sweep_dir, written)
     return written
