@@ -7,7 +7,9 @@ from compress.linear import LowRankLinear
 from compress.mlp import prune_mlp_neurons
 from compress.params import count_params
 from compress.plan import CompressionPlan, compress_model
-from compress.prehab import effective_rank, lowrank_penalty, nuclear_ratio, stable_rank
+from compress.prehab import (
+    REGULARIZERS, effective_rank, lowrank_penalty, nuclear_ratio, nuclear_ratio_plus_effective_rank, stable_rank,
+)
 from compress.report import CompressionReport, LayerDecision
 from compress.svd import truncate_svd
 from compress.tokens import disable_token_pruning, enable_token_pruning, keep_schedule
@@ -19,6 +21,7 @@ __all__ = [
     "InputStats",
     "LayerDecision",
     "LowRankLinear",
+    "REGULARIZERS",
     "collect_input_stats",
     "compress_model",
     "count_params",
@@ -31,6 +34,7 @@ __all__ = [
     "load_input_stats",
     "lowrank_penalty",
     "nuclear_ratio",
+    "nuclear_ratio_plus_effective_rank",
     "prune_attention_heads",
     "prune_mlp_neurons",
     "save_compressed",

@@ -1,4 +1,15 @@
-"""Differentiable low-rank regularizers for the prehab stage, on W or on W L (whitened space)."""
+"""Differentiable low-rank regularizers for the prehab stage, on W or on W L (whitened space).
+
+Each surrogate is named for what it computes, and all are scale-free (multiplying A by a
+constant leaves them unchanged), so one lambda grid means the same on every layer and in
+both spaces. The nuclear norm ||A||_* itself is not offered: it grows with the weights'
+scale (and the whitening's), so a fixed lambda would mostly shrink weights. Its scale-free
+form, nuclear_ratio = ||A||_* / ||A||_F, is the nuclear-norm surrogate used here.
+
+The PREHAB-SVD notes regularise in whitened space and, for ViTs, pair a nuclear-norm
+surrogate with the entropy effective rank: that pairing is the kind
+"nuclear_ratio+effective_rank" (the sum of the two).
+"""
 
 from collections.abc import Callable, Iterable, Mapping
 
@@ -26,23 +37,36 @@ def stable_rank(weight: torch.Tensor, factor: torch.Tensor | None = None) -> tor
 
 def nuclear_ratio(weight: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
     """Return ||A||_* / ||A||_F = sum sigma_i / sqrt(sum sigma_i^2) for A = W (or W L), in [1, sqrt(rank)]."""
-    singular = _singular_values(weight, factor)
+    return _nuclear_ratio_of(_singular_values(weight, factor))
+
+
+def _nuclear_ratio_of(singular: torch.Tensor) -> torch.Tensor:
     return singular.sum() / singular.pow(2).sum().sqrt()
 
 
 def effective_rank(weight: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
     """Return exp(H(p)) with p_i = sigma_i / sum sigma_j and H(p) = -sum p_i log p_i, for A = W (or W L)."""
-    singular = _singular_values(weight, factor)
+    return _effective_rank_of(_singular_values(weight, factor))
+
+
+def _effective_rank_of(singular: torch.Tensor) -> torch.Tensor:
     share = singular / singular.sum()
     # Clamping inside the log keeps the gradient finite where sigma_i = 0 (0 * log 0 -> 0).
     entropy = -(share * share.clamp_min(torch.finfo(share.dtype).tiny).log()).sum()
     return entropy.exp()
 
 
+def nuclear_ratio_plus_effective_rank(weight: torch.Tensor, factor: torch.Tensor | None = None) -> torch.Tensor:
+    """Return nuclear_ratio(A) + effective_rank(A) for A = W (or W L), from one SVD: the notes' ViT pairing."""
+    singular = _singular_values(weight, factor)
+    return _nuclear_ratio_of(singular) + _effective_rank_of(singular)
+
+
 REGULARIZERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
     "stable_rank": stable_rank,
-    "nuclear": nuclear_ratio,
+    "nuclear_ratio": nuclear_ratio,
     "effective_rank": effective_rank,
+    "nuclear_ratio+effective_rank": nuclear_ratio_plus_effective_rank,
 }
 
 
@@ -52,7 +76,7 @@ def lowrank_penalty(
     whitening: Mapping[str, InputStats] | None = None,
     targets: Iterable[str] | None = None,
 ) -> torch.Tensor:
-    """Return the sum over every target linear of regularizer `kind` (stable_rank, nuclear, effective_rank).
+    """Return the sum over every target linear of regularizer `kind` (a name in REGULARIZERS).
 
     With `whitening` ({qualified name: InputStats} of this model) each term is taken on W L,
     S = L L^T, so the penalty favours weights that are low rank on the data's input distribution.

@@ -36,8 +36,9 @@ _STATE_ATTR = "_token_pruning"
 def keep_schedule(num_patches: int, num_layers: int, r_max: float, alpha: float) -> list[int]:
     """Return the patch tokens kept at each layer's output.
 
-    n_l = max(1, round(n_{l-1} * (1 - r_max * ((l + 1) / L) ** alpha))), l = 0..L-1,
-    n_{-1} = num_patches; round is Python's round (halves go to the even integer).
+    n_l = max(1, floor(n_{l-1} * (1 - r_max * ((l + 1) / L) ** alpha))), l = 0..L-1,
+    n_{-1} = num_patches (the token-pruning notes' rule: 144 patches, 8 layers, r_max 0.6,
+    alpha 2 keep 142, 136, 124, 105, 80, 53, 28, 11).
     """
     _check_positive_int("num_patches", num_patches)
     _check_positive_int("num_layers", num_layers)
@@ -47,7 +48,9 @@ def keep_schedule(num_patches: int, num_layers: int, r_max: float, alpha: float)
     kept = num_patches
     for layer in range(num_layers):
         keep_fraction = 1.0 - r_max * ((layer + 1) / num_layers) ** alpha
-        kept = max(1, round(kept * keep_fraction))
+        # The 1e-9 keeps a product that is an integer in exact arithmetic (1000 * 0.93 evaluates to
+        # 929.9999999999999) from flooring one below it.
+        kept = max(1, math.floor(kept * keep_fraction + 1e-9))
         schedule.append(kept)
     return schedule
 

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from compress import CompressionPlan
+from compress import REGULARIZERS, CompressionPlan
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -102,8 +102,8 @@ class FinetuneConfig:
     grad_clip: float = 1.0           # 0 = no clipping
     lora_rank: int = 8
     lora_alpha: float = 0.0          # 0 = 2 * lora_rank
-    lora_mlp: bool = False           # also adapt up/down projections
-    train_norms_biases: bool = False # head_only: also train LayerNorms and biases
+    lora_mlp: bool = False           # lora: also adapt up/down (and gate) projections
+    train_norms_biases: bool = False # head_only, lora: also train LayerNorms and biases (at backbone_lr)
     precision: str = "auto"          # auto = bf16 autocast on CUDA devices that support it
     grad_checkpointing: bool = False
     workers: int = 1                 # Ray Train workers (DDP across GPUs; 1 on CPU/MPS)
@@ -132,28 +132,51 @@ class FinetuneConfig:
         if self.method != "lora":
             for name in ("lora_rank", "lora_alpha", "lora_mlp"):
                 fields.pop(name)
-        if self.method != "full":
-            fields.pop("backbone_lr")
-        if self.method != "head_only":
+        if self.method == "full":
             fields.pop("train_norms_biases")
+        elif not self.train_norms_biases:
+            fields.pop("backbone_lr")  # norms and biases are the only backbone weights it sets
         return fields
 
+    def inapplicable(self, keys) -> list[str]:
+        """Return the flat keys among `keys` (keys someone set) that the chosen method does not use.
 
-PREHAB_KINDS = ("stable_rank", "nuclear", "effective_rank")
+        lora_rank, lora_alpha and lora_mlp apply to lora; train_norms_biases to head_only and
+        lora (full trains every weight already); backbone_lr to full, and to the others only
+        with train_norms_biases.
+        """
+        unused = set()
+        if self.method != "lora":
+            unused |= {"lora_rank", "lora_alpha", "lora_mlp"}
+        if self.method == "full":
+            unused.add("train_norms_biases")
+        elif not self.train_norms_biases:
+            unused.add("backbone_lr")
+        return sorted(key for key in keys if key.startswith("finetune.") and key[len("finetune."):] in unused)
+
+
+PREHAB_KINDS = tuple(REGULARIZERS)
 
 
 @dataclass(frozen=True)
 class PrehabConfig:
-    """Low-rank "prehab": a short run of task loss + lambda * rank surrogate before SVD."""
+    """Low-rank "prehab": a short run of task loss + lambda * rank surrogate before SVD.
+
+    The defaults are the PREHAB-SVD notes' ViT recipe: rank measured in the input-whitened
+    space W L, by the nuclear-norm surrogate ||A||_*/||A||_F plus the entropy effective rank.
+    """
 
     lambda_: float = 0.0             # flat key: prehab.lambda; 0 = no prehab stage
-    kind: str = "nuclear"
-    space: str = "raw"               # "whitened" measures rank in the input-whitened space WL
+    kind: str = "nuclear_ratio+effective_rank"   # a name in compress.REGULARIZERS
+    space: str = "whitened"          # "whitened": rank of W L (S = L L^T the input second moment); "raw": of W
     epochs: int = 1
     lr: float = 1e-4
 
     def __post_init__(self):
         _at_least("prehab.lambda", self.lambda_, 0)
+        if self.kind == "nuclear":
+            raise ValueError("prehab.kind 'nuclear' was the ratio ||A||_*/||A||_F, now called 'nuclear_ratio' "
+                             f"(it is not the nuclear norm); choose one of {', '.join(PREHAB_KINDS)}")
         _choice("prehab.kind", self.kind, PREHAB_KINDS)
         _choice("prehab.space", self.space, ("raw", "whitened"))
         _at_least("prehab.epochs", self.epochs, 1)
@@ -197,15 +220,22 @@ class CompressConfig:
         return tuple(t.strip() for t in self.svd_targets.split(",") if t.strip())
 
 
+TRAIN_FROM_MIDDLE = "middle"        # tokens.train_from_epoch: the fine-tune's middle epoch
+
+
 @dataclass(frozen=True)
 class TokensConfig:
     r_max: float = 0.0
     alpha: float = 1.0
     fuse: bool = False
+    # 0 = inference only; k >= 1 = the fine-tune's forwards prune from its epoch k (1-based) on.
+    # The flat value "middle" means finetune.epochs // 2 + 1 (from_flat resolves it).
+    train_from_epoch: int = 0
 
     def __post_init__(self):
         _fraction("tokens.r_max", self.r_max, closed_high=False)
         _at_least("tokens.alpha", self.alpha, 0, strict=True)
+        _at_least("tokens.train_from_epoch", self.train_from_epoch, 0)
 
 
 @dataclass(frozen=True)
@@ -222,11 +252,17 @@ class RecoverConfig:
         _at_least("recover.lr", self.lr, 0, strict=True)
 
 
+TTA_MODES = ("none", "flips", "dihedral")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     split: str = "valid"             # the search is scored on valid; test only in final evaluation
     batch_size: int = 256
-    tta: bool = False
+    # Test-time augmentation: none, flips (identity, the two axis flips, rot180) or dihedral
+    # (all 8 flips/rotations). Latency and GFLOPs count every augmented pass. The old boolean
+    # values still load: true = dihedral (what it ran), false = none.
+    tta: str = "none"
     latency_batch: int = 8
     latency_repeats: int = 15
     latency_warmup: int = 3
@@ -235,6 +271,7 @@ class EvalConfig:
 
     def __post_init__(self):
         _choice("eval.split", self.split, ("valid", "test"))
+        _choice("eval.tta", self.tta, TTA_MODES)
         for name in ("batch_size", "latency_batch", "latency_repeats", "latency_rounds"):
             _at_least(f"eval.{name}", getattr(self, name), 1)
         _at_least("eval.latency_warmup", self.latency_warmup, 0)
@@ -319,6 +356,11 @@ class TrialConfig:
         # the value alone decides, a switch must agree with it.
         switches = {name: flat.pop(f"{name}.enabled") for name in ("prehab", "tokens")
                     if f"{name}.enabled" in flat}
+        if isinstance(flat.get("eval.tta"), bool) or str(flat.get("eval.tta")).lower() in ("true", "false"):
+            flat["eval.tta"] = "dihedral" if str(flat["eval.tta"]).lower() == "true" else "none"
+        if flat.get("tokens.train_from_epoch") == TRAIN_FROM_MIDDLE:
+            epochs = _coerce("finetune.epochs", flat.get("finetune.epochs", FinetuneConfig.epochs), int)
+            flat["tokens.train_from_epoch"] = epochs // 2 + 1
         for key, value in flat.items():
             section, _, name = str(key).partition(".")
             if section not in _SECTIONS or not name:
@@ -336,7 +378,34 @@ class TrialConfig:
             if _coerce(f"{name}.enabled", switch, bool) != on:
                 raise ValueError(f"{name}.enabled={switch} contradicts {value_key}={value} "
                                  f"({name} is on exactly when {value_key} > 0)")
+        config._check_across_sections()
         return config
+
+    def _check_across_sections(self) -> None:
+        """Raise ValueError for settings that contradict each other across sections."""
+        start = self.tokens.train_from_epoch
+        if start > 0 and self.tokens.r_max == 0:
+            raise ValueError(f"tokens.train_from_epoch={start} prunes while fine-tuning, but tokens.r_max is 0 "
+                             "(no pruning); set tokens.r_max > 0 or tokens.train_from_epoch=0")
+        if start > self.finetune.epochs:
+            raise ValueError(f"tokens.train_from_epoch={start} is after the last fine-tune epoch "
+                             f"(finetune.epochs={self.finetune.epochs}); use 0 (inference only) "
+                             f"or 1..{self.finetune.epochs}")
+
+    def finetune_key_fields(self) -> dict[str, Any]:
+        """Return what keys the fine-tune cache: the method's fields, and token pruning when it trains with it."""
+        fields = {"finetune": self.finetune.key_fields()}
+        if self.tokens.train_from_epoch > 0:
+            fields["tokens"] = dataclasses.asdict(self.tokens)
+        return fields
+
+    def check_applicable(self, keys) -> None:
+        """Raise ValueError when one of `keys` (flat keys someone set) does not apply to the fine-tune method."""
+        unused = self.finetune.inapplicable(keys)
+        if unused:
+            raise ValueError(f"{', '.join(unused)} do(es) not apply to finetune.method={self.finetune.method!r} "
+                             "(lora_rank/lora_alpha/lora_mlp: lora only; train_norms_biases: head_only or lora; "
+                             "backbone_lr: full, or with train_norms_biases); remove it or change the method")
 
     def to_flat(self) -> dict[str, Any]:
         """Return the flat dotted-key dict that `from_flat` turns back into this config."""
@@ -378,5 +447,5 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 __all__ = [
     "CalibConfig", "CompressConfig", "DataConfig", "EvalConfig", "FinetuneConfig",
     "ModelConfig", "PrehabConfig", "PretrainConfig", "RecoverConfig", "RunConfig",
-    "TokensConfig", "TrialConfig", "known_keys", "parse_overrides",
+    "TRAIN_FROM_MIDDLE", "TTA_MODES", "TokensConfig", "TrialConfig", "known_keys", "parse_overrides",
 ]

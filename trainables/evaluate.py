@@ -21,7 +21,7 @@ from trainables.bootstrap import metric_intervals
 from trainables.config import TrialConfig
 from trainables.finetune import make_dataset, predict
 from trainables.latency import count_gflops, measure_latency
-from trainables.metrics import classification_metrics, tta_probs
+from trainables.metrics import TTA_TRANSFORMS, classification_metrics, tta_probs
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,10 @@ def split_evaluation(model: nn.Module, cfg: TrialConfig, data_root: str, split: 
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False,
                         num_workers=cfg.data.loader_workers)
     model = model.to(device).eval()
-    if cfg.eval.tta:
+    if cfg.eval.tta != "none":
         labels, probs = [], []
         for x, y in loader:
-            probs.append(tta_probs(model, x.to(device)).cpu())
+            probs.append(tta_probs(model, x.to(device), cfg.eval.tta).cpu())
             labels.append(y)
         labels, probs = torch.cat(labels), torch.cat(probs)
     else:
@@ -108,18 +108,40 @@ def timing_lock(device: torch.device):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class WithTTA(nn.Module):
+    """The model as deployed with test-time augmentation: forward returns the mean softmax over the views."""
+
+    def __init__(self, model: nn.Module, transforms: str):
+        super().__init__()
+        self.model, self.transforms = model, transforms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return tta_probs(self.model, x, self.transforms)
+
+
+def tta_passes(mode: str) -> int:
+    """Return the forward passes per image of a TTA mode (none 1, flips 4, dihedral 8)."""
+    return len(TTA_TRANSFORMS[mode])
+
+
 def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> dict[str, Any]:
     """Return params, GFLOPs per image, and latency (median ms per image over rounds, its interval, IQR,
-    throughput, thread count, device)."""
+    throughput, thread count, device).
+
+    With eval.tta the model is timed and counted as deployed, every augmented view's forward
+    pass included, so a TTA setting pays for its accuracy on the front.
+    """
     shape = (3, cfg.data.image_size, cfg.data.image_size)
     model = model.to(device).eval()
+    deployed = model if cfg.eval.tta == "none" else WithTTA(model, cfg.eval.tta)
     with timing_lock(device):
-        latency = measure_latency(model, shape, device=device, warmup=cfg.eval.latency_warmup,
+        latency = measure_latency(deployed, shape, device=device, warmup=cfg.eval.latency_warmup,
                                   repeats=cfg.eval.latency_repeats, batch_size=cfg.eval.latency_batch,
                                   rounds=cfg.eval.latency_rounds, pause_s=cfg.eval.latency_pause_s)
     return {
         "params": count_params(model),
-        "gflops": count_gflops(model, shape),
+        "gflops": count_gflops(deployed, shape),
+        "tta_passes": tta_passes(cfg.eval.tta),
         "latency_ms": latency.latency_ms,
         "latency_ms_lo": latency.latency_ms_lo,
         "latency_ms_hi": latency.latency_ms_hi,

@@ -163,11 +163,21 @@ def configure_method(model: nn.Module, cfg: TrialConfig) -> nn.Module:
         return model
     if ft.method == "head_only":
         for name, param in model.backbone.named_parameters():
-            param.requires_grad = ft.train_norms_biases and (name.endswith("bias") or ".norm" in name
-                                                             or name.startswith("norm."))
+            param.requires_grad = ft.train_norms_biases and _is_norm_or_bias(name)
         return model
     alpha = ft.lora_alpha or 2.0 * ft.lora_rank
-    return wrap_lora(model, rank=ft.lora_rank, alpha=alpha, include_mlp=ft.lora_mlp)
+    wrapped = wrap_lora(model, rank=ft.lora_rank, alpha=alpha, include_mlp=ft.lora_mlp)
+    if ft.train_norms_biases:
+        # PEFT froze every base weight; the notes' LoRA recipe may train norms and biases too.
+        for name, param in model.backbone.named_parameters():
+            if "lora_" not in name and _is_norm_or_bias(name):
+                param.requires_grad = True
+    return wrapped
+
+
+def _is_norm_or_bias(name: str) -> bool:
+    """Return whether a backbone parameter name is a bias or belongs to a LayerNorm."""
+    return name.endswith("bias") or ".norm" in name or name.startswith("norm.")
 
 
 def wrap_lora(model: nn.Module, *, rank: int, alpha: float, include_mlp: bool,
@@ -385,14 +395,19 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
         best_state = state["best_model"]
         log.info("%s: resuming at epoch %d/%d", job.stage, start_epoch + 1, settings.epochs)
 
+    prune_from = cfg.tokens.train_from_epoch if job.stage == "finetune" else 0
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         if hasattr(train_loader, "sampler") and hasattr(train_loader.sampler, "set_epoch"):
             train_loader.sampler.set_epoch(epoch)
+        _set_training_pruning(model, cfg, prune_from > 0 and epoch + 1 >= prune_from)
         train_loss, penalty_value = _train_epoch(
             model, train_loader, optimizer, scheduler, device, amp, settings.grad_clip, penalty,
             session.progress(train_loader, len(train_loader), f"{job.stage} {epoch + 1}/{settings.epochs}"),
         )
+        # A model that trains with pruning is deployed with it, so every epoch is scored pruned
+        # and the best epoch is the best pruned model.
+        _set_training_pruning(model, cfg, prune_from > 0)
         labels, probs = predict(model, val_loader, device, amp)
         metrics = classification_metrics(labels.numpy(), probs.numpy())
         record = {"epoch": epoch, "train_loss": train_loss, "val_score": val_score(metrics),
@@ -422,6 +437,16 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
             torch.save(best_state, Path(tmp) / "best.pt")
             session.save_checkpoint(Path(tmp), scalars)
     return {"history": history, "best": best}
+
+
+def _set_training_pruning(model: nn.Module, cfg: TrialConfig, on: bool) -> None:
+    """Switch the trial's token-pruning schedule on or off in every backbone of the (wrapped) model."""
+    from compress import disable_token_pruning, enable_token_pruning
+
+    if on:
+        enable_token_pruning(model, cfg.tokens.r_max, cfg.tokens.alpha, fuse=cfg.tokens.fuse)
+    else:
+        disable_token_pruning(model)
 
 
 def _train_epoch(model, loader, optimizer, scheduler, device, amp, grad_clip, penalty, batches) -> tuple[float, float]:

@@ -149,7 +149,7 @@ def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
     started = time.perf_counter()
     cfg = TrialConfig.from_flat(flat)
     stages = _Stages(cfg, cfg.to_flat(), ctx)
-    compressed, params_uncompressed, tokens = _build(stages)
+    compressed, params_uncompressed, tokens, model_refs = _build(stages)
     root = data_root(cfg, ctx)
 
     # 8. evaluate
@@ -163,6 +163,7 @@ def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
         **{f"cache_hit_{stage}": hit for stage, hit in stages.hits.items()},
         **{f"stage_s_{stage}": round(seconds, 3) for stage, seconds in stages.seconds.items()},
         "trial_s": round(time.perf_counter() - started, 3),
+        **model_refs,
     })
     prefix = "val" if eval_split == "valid" else eval_split
     check_finite(metrics, [f"{prefix}_auroc", "params", "latency_ms", "gflops"])
@@ -181,8 +182,9 @@ def build_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> tup
     return _build(_Stages(cfg, cfg.to_flat(), ctx))[0], cfg
 
 
-def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None]:
-    """Return (final model, parameter count before compression, token-pruning info) of a trial's stages."""
+def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None, dict[str, str]]:
+    """Return (final model, parameter count before compression, token-pruning info, cache refs of the
+    fine-tuned and prehab models) of a trial's stages."""
     cfg, flat, ctx = stages.cfg, stages.flat, stages.ctx
     root = data_root(cfg, ctx)
     fingerprint = data_fingerprint(root, dataset_prefix(cfg))
@@ -207,7 +209,7 @@ def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None]:
 
     # 2. finetune
     ft_key = stage_key("finetune", {"model": dataclasses.asdict(cfg.model),
-                                    "finetune": cfg.finetune.key_fields(), "data": _data_key(cfg),
+                                    **cfg.finetune_key_fields(), "data": _data_key(cfg),
                                     "seed": cfg.run.seed}, parent, fingerprint)
 
     def finetune(out: Path) -> None:
@@ -215,6 +217,8 @@ def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None]:
 
     stages.cached("finetune", ft_key, finetune)
     model_ref, model_key = cache_ref("finetune", ft_key, "model"), ft_key
+    # Where the models before and after prehab live, for the reports' spectrum diagnostics.
+    model_refs = {"model_ref_finetune": model_ref}
 
     # 3. whitening statistics of whichever model is about to be regularised or factorised
     def whitening(of_ref: str, of_key: str) -> tuple[str, str]:
@@ -249,6 +253,7 @@ def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None]:
 
         stages.cached("prehab", ph_key, prehab)
         model_ref, model_key = cache_ref("prehab", ph_key, "model"), ph_key
+        model_refs["model_ref_prehab"] = model_ref
 
     # 5. compress (heads -> MLP -> SVD), cheap and in this process
     stats_ref = None
@@ -274,7 +279,7 @@ def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None]:
     if cfg.tokens.r_max > 0:
         tokens = enable_token_pruning(compressed, cfg.tokens.r_max, cfg.tokens.alpha, fuse=cfg.tokens.fuse)
 
-    return compressed, params_uncompressed, tokens
+    return compressed, params_uncompressed, tokens, model_refs
 
 
 def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: TrialContext,
@@ -350,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         flat = parse_overrides(args.set)
-        TrialConfig.from_flat(flat)
+        TrialConfig.from_flat(flat).check_applicable(flat)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     metrics = run_trial(flat, TrialContext(results_dir=args.results_dir, show_progress=not args.no_progress),

@@ -234,7 +234,7 @@ def _debug_trial(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         # The seed configuration (flat keys, not the space's switch parameters), then --set:
         # here overriding a searched key is the point.
         flat = {**preset.trial, **SEED_CONFIG, **overrides}
-        TrialConfig.from_flat(flat)
+        TrialConfig.from_flat(flat).check_applicable(overrides)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     if flat.get("data.root") and not is_uri(str(flat["data.root"])):

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from tune.callbacks import PROGRESS_FILENAME, finished_trial_ids
 from tune.reports import markdown_table, front_table, reference_row, trials_frame, write_reports
+from tune.spectra import write_spectra
 from tune.study import CONFIG_ATTR, dashboard_command, verify_study
 from tune.sweep import SweepSettings, is_uri
 
@@ -114,6 +115,8 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
                                 predictions=predictions_loader(settings), retimed=retimed,
                                 notes=retime_notes(retimed if "latency_ms" in settings.metric_names else None)
                                 + replicate_notes(replicated, settings.metric_names[0]))
+    written.update(write_spectra(study, settings.local_dir, settings.objectives, settings.base,
+                                 settings.results_dir))
     if is_uri(settings.results_dir):
         extra = [n for n in ("retime.csv", "replicates.csv", "replicates.md") if (settings.local_dir / n).is_file()]
         _copy_to_uri(settings.local_dir, settings.sweep_dir, [*written, *extra])

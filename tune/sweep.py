@@ -180,10 +180,15 @@ def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) ->
     base = {**preset.trial, **overrides}
     typed = TrialConfig.from_flat(base).to_flat()
     base = {key: typed.get(key, value) for key, value in base.items()}  # "--set k=3" -> 3
-    clash = sorted(set(overrides) & searched_keys(space_name))
+    searched = searched_keys(space_name)
+    clash = sorted(set(overrides) & searched)
     if clash:
         raise ValueError(f"--set {', '.join(clash)}: searched by space {space_name!r}, so the "
                          "override would be ignored; pick a space that does not search it")
+    if "finetune.method" not in searched:
+        # With the method fixed, a --set option it does not use is a contradiction. (Preset
+        # values are defaults for whichever method runs, and a searched method varies.)
+        TrialConfig.from_flat(base).check_applicable(overrides)
     for point in seed_points(space_name, base):
         TrialConfig.from_flat({**base, **point})
     data = base.get("data.root")

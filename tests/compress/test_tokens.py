@@ -45,7 +45,7 @@ def pixels() -> torch.Tensor:
 def formula_schedule(num_patches, num_layers, r_max, alpha):
     kept, schedule = num_patches, []
     for layer in range(num_layers):
-        kept = max(1, round(kept * (1 - r_max * ((layer + 1) / num_layers) ** alpha)))
+        kept = max(1, math.floor(kept * (1 - r_max * ((layer + 1) / num_layers) ** alpha) + 1e-9))
         schedule.append(kept)
     return schedule
 
@@ -131,6 +131,16 @@ def mlp_token_counts(model, pixels) -> list[int]:
 def test_keep_schedule_matches_formula(num_patches, num_layers, r_max, alpha):
     expected = formula_schedule(num_patches, num_layers, r_max, alpha)
     assert keep_schedule(num_patches, num_layers, r_max, alpha) == expected
+
+
+def test_keep_schedule_floors_as_the_token_pruning_notes_log():
+    # The notes' 144 patches + CLS, 8 layers, r_max 0.6, alpha 2: [143, 137, ..., 12] tokens.
+    assert keep_schedule(144, 8, 0.6, 2.0) == [142, 136, 124, 105, 80, 53, 28, 11]
+
+
+def test_keep_schedule_does_not_floor_an_exact_integer_one_below():
+    # 1000 * (1 - 0.07) is 929.9999999999999 in floating point; exactly 930.
+    assert keep_schedule(1000, 1, 0.07, 1.0) == [930]
 
 
 def test_keep_schedule_keeps_at_least_one_token():

@@ -74,3 +74,74 @@ def test_plan_carries_compression_and_token_settings():
     plan = TrialConfig.from_flat({"compress.tau_svd": 0.9, "compress.svd_targets": "q,o",
                                   "tokens.r_max": 0.5, "tokens.alpha": 2.0}).plan()
     assert (plan.tau_svd, tuple(plan.svd_targets), plan.r_max, plan.alpha) == (0.9, ("q", "o"), 0.5, 2.0)
+
+
+def test_train_from_epoch_middle_is_the_finetunes_middle_epoch():
+    cfg = TrialConfig.from_flat({"tokens.r_max": 0.5, "tokens.train_from_epoch": "middle", "finetune.epochs": "4"})
+    assert cfg.tokens.train_from_epoch == 3
+
+
+@pytest.mark.parametrize("flat,match", [
+    ({"tokens.train_from_epoch": 1}, "tokens.r_max is 0"),
+    ({"tokens.r_max": 0.5, "tokens.train_from_epoch": 4, "finetune.epochs": 3}, "after the last fine-tune epoch"),
+])
+def test_training_time_pruning_contradictions_are_refused(flat, match):
+    with pytest.raises(ValueError, match=match):
+        TrialConfig.from_flat(flat)
+
+
+def test_training_time_pruning_keys_the_finetune_only_when_on():
+    plain = TrialConfig.from_flat({})
+    inference_only = TrialConfig.from_flat({"tokens.r_max": 0.5, "tokens.alpha": 2.0})
+    training = TrialConfig.from_flat({"tokens.r_max": 0.5, "tokens.alpha": 2.0, "tokens.train_from_epoch": 2})
+    assert plain.finetune_key_fields() == inference_only.finetune_key_fields()
+    assert training.finetune_key_fields() != inference_only.finetune_key_fields()
+    assert training.finetune_key_fields()["tokens"]["r_max"] == 0.5
+
+
+@pytest.mark.parametrize("value,mode", [(True, "dihedral"), ("true", "dihedral"), (False, "none"),
+                                        ("flips", "flips"), ("dihedral", "dihedral")])
+def test_eval_tta_modes_and_old_booleans(value, mode):
+    assert TrialConfig.from_flat({"eval.tta": value}).eval.tta == mode
+
+
+def test_eval_tta_does_not_key_the_finetune():
+    assert TrialConfig.from_flat({"eval.tta": "dihedral"}).finetune_key_fields() == \
+        TrialConfig.from_flat({}).finetune_key_fields()
+
+
+def test_unknown_tta_mode_names_the_choices():
+    with pytest.raises(ValueError, match="eval.tta must be one of none, flips, dihedral"):
+        TrialConfig.from_flat({"eval.tta": "rot90"})
+
+
+def test_old_prehab_kind_nuclear_is_refused_with_its_new_name():
+    with pytest.raises(ValueError, match="now called 'nuclear_ratio'"):
+        TrialConfig.from_flat({"prehab.kind": "nuclear"})
+
+
+def test_prehab_defaults_are_the_notes_vit_recipe():
+    prehab = TrialConfig.from_flat({}).prehab
+    assert (prehab.kind, prehab.space) == ("nuclear_ratio+effective_rank", "whitened")
+
+
+@pytest.mark.parametrize("flat,unused", [
+    ({"finetune.method": "full", "finetune.lora_rank": 16}, ["finetune.lora_rank"]),
+    ({"finetune.method": "head_only", "finetune.lora_mlp": True}, ["finetune.lora_mlp"]),
+    ({"finetune.method": "full", "finetune.train_norms_biases": True}, ["finetune.train_norms_biases"]),
+    ({"finetune.method": "lora", "finetune.backbone_lr": 1e-4}, ["finetune.backbone_lr"]),
+    ({"finetune.method": "lora", "finetune.backbone_lr": 1e-4, "finetune.train_norms_biases": True}, []),
+    ({"finetune.method": "lora", "finetune.lora_mlp": True, "finetune.lora_rank": 4}, []),
+])
+def test_options_that_the_method_does_not_use_are_named(flat, unused):
+    cfg = TrialConfig.from_flat(flat)
+    assert cfg.finetune.inapplicable(flat) == unused
+    if unused:
+        with pytest.raises(ValueError, match=f"{unused[0]} do\\(es\\) not apply to finetune.method"):
+            cfg.check_applicable(flat)
+
+
+def test_lora_with_norms_and_biases_keys_the_backbone_lr():
+    base = {"finetune.method": "lora", "finetune.train_norms_biases": True}
+    assert TrialConfig.from_flat(base).finetune.key_fields() != \
+        TrialConfig.from_flat({**base, "finetune.backbone_lr": 1e-5}).finetune.key_fields()

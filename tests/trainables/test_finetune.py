@@ -131,3 +131,57 @@ def test_stage_config_is_validated_when_read():
     with pytest.raises(ValueError, match="finetune.method"):
         TrainJob("finetune", {"finetune.method": "bogus"}, "x").config
     assert isinstance(TrainJob("finetune", {}, "x").config, TrialConfig)
+
+
+def test_lora_trains_norms_and_biases_when_asked():
+    flat = {"finetune.method": "lora", "finetune.train_norms_biases": True, "finetune.lora_mlp": True}
+    trainable = [n for n, p in build_stage_model(TrainJob("finetune", flat, "unused")).named_parameters()
+                 if p.requires_grad]
+    assert any("norm1" in n for n in trainable) and any(n.endswith("q_proj.base_layer.bias") for n in trainable)
+    assert any("up_proj.lora_A" in n for n in trainable)
+    assert not any(n.endswith("base_layer.weight") for n in trainable)
+    plain = build_stage_model(TrainJob("finetune", {"finetune.method": "lora"}, "unused"))
+    assert not any("norm1" in n for n, p in plain.named_parameters() if p.requires_grad)
+
+
+def test_training_time_pruning_starts_at_its_epoch(digits_root, tmp_path, monkeypatch):
+    import trainables.finetune as finetune
+    from compress import keep_schedule
+
+    flat = {"data.train_limit": 64, "data.val_limit": 64, "finetune.batch_size": 32, "finetune.epochs": 2,
+            "finetune.method": "full", "tokens.r_max": 0.5, "tokens.alpha": 1.0, "tokens.train_from_epoch": 2}
+    seen: list[list[int]] = [[]]  # MLP input token counts of training forwards, one list per epoch
+    built = {}
+
+    def build_with_hooks(job):
+        model = build_stage_model(job)
+        for layer in model.backbone.model.layer:
+            layer.mlp.register_forward_hook(
+                lambda module, args, out: seen[-1].append(args[0].shape[1]) if module.training else None)
+        built["model"] = model
+        return model
+
+    monkeypatch.setattr(finetune, "build_stage_model", build_with_hooks)
+    job = TrainJob("finetune", flat, digits_root)
+    train_loop(job, LocalSession(tmp_path, torch.device("cpu"), show_progress=False),
+               on_epoch=lambda record: seen.append([]))
+    config = built["model"].backbone.config
+    patches = (config.image_size // config.patch_size) ** 2
+    prefix = 1 + config.num_register_tokens
+    layers = len(built["model"].backbone.model.layer)
+    batches = 2
+    assert seen[0] == [prefix + patches] * layers * batches
+    assert seen[1] == [prefix + kept for kept in keep_schedule(patches, layers, 0.5, 1.0)] * batches
+
+
+def test_gradients_reach_every_backbone_layer_through_pruned_forwards():
+    from compress import enable_token_pruning
+
+    torch.manual_seed(0)
+    model = build_classifier("digits-vit", 2).train()
+    enable_token_pruning(model, 0.6, 1.2)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 0, 1]))
+    loss.backward()
+    for layer in model.backbone.model.layer:
+        for module in (layer.attention.q_proj, layer.mlp.down_proj):
+            assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0

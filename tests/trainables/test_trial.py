@@ -162,3 +162,39 @@ def test_debug_cli_rejects_a_bad_key(capsys):
         main(["--set", "compress.tau_mlp=1.5"])
     assert exit_info.value.code == 2
     assert "compress.tau_mlp must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_lora_on_attention_and_mlp_merges_then_compresses_with_whitened_svd(first, results):
+    flat = {**TINY, "finetune.method": "lora", "finetune.lora_rank": 8, "finetune.lora_mlp": True,
+            "compress.svd_space": "whitened", "compress.tau_svd": 0.9}
+    metrics = run_trial(flat, TrialContext(results_dir=results, show_progress=False))
+    assert metrics["cache_hit_finetune"] is False and metrics["cache_hit_whitening"] is False
+    assert metrics["params"] < metrics["params_uncompressed"]
+    attention_only = run_trial({**flat, "finetune.lora_mlp": False},
+                               TrialContext(results_dir=results, show_progress=False))
+    assert attention_only["cache_hit_finetune"] is False  # lora_mlp keys the fine-tune
+
+
+def test_tta_is_evaluation_only_and_costs_every_pass(first, results):
+    ctx = TrialContext(results_dir=results, show_progress=False)
+    flips = run_trial({**TINY, "eval.tta": "flips"}, ctx)
+    assert flips["cache_hit_finetune"] is True and flips["tta_passes"] == 4 and first["tta_passes"] == 1
+    assert flips["gflops"] == pytest.approx(4 * first["gflops"], rel=1e-6)
+    assert flips["params"] == first["params"]
+
+
+def test_training_time_pruning_keys_its_own_finetune(first, results):
+    ctx = TrialContext(results_dir=results, show_progress=False)
+    pruned = {**TINY, "tokens.r_max": 0.5, "tokens.alpha": 1.2}
+    inference_only = run_trial(pruned, ctx)
+    assert inference_only["cache_hit_finetune"] is True
+    trained = run_trial({**pruned, "tokens.train_from_epoch": 1}, ctx)
+    assert trained["cache_hit_finetune"] is False
+    assert trained["tokens_last_layer"] == inference_only["tokens_last_layer"]
+
+
+def test_debug_cli_refuses_an_option_the_method_does_not_use(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--set", "finetune.method=full", "--set", "finetune.lora_rank=16"])
+    assert exit_info.value.code == 2
+    assert "finetune.lora_rank do(es) not apply to finetune.method='full'" in capsys.readouterr().err

@@ -57,8 +57,8 @@ def test_default_space_values_stay_in_their_ranges():
         assert config["compress.svd_space"] in {"raw", "whitened"}
         assert 0.0 <= config["tokens.r_max"] <= 0.9
         assert 0.5 <= config["tokens.alpha"] <= 3.0
-        lam = config["prehab.lambda"]
-        assert lam == 0.0 or 1e-4 <= lam <= 1e-1
+        assert config["prehab.lambda"] in {0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1}
+        assert config["eval.tta"] in {"none", "flips", "dihedral"}
 
 
 def test_default_space_always_sets_prehab_lambda_and_zero_only_when_disabled():
@@ -68,13 +68,37 @@ def test_default_space_always_sets_prehab_lambda_and_zero_only_when_disabled():
         assert (config["prehab.lambda"] == 0.0) == (not config["prehab.enabled"])
 
 
-def test_prehab_lambda_is_log_uniform_in_optuna():
+def test_prehab_lambda_kind_and_space_are_categoricals_so_prehab_stages_repeat():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial({"prehab.enabled": True})
     trial = study.ask()
     load_space("default")(trial)
-    dist = trial.distributions["prehab.lambda"]
-    assert dist.log and (dist.low, dist.high) == (1e-4, 1e-1)
+    assert trial.distributions["prehab.lambda"].choices == (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+    assert set(trial.distributions["prehab.kind"].choices) == {
+        "stable_rank", "nuclear_ratio", "effective_rank", "nuclear_ratio+effective_rank"}
+    assert trial.distributions["prehab.space"].choices == ("whitened", "raw")
+
+
+def test_default_space_proposes_the_notes_recipes():
+    configs = _sample_configs("default", 80)
+    keys = set().union(*configs)
+    assert {"tokens.train_from_epoch", "eval.tta", "finetune.lora_mlp", "prehab.kind", "prehab.space",
+            "prehab.lambda"} <= keys
+    for config in configs:
+        assert ("finetune.lora_mlp" in config) == (config["finetune.method"] == "lora")
+        assert ("tokens.train_from_epoch" in config) == config["tokens.enabled"]
+        assert ("prehab.kind" in config) == config["prehab.enabled"]
+    assert {c["tokens.train_from_epoch"] for c in configs if c["tokens.enabled"]} == {0, "middle"}
+    assert {c["eval.tta"] for c in configs} == {"none", "flips", "dihedral"}
+
+
+def test_every_default_space_draw_is_a_valid_trial_config():
+    from trainables.config import TrialConfig
+
+    for config in _sample_configs("default", 80):
+        cfg = TrialConfig.from_flat({k: v for k, v in config.items()})
+        if config.get("tokens.train_from_epoch") == "middle":
+            assert cfg.tokens.train_from_epoch == cfg.finetune.epochs // 2 + 1
 
 
 def test_compress_only_space_searches_only_cheap_parameters():

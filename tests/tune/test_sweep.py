@@ -369,3 +369,28 @@ def test_resume_after_killed_driver_ends_with_exactly_num_samples(results, env, 
     assert len(set(tune_ids)) == 5
     configs = {json.dumps(t.params, sort_keys=True) for t in complete}
     assert len(configs) == 5
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_default_space_sweep_completes_with_the_notes_recipes(results, env, sweep4):
+    # The seed trial reuses sweep4's fine-tune; the others may train (tiny epochs) and prehab.
+    proc = _cli(env, "--results-dir", str(results), "--name", "dflt", "--num-samples", "3",
+                "--max-concurrent", "1", "--space", "default", *TINY[2:], timeout=420)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = _study(results, "dflt").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all(t.params["eval.tta"] in ("none", "flips", "dihedral") for t in trials)
+    assert (results / "dflt" / "spectrum_reference.png").is_file()
+    assert (results / "dflt" / "spectrum_best_auroc.png").is_file()
+
+
+def test_final_eval_takes_each_trials_own_tta():
+    from tune.summary import _trial_flat_config
+
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.set_user_attr("config", {"eval.tta": "flips", "compress.tau_mlp": 0.9})
+    study.tell(trial, 0.5)
+    flat = _trial_flat_config(_settings(base={"eval.tta": "none", "finetune.epochs": 1}), study.trials[0])
+    assert flat["eval.tta"] == "flips" and flat["finetune.epochs"] == 1
