@@ -61,13 +61,23 @@ class ModelConfig:
     weights: str = ""                # "" = random init (then pretrain.epochs should be > 0), a directory or HF id
     pooling: str = "cls"
     num_classes: int = 2
+    head: str = "linear"             # "linear" or "svd_taps" (compress.svd_taps)
 
     def __post_init__(self):
-        from trainables.model import BACKBONES, POOLINGS
+        from trainables.model import BACKBONES, HEADS, POOLINGS
 
         _choice("model.backbone", self.backbone, tuple(BACKBONES))
         _choice("model.pooling", self.pooling, POOLINGS)
         _at_least("model.num_classes", self.num_classes, 2)
+        _choice("model.head", self.head, HEADS)
+
+    def key_fields(self) -> dict[str, Any]:
+        """Return the fields that key the fine-tune cache (head left out when linear, so keys
+        written before heads were selectable stay valid)."""
+        fields = dataclasses.asdict(self)
+        if self.head == "linear":
+            fields.pop("head")
+        return fields
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ def build_stage_model(job: TrainJob) -> nn.Module:
     if job.stage == "finetune":
         weights = str(resolve_ref(job.init_weights, job.cache_root)) if job.init_weights else None
         model = build_classifier(cfg.model.backbone, cfg.model.num_classes, weights=weights,
-                                 pooling=cfg.model.pooling)
+                                 pooling=cfg.model.pooling, head=cfg.model.head)
         if cfg.finetune.grad_checkpointing:
             model.backbone.gradient_checkpointing_enable()
         return configure_method(model, cfg)
@@ -179,7 +179,19 @@ def wrap_lora(model: nn.Module, *, rank: int, alpha: float, include_mlp: bool,
                                + (["up_proj", "down_proj", "gate_proj"] if include_mlp else []))
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
                         modules_to_save=["head"])
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    _freeze_tap_projections(peft_model)
+    return peft_model
+
+
+def _freeze_tap_projections(model: nn.Module) -> None:
+    """Keep SVD-taps projections frozen (PEFT unfreezes the whole head it copies): the detached
+    SVD gives them no gradient, and DDP would wait for one."""
+    from compress.svd_taps import SVDTapsHead
+
+    for module in model.modules():
+        if isinstance(module, SVDTapsHead):
+            module.projections.requires_grad_(False)
 
 
 def _all_linear_names(model: nn.Module) -> list[str]:

@@ -165,7 +165,7 @@ def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
         weights_ref, parent = cache_ref("pretrain", key, "backbone"), key
 
     # 2. finetune
-    ft_key = stage_key("finetune", {"model": dataclasses.asdict(cfg.model),
+    ft_key = stage_key("finetune", {"model": cfg.model.key_fields(),
                                     "finetune": cfg.finetune.key_fields(), "data": _data_key(cfg),
                                     "seed": cfg.run.seed}, parent, fingerprint)
 
