@@ -97,6 +97,7 @@ class PretrainConfig:
 
 
 FINETUNE_METHODS = ("head_only", "lora", "full")
+LR_SCALINGS = ("none", "linear")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -118,9 +119,14 @@ class FinetuneConfig:
     grad_checkpointing: bool = False
     workers: int = 1                 # Ray Train workers (DDP across GPUs; 1 on CPU/MPS)
     cpus_per_worker: float = 1.0
+    feature_cache: bool = True       # head_only: train the head on cached frozen-backbone features
+    lr_scaling: str = "none"         # "linear": lr and backbone_lr x global batch / 256
+    min_feature_std: float = 1e-4    # collapse watch: fail below this mean per-dimension std (0 = off)
 
     def __post_init__(self):
         _choice("finetune.method", self.method, FINETUNE_METHODS)
+        _choice("finetune.lr_scaling", self.lr_scaling, LR_SCALINGS)
+        _at_least("finetune.min_feature_std", self.min_feature_std, 0)
         _choice("finetune.precision", self.precision, PRECISIONS)
         _at_least("finetune.epochs", self.epochs, 1)
         _at_least("finetune.batch_size", self.batch_size, 1)
@@ -137,8 +143,15 @@ class FinetuneConfig:
     def key_fields(self) -> dict[str, Any]:
         """Return the fields that change the trained weights (what keys the stage cache)."""
         fields = dataclasses.asdict(self)
-        for name in ("workers", "cpus_per_worker", "grad_checkpointing"):
+        for name in ("workers", "cpus_per_worker", "grad_checkpointing", "min_feature_std"):
             fields.pop(name)
+        # Left out at their defaults (and where they do nothing) so earlier keys stay valid.
+        if self.lr_scaling == "none":
+            fields.pop("lr_scaling")
+        else:
+            fields["workers"] = self.workers  # the global batch sets the learning rate
+        if not self.uses_feature_cache:
+            fields.pop("feature_cache")
         if self.method != "lora":
             for name in ("lora_rank", "lora_alpha", "lora_mlp"):
                 fields.pop(name)
@@ -147,6 +160,11 @@ class FinetuneConfig:
         if self.method != "head_only":
             fields.pop("train_norms_biases")
         return fields
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        """Whether the head trains on cached features: head_only with a wholly frozen backbone."""
+        return self.method == "head_only" and self.feature_cache and not self.train_norms_biases
 
 
 PREHAB_KINDS = ("stable_rank", "nuclear", "effective_rank")

@@ -96,6 +96,22 @@ def stage_settings(job: TrainJob) -> StageSettings:
                          ft.warmup_frac, ft.grad_clip, "y", cfg.model.num_classes)
 
 
+LR_REFERENCE_BATCH = 256
+
+
+def scale_learning_rates(job: TrainJob, settings: StageSettings, world_size: int) -> StageSettings:
+    """Return the settings with lr and backbone_lr x (batch_size x world_size) / 256 when the
+    fine-tune stage has finetune.lr_scaling = linear (the linear scaling rule); else unchanged."""
+    if job.stage != "finetune" or job.config.finetune.lr_scaling != "linear":
+        return settings
+    factor = settings.batch_size * world_size / LR_REFERENCE_BATCH
+    scaled = dataclasses.replace(settings, lr=settings.lr * factor, backbone_lr=settings.backbone_lr * factor)
+    log.info("finetune.lr_scaling=linear: global batch %d x %d = %d, lr %.3g -> %.3g, backbone_lr %.3g -> %.3g",
+             settings.batch_size, world_size, settings.batch_size * world_size, settings.lr, scaled.lr,
+             settings.backbone_lr, scaled.backbone_lr)
+    return scaled
+
+
 def dataset_prefix(cfg: TrialConfig) -> str:
     """Return the HDF5 file prefix of the configured dataset."""
     return DIGITS_PREFIX if cfg.data.dataset == "digits" else PCAM_PREFIX
@@ -364,7 +380,7 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
     if job.threads:
         torch.set_num_threads(job.threads)
     cfg = job.config
-    settings = stage_settings(job)
+    settings = scale_learning_rates(job, stage_settings(job), session.world_size)
     torch.manual_seed(cfg.run.seed + 1000 * session.rank)
     device = session.device
     amp = autocast_dtype(cfg.finetune.precision, device)
@@ -408,7 +424,8 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
         labels, probs = predict(model, val_loader, device, amp)
         metrics = classification_metrics(labels.numpy(), probs.numpy())
         record = {"epoch": epoch, "train_loss": train_loss, "val_score": val_score(metrics),
-                  **{f"val_{k}": v for k, v in metrics.items()}, "epoch_s": time.perf_counter() - started}
+                  **{f"val_{k}": v for k, v in metrics.items()}, "epoch_s": time.perf_counter() - started,
+                  "lr": settings.lr, "backbone_lr": settings.backbone_lr}
         if penalty is not None:
             record["penalty"] = penalty_value
         history.append(record)
@@ -513,6 +530,6 @@ def iterate_batches(loader: DataLoader, count: int) -> Iterator[torch.Tensor]:
 __all__ = [
     "LocalSession", "Session", "StageSettings", "TrainJob", "best_model", "build_stage_model",
     "configure_method", "finalize_model", "iterate_batches", "make_dataset", "param_groups",
-    "pick_device", "predict", "stage_settings", "train_loop", "val_score", "warmup_cosine",
+    "pick_device", "predict", "scale_learning_rates", "stage_settings", "train_loop", "val_score", "warmup_cosine",
     "wrap_lora",
 ]

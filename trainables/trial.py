@@ -35,6 +35,10 @@ from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig, parse_overrides
 from trainables.data import data_fingerprint, ensure_digits
 from trainables.evaluate import check_finite, cost_metrics, split_metrics
+from trainables.features import (
+    FEATURE_SPLITS, check_collapse, pooled_feature_std, read_collapse, record_collapse,
+    train_head_on_features, write_feature_cache,
+)
 from trainables.finetune import TrainJob, compress_structure, dataset_prefix, make_dataset, pick_device
 from trainables.refs import cache_ref, resolve_ref
 
@@ -110,6 +114,43 @@ class _Stages:
         return model
 
 
+    def train_on_features(self, job: TrainJob, parent: str | None, fingerprint: str, device, out: Path) -> nn.Module:
+        """Run a head_only fine-tune on cached features (computed once per backbone, data and head)
+        in this process; write history.json and collapse.json into `out`; return the model."""
+        import torch
+
+        from trainables.finetune import (
+            autocast_dtype, build_stage_model, finalize_model, scale_learning_rates, stage_settings,
+        )
+
+        cfg = self.cfg
+        started = time.perf_counter()
+        # What the head inputs depend on: backbone weights (parent), data, image size, pooling,
+        # head type, and the seed where it initialises the backbone or the tap projections.
+        config = {"data": _data_key(cfg), "backbone": cfg.model.backbone, "pooling": cfg.model.pooling,
+                  "head": cfg.model.head, "precision": cfg.finetune.precision}
+        if parent is None or cfg.model.head != "linear":
+            config["seed"] = cfg.run.seed
+        key = stage_key("features", config, parent, fingerprint)
+        amp = autocast_dtype(cfg.finetune.precision, device)
+
+        def build() -> nn.Module:
+            torch.manual_seed(cfg.run.seed)
+            return build_stage_model(job)
+
+        def compute(features_out: Path) -> None:
+            loaders = {split: _loader(cfg, job.data_root, split) for split in FEATURE_SPLITS}
+            write_feature_cache(features_out, build(), loaders, device, amp)
+
+        features_dir = self.cached("features", key, compute)
+        settings = scale_learning_rates(job, stage_settings(job), world_size=1)
+        model, summary = train_head_on_features(build(), features_dir, cfg, settings, device)
+        record_collapse(out, summary.pop("feature_std"))
+        summary["seconds"] = time.perf_counter() - started
+        (out / "history.json").write_text(json.dumps(summary, indent=1))
+        return finalize_model(model)
+
+
 def _train_storage(results_dir: str):
     """Return (storage_path, filesystem) for Ray Train runs under <results>/train."""
     if "://" in results_dir:
@@ -128,6 +169,14 @@ def data_root(cfg: TrialConfig, ctx: TrialContext) -> str:
         return str(ensure_digits(cfg.data.root))
     base = Path(ctx.results_dir) if "://" not in ctx.results_dir else Path(tempfile.gettempdir()) / "vitsweep"
     return str(ensure_digits(base / "data" / "digits"))
+
+
+def _loader(cfg: TrialConfig, root: str, split: str):
+    """Return an unshuffled, unaugmented loader over a split at the evaluation batch size."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(make_dataset(cfg, root, split), batch_size=cfg.eval.batch_size, shuffle=False,
+                      num_workers=cfg.data.loader_workers)
 
 
 def _data_key(cfg: TrialConfig) -> dict[str, Any]:
@@ -164,16 +213,27 @@ def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
         stages.cached("pretrain", key, pretrain)
         weights_ref, parent = cache_ref("pretrain", key, "backbone"), key
 
-    # 2. finetune
+    # 2. finetune (head_only: on cached frozen-backbone features unless finetune.feature_cache is off)
     ft_key = stage_key("finetune", {"model": cfg.model.key_fields(),
                                     "finetune": cfg.finetune.key_fields(), "data": _data_key(cfg),
                                     "seed": cfg.run.seed}, parent, fingerprint)
+    device = pick_device(cfg.run.device)
 
     def finetune(out: Path) -> None:
-        save_compressed(stages.train(job("finetune", init_weights=weights_ref), ft_key, out), out / "model")
+        ft_job = job("finetune", init_weights=weights_ref)
+        if cfg.finetune.uses_feature_cache:
+            model = stages.train_on_features(ft_job, parent, fingerprint, device, out)
+        else:
+            model = stages.train(ft_job, ft_key, out)
+            record_collapse(out, pooled_feature_std(model, _loader(cfg, root, "valid"), device))
+        save_compressed(model, out / "model")
 
-    stages.cached("finetune", ft_key, finetune)
+    ft_entry = stages.cached("finetune", ft_key, finetune)
     model_ref, model_key = cache_ref("finetune", ft_key, "model"), ft_key
+    feature_spread = read_collapse(ft_entry)
+    if feature_spread is None:  # an entry written before the collapse watch
+        feature_spread = pooled_feature_std(load_compressed(ft_entry / "model"), _loader(cfg, root, "valid"), device)
+    check_collapse(feature_spread, cfg.finetune.min_feature_std)
 
     # 3. whitening statistics of whichever model is about to be regularised or factorised
     def whitening(of_ref: str, of_key: str) -> tuple[str, str]:
@@ -234,7 +294,6 @@ def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
         tokens = enable_token_pruning(compressed, cfg.tokens.r_max, cfg.tokens.alpha, fuse=cfg.tokens.fuse)
 
     # 8. evaluate
-    device = pick_device(cfg.run.device)
     eval_split = split or cfg.eval.split
     metrics = stages.timed("evaluate", lambda: {
         **split_metrics(compressed, cfg, root, eval_split, device),
@@ -244,6 +303,7 @@ def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
         "params_uncompressed": params_uncompressed,
         "params_ratio": metrics["params"] / params_uncompressed,
         "tokens_last_layer": tokens["schedule"][-1] if tokens and tokens.get("schedule") else -1,
+        "feature_std": feature_spread,
         **{f"cache_hit_{stage}": hit for stage, hit in stages.hits.items()},
         **{f"stage_s_{stage}": round(seconds, 3) for stage, seconds in stages.seconds.items()},
         "trial_s": round(time.perf_counter() - started, 3),
