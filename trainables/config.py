@@ -47,9 +47,13 @@ class DataConfig:
     test_limit: int = 0
     loader_workers: int = 0          # DataLoader worker processes per training worker
     normalize: bool = True
+    stain_norm: str = "none"         # "macenko" or "reinhard" (torchstain; trainables.stain)
 
     def __post_init__(self):
+        from trainables.stain import STAIN_METHODS
+
         _choice("data.dataset", self.dataset, ("digits", "pcam"))
+        _choice("data.stain_norm", self.stain_norm, STAIN_METHODS)
         _at_least("data.image_size", self.image_size, 8)
         for name in ("train_limit", "val_limit", "test_limit", "loader_workers"):
             _at_least(f"data.{name}", getattr(self, name), 0)

@@ -119,13 +119,19 @@ def dataset_prefix(cfg: TrialConfig) -> str:
 
 def make_dataset(cfg: TrialConfig, root: str, split: str, labels: str = "y", *, augment: bool = False,
                  limit: int | None = None) -> HDF5ImageDataset:
-    """Return the configured split as a dataset (resized, normalised, augmented if asked)."""
+    """Return the configured split as a dataset (stain-normalised if configured, resized,
+    normalised, augmented if asked)."""
     if limit is None:
         limit = {"train": cfg.data.train_limit, "valid": cfg.data.val_limit,
                  "test": cfg.data.test_limit}[split]
+    from trainables.data import split_path
+    from trainables.stain import make_stain_normalizer
+
+    prefix = dataset_prefix(cfg)
     return HDF5ImageDataset(
-        root, split, prefix=dataset_prefix(cfg), labels=labels, limit=limit or None,
+        root, split, prefix=prefix, labels=labels, limit=limit or None,
         image_size=cfg.data.image_size, augment=augment, normalize=cfg.data.normalize,
+        stain=make_stain_normalizer(cfg.data.stain_norm, split_path(root, "train", "x", prefix)),
     )
 
 
@@ -428,6 +434,8 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
                   "lr": settings.lr, "backbone_lr": settings.backbone_lr}
         if penalty is not None:
             record["penalty"] = penalty_value
+        if train_set.stain is not None:
+            record["stain_norm_kept_original"] = train_set.stain.failures + val_set.stain.failures
         history.append(record)
         improved = record["val_score"] > best["score"]
         if improved:

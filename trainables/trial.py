@@ -181,8 +181,11 @@ def _loader(cfg: TrialConfig, root: str, split: str):
 
 def _data_key(cfg: TrialConfig) -> dict[str, Any]:
     d = cfg.data
-    return {"dataset": d.dataset, "image_size": d.image_size, "train_limit": d.train_limit,
-            "val_limit": d.val_limit, "normalize": d.normalize}
+    key = {"dataset": d.dataset, "image_size": d.image_size, "train_limit": d.train_limit,
+           "val_limit": d.val_limit, "normalize": d.normalize}
+    if d.stain_norm != "none":  # absent when off, so keys written before it existed stay valid
+        key["stain_norm"] = d.stain_norm
+    return key
 
 
 def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
