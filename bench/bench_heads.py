@@ -1,6 +1,6 @@
 """Issue 15: the svd_taps head against the linear head, the head_only feature cache, stain-normalisation throughput.
 
-    python bench/bench_heads.py [--results-dir /tmp/bench-heads] [--parts heads,cache,stain]
+    python bench/bench_heads.py [--results-dir /tmp/bench-heads] [--parts stain,heads,cache-digits,cache-vits]
 
 heads: the digits preset's reference (seed thresholds, fine-tune method full) with each head:
        val AUROC, parameters, GFLOPs, and latency re-timed in this process, both models
@@ -72,15 +72,16 @@ def entries(results_dir: str, stage: str) -> set[Path]:
     return {path.parent for path in (Path(results_dir) / "cache" / stage).glob("*/_MANIFEST.json")}
 
 
-def cache(ctx: TrialContext) -> None:
+def cache(ctx: TrialContext, which: list[str]) -> None:
     """Print head_only fine-tune seconds with and without the feature cache."""
     setups = {
-        "digits preset": {},
-        "ViT-S/16 random init, 96 px": {"model.backbone": "dinov3-vits16", "data.image_size": 96,
+        "digits": {},
+        "vits": {"model.backbone": "dinov3-vits16", "data.image_size": 96,
                                         "pretrain.epochs": 0, "data.train_limit": 256, "data.val_limit": 128,
                                         "finetune.min_feature_std": 0.0, **FAST_EVAL},
     }
-    for name, flat in setups.items():
+    names = {"digits": "digits preset", "vits": "ViT-S/16 random init, 96 px, 256 train + 128 val images"}
+    for name, flat in ((names[key], setups[key]) for key in which):
         base = {**flat, "finetune.method": "head_only"}
         off = run_trial({**base, "finetune.feature_cache": False}, ctx)
         on = run_trial(base, ctx)
@@ -90,7 +91,8 @@ def cache(ctx: TrialContext) -> None:
               f"(features {on['stage_s_features']:.1f} s; val_auroc {on['val_auroc']:.4f}); "
               f"another head on cached features {again['stage_s_finetune']:.1f} s "
               f"(features hit: {again['cache_hit_features']}); "
-              f"ratio off/on {off['stage_s_finetune'] / on['stage_s_finetune']:.2f}x")
+              f"ratio off/on {off['stage_s_finetune'] / on['stage_s_finetune']:.2f}x; "
+              f"feature_std {on['feature_std']:.3g}")
 
 
 def stain(tiles: int) -> None:
@@ -132,7 +134,7 @@ def stain(tiles: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", default="/tmp/bench-heads")
-    parser.add_argument("--parts", default="heads,cache,stain")
+    parser.add_argument("--parts", default="stain,heads,cache-digits,cache-vits")
     parser.add_argument("--latency-runs", type=int, default=5)
     parser.add_argument("--stain-tiles", type=int, default=300)
     args = parser.parse_args()
@@ -142,8 +144,9 @@ def main() -> None:
         stain(args.stain_tiles)
     if "heads" in parts:
         heads(ctx, args.latency_runs)
-    if "cache" in parts:
-        cache(ctx)
+    which = [part.split("-", 1)[1] for part in parts if part.startswith("cache-")]
+    if which:
+        cache(ctx, which)
 
 
 if __name__ == "__main__":
