@@ -5,6 +5,8 @@ Parameters as they appear in Optuna (and in the trial config):
 - ``finetune.method``: categorical {head_only, lora, full}
 - ``finetune.lora_rank``: categorical {4, 8, 16, 32} and ``finetune.lora_mlp``: categorical
   {False, True} (LoRA on q/k/v/o, or on q/k/v/o + up/down), suggested only when method is lora
+
+- ``model.head``: categorical {linear, svd_taps} (keys the fine-tune cache, like the method)
 - ``compress.tau_heads``, ``compress.tau_mlp``, ``compress.tau_svd``: uniform [0.5, 1.0]
 - ``compress.svd_space``: categorical {raw, whitened}
 - ``tokens.enabled``: categorical {False, True}; ``tokens.r_max``: uniform [0, 0.9] and
@@ -34,6 +36,7 @@ from compress import REGULARIZERS
 
 METHODS = ("head_only", "lora", "full")
 LORA_RANKS = (4, 8, 16, 32)
+HEADS = ("linear", "svd_taps")
 SVD_SPACES = ("raw", "whitened")
 TAU_RANGE = (0.5, 1.0)
 R_MAX_RANGE = (0.0, 0.9)
@@ -51,6 +54,7 @@ def space(trial: optuna.Trial) -> dict[str, Any] | None:
     if method == "lora":
         trial.suggest_categorical("finetune.lora_rank", LORA_RANKS)
         trial.suggest_categorical("finetune.lora_mlp", (False, True))
+    trial.suggest_categorical("model.head", HEADS)
     for name in ("compress.tau_heads", "compress.tau_mlp", "compress.tau_svd"):
         trial.suggest_float(name, *TAU_RANGE)
     trial.suggest_categorical("compress.svd_space", SVD_SPACES)
@@ -90,6 +94,7 @@ def seed_point(seed: Mapping[str, Any]) -> dict[str, Any]:
             # The values a LoRA trial without them gets (FinetuneConfig's defaults).
             point["finetune.lora_rank"] = seed.get("finetune.lora_rank", 8)
             point["finetune.lora_mlp"] = seed.get("finetune.lora_mlp", False)
+    point["model.head"] = seed.get("model.head", "linear")
     for name in ("compress.tau_heads", "compress.tau_mlp", "compress.tau_svd", "compress.svd_space"):
         point[name] = seed[name]
     point.update(tokens_point(seed, while_training=True))

@@ -47,9 +47,13 @@ class DataConfig:
     test_limit: int = 0
     loader_workers: int = 0          # DataLoader worker processes per training worker
     normalize: bool = True
+    stain_norm: str = "none"         # "macenko" or "reinhard" (torchstain; trainables.stain)
 
     def __post_init__(self):
+        from trainables.stain import STAIN_METHODS
+
         _choice("data.dataset", self.dataset, ("digits", "pcam"))
+        _choice("data.stain_norm", self.stain_norm, STAIN_METHODS)
         _at_least("data.image_size", self.image_size, 8)
         for name in ("train_limit", "val_limit", "test_limit", "loader_workers"):
             _at_least(f"data.{name}", getattr(self, name), 0)
@@ -61,13 +65,23 @@ class ModelConfig:
     weights: str = ""                # "" = random init (then pretrain.epochs should be > 0), a directory or HF id
     pooling: str = "cls"
     num_classes: int = 2
+    head: str = "linear"             # "linear" or "svd_taps" (compress.svd_taps)
 
     def __post_init__(self):
-        from trainables.model import BACKBONES, POOLINGS
+        from trainables.model import BACKBONES, HEADS, POOLINGS
 
         _choice("model.backbone", self.backbone, tuple(BACKBONES))
         _choice("model.pooling", self.pooling, POOLINGS)
         _at_least("model.num_classes", self.num_classes, 2)
+        _choice("model.head", self.head, HEADS)
+
+    def key_fields(self) -> dict[str, Any]:
+        """Return the fields that key the fine-tune cache (head left out when linear, so keys
+        written before heads were selectable stay valid)."""
+        fields = dataclasses.asdict(self)
+        if self.head == "linear":
+            fields.pop("head")
+        return fields
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,7 @@ class PretrainConfig:
 
 
 FINETUNE_METHODS = ("head_only", "lora", "full")
+LR_SCALINGS = ("none", "linear")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -108,9 +123,14 @@ class FinetuneConfig:
     grad_checkpointing: bool = False
     workers: int = 1                 # Ray Train workers (DDP across GPUs; 1 on CPU/MPS)
     cpus_per_worker: float = 1.0
+    feature_cache: bool = True       # head_only: train the head on cached frozen-backbone features
+    lr_scaling: str = "none"         # "linear": lr and backbone_lr x global batch / 256
+    min_feature_std: float = 1e-4    # collapse watch: fail below this mean per-dimension std (0 = off)
 
     def __post_init__(self):
         _choice("finetune.method", self.method, FINETUNE_METHODS)
+        _choice("finetune.lr_scaling", self.lr_scaling, LR_SCALINGS)
+        _at_least("finetune.min_feature_std", self.min_feature_std, 0)
         _choice("finetune.precision", self.precision, PRECISIONS)
         _at_least("finetune.epochs", self.epochs, 1)
         _at_least("finetune.batch_size", self.batch_size, 1)
@@ -127,8 +147,15 @@ class FinetuneConfig:
     def key_fields(self) -> dict[str, Any]:
         """Return the fields that change the trained weights (what keys the stage cache)."""
         fields = dataclasses.asdict(self)
-        for name in ("workers", "cpus_per_worker", "grad_checkpointing"):
+        for name in ("workers", "cpus_per_worker", "grad_checkpointing", "min_feature_std"):
             fields.pop(name)
+        # Left out at their defaults (and where they do nothing) so earlier keys stay valid.
+        if self.lr_scaling == "none":
+            fields.pop("lr_scaling")
+        else:
+            fields["workers"] = self.workers  # the global batch sets the learning rate
+        if not self.uses_feature_cache:
+            fields.pop("feature_cache")
         if self.method != "lora":
             for name in ("lora_rank", "lora_alpha", "lora_mlp"):
                 fields.pop(name)
@@ -137,6 +164,11 @@ class FinetuneConfig:
         elif not self.train_norms_biases:
             fields.pop("backbone_lr")  # norms and biases are the only backbone weights it sets
         return fields
+
+    @property
+    def uses_feature_cache(self) -> bool:
+        """Whether the head trains on cached features: head_only with a wholly frozen backbone."""
+        return self.method == "head_only" and self.feature_cache and not self.train_norms_biases
 
     def inapplicable(self, keys) -> list[str]:
         """Return the flat keys among `keys` (keys someone set) that the chosen method does not use.

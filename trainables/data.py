@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import h5py
@@ -126,7 +126,8 @@ class HDF5ImageDataset(Dataset):
 
     `labels` picks the label file ("y" binary, "digit" 0..9); `limit` keeps the first N rows;
     `image_size` resizes (bilinear, antialiased; None keeps the native size); `augment` applies
-    `histology_augment` before resizing; `normalize` maps [0, 1] pixels to (x - mean) / std.
+    `histology_augment` before resizing; `normalize` maps [0, 1] pixels to (x - mean) / std;
+    `stain` (trainables.stain) maps the uint8 (H, W, 3) pixels first, in the loader worker.
     Everything is validated here, so a bad file fails at construction, not inside a worker.
     """
 
@@ -143,6 +144,7 @@ class HDF5ImageDataset(Dataset):
         normalize: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        stain: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -163,6 +165,7 @@ class HDF5ImageDataset(Dataset):
         self.labels_name = labels
         self.augment = augment
         self.normalize = normalize
+        self.stain = stain
         self.x_path = split_path(root, split, "x", prefix)
         label_path = split_path(root, split, labels, prefix)
         for path in (self.x_path, label_path):
@@ -210,6 +213,8 @@ class HDF5ImageDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.length} items")
         index %= self.length
         pixels = torch.from_numpy(self._images()[index])  # (H, W, 3) uint8
+        if self.stain is not None:
+            pixels = self.stain(pixels)
         image = pixels.permute(2, 0, 1).to(torch.float32).div_(255.0)
         if self.augment:
             image = histology_augment(image)

@@ -96,6 +96,22 @@ def stage_settings(job: TrainJob) -> StageSettings:
                          ft.warmup_frac, ft.grad_clip, "y", cfg.model.num_classes)
 
 
+LR_REFERENCE_BATCH = 256
+
+
+def scale_learning_rates(job: TrainJob, settings: StageSettings, world_size: int) -> StageSettings:
+    """Return the settings with lr and backbone_lr x (batch_size x world_size) / 256 when the
+    fine-tune stage has finetune.lr_scaling = linear (the linear scaling rule); else unchanged."""
+    if job.stage != "finetune" or job.config.finetune.lr_scaling != "linear":
+        return settings
+    factor = settings.batch_size * world_size / LR_REFERENCE_BATCH
+    scaled = dataclasses.replace(settings, lr=settings.lr * factor, backbone_lr=settings.backbone_lr * factor)
+    log.info("finetune.lr_scaling=linear: global batch %d x %d = %d, lr %.3g -> %.3g, backbone_lr %.3g -> %.3g",
+             settings.batch_size, world_size, settings.batch_size * world_size, settings.lr, scaled.lr,
+             settings.backbone_lr, scaled.backbone_lr)
+    return scaled
+
+
 def dataset_prefix(cfg: TrialConfig) -> str:
     """Return the HDF5 file prefix of the configured dataset."""
     return DIGITS_PREFIX if cfg.data.dataset == "digits" else PCAM_PREFIX
@@ -103,13 +119,19 @@ def dataset_prefix(cfg: TrialConfig) -> str:
 
 def make_dataset(cfg: TrialConfig, root: str, split: str, labels: str = "y", *, augment: bool = False,
                  limit: int | None = None) -> HDF5ImageDataset:
-    """Return the configured split as a dataset (resized, normalised, augmented if asked)."""
+    """Return the configured split as a dataset (stain-normalised if configured, resized,
+    normalised, augmented if asked)."""
     if limit is None:
         limit = {"train": cfg.data.train_limit, "valid": cfg.data.val_limit,
                  "test": cfg.data.test_limit}[split]
+    from trainables.data import split_path
+    from trainables.stain import make_stain_normalizer
+
+    prefix = dataset_prefix(cfg)
     return HDF5ImageDataset(
-        root, split, prefix=dataset_prefix(cfg), labels=labels, limit=limit or None,
+        root, split, prefix=prefix, labels=labels, limit=limit or None,
         image_size=cfg.data.image_size, augment=augment, normalize=cfg.data.normalize,
+        stain=make_stain_normalizer(cfg.data.stain_norm, split_path(root, "train", "x", prefix)),
     )
 
 
@@ -128,7 +150,7 @@ def build_stage_model(job: TrainJob) -> nn.Module:
     if job.stage == "finetune":
         weights = str(resolve_ref(job.init_weights, job.cache_root)) if job.init_weights else None
         model = build_classifier(cfg.model.backbone, cfg.model.num_classes, weights=weights,
-                                 pooling=cfg.model.pooling)
+                                 pooling=cfg.model.pooling, head=cfg.model.head)
         if cfg.finetune.grad_checkpointing:
             model.backbone.gradient_checkpointing_enable()
         return configure_method(model, cfg)
@@ -189,7 +211,19 @@ def wrap_lora(model: nn.Module, *, rank: int, alpha: float, include_mlp: bool,
                                + (["up_proj", "down_proj", "gate_proj"] if include_mlp else []))
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
                         modules_to_save=["head"])
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    _freeze_tap_projections(peft_model)
+    return peft_model
+
+
+def _freeze_tap_projections(model: nn.Module) -> None:
+    """Keep SVD-taps projections frozen (PEFT unfreezes the whole head it copies): the detached
+    SVD gives them no gradient, and DDP would wait for one."""
+    from compress.svd_taps import SVDTapsHead
+
+    for module in model.modules():
+        if isinstance(module, SVDTapsHead):
+            module.projections.requires_grad_(False)
 
 
 def _all_linear_names(model: nn.Module) -> list[str]:
@@ -362,7 +396,7 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
     if job.threads:
         torch.set_num_threads(job.threads)
     cfg = job.config
-    settings = stage_settings(job)
+    settings = scale_learning_rates(job, stage_settings(job), session.world_size)
     torch.manual_seed(cfg.run.seed + 1000 * session.rank)
     device = session.device
     amp = autocast_dtype(cfg.finetune.precision, device)
@@ -411,9 +445,12 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
         labels, probs = predict(model, val_loader, device, amp)
         metrics = classification_metrics(labels.numpy(), probs.numpy())
         record = {"epoch": epoch, "train_loss": train_loss, "val_score": val_score(metrics),
-                  **{f"val_{k}": v for k, v in metrics.items()}, "epoch_s": time.perf_counter() - started}
+                  **{f"val_{k}": v for k, v in metrics.items()}, "epoch_s": time.perf_counter() - started,
+                  "lr": settings.lr, "backbone_lr": settings.backbone_lr}
         if penalty is not None:
             record["penalty"] = penalty_value
+        if train_set.stain is not None:
+            record["stain_norm_kept_original"] = train_set.stain.failures + val_set.stain.failures
         history.append(record)
         improved = record["val_score"] > best["score"]
         if improved:
@@ -526,6 +563,6 @@ def iterate_batches(loader: DataLoader, count: int) -> Iterator[torch.Tensor]:
 __all__ = [
     "LocalSession", "Session", "StageSettings", "TrainJob", "best_model", "build_stage_model",
     "configure_method", "finalize_model", "iterate_batches", "make_dataset", "param_groups",
-    "pick_device", "predict", "stage_settings", "train_loop", "val_score", "warmup_cosine",
+    "pick_device", "predict", "scale_learning_rates", "stage_settings", "train_loop", "val_score", "warmup_cosine",
     "wrap_lora",
 ]

@@ -35,6 +35,11 @@ from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig, parse_overrides
 from trainables.data import data_fingerprint, ensure_digits
 from trainables.evaluate import Predictions, check_finite, cost_metrics, split_evaluation
+
+from trainables.features import (
+    FEATURE_SPLITS, check_collapse, pooled_feature_std, read_collapse, record_collapse,
+    train_head_on_features, write_feature_cache,
+)
 from trainables.finetune import TrainJob, compress_structure, dataset_prefix, make_dataset, pick_device
 from trainables.refs import cache_ref, resolve_ref
 
@@ -111,6 +116,43 @@ class _Stages:
         return model
 
 
+    def train_on_features(self, job: TrainJob, parent: str | None, fingerprint: str, device, out: Path) -> nn.Module:
+        """Run a head_only fine-tune on cached features (computed once per backbone, data and head)
+        in this process; write history.json and collapse.json into `out`; return the model."""
+        import torch
+
+        from trainables.finetune import (
+            autocast_dtype, build_stage_model, finalize_model, scale_learning_rates, stage_settings,
+        )
+
+        cfg = self.cfg
+        started = time.perf_counter()
+        # What the head inputs depend on: backbone weights (parent), data, image size, pooling,
+        # head type, and the seed where it initialises the backbone or the tap projections.
+        config = {"data": _data_key(cfg), "backbone": cfg.model.backbone, "pooling": cfg.model.pooling,
+                  "head": cfg.model.head, "precision": cfg.finetune.precision}
+        if parent is None or cfg.model.head != "linear":
+            config["seed"] = cfg.run.seed
+        key = stage_key("features", config, parent, fingerprint)
+        amp = autocast_dtype(cfg.finetune.precision, device)
+
+        def build() -> nn.Module:
+            torch.manual_seed(cfg.run.seed)
+            return build_stage_model(job)
+
+        def compute(features_out: Path) -> None:
+            loaders = {split: _loader(cfg, job.data_root, split) for split in FEATURE_SPLITS}
+            write_feature_cache(features_out, build(), loaders, device, amp)
+
+        features_dir = self.cached("features", key, compute)
+        settings = scale_learning_rates(job, stage_settings(job), world_size=1)
+        model, summary = train_head_on_features(build(), features_dir, cfg, settings, device)
+        record_collapse(out, summary.pop("feature_std"))
+        summary["seconds"] = time.perf_counter() - started
+        (out / "history.json").write_text(json.dumps(summary, indent=1))
+        return finalize_model(model)
+
+
 def _train_storage(results_dir: str):
     """Return (storage_path, filesystem) for Ray Train runs under <results>/train."""
     if "://" in results_dir:
@@ -131,10 +173,21 @@ def data_root(cfg: TrialConfig, ctx: TrialContext) -> str:
     return str(ensure_digits(base / "data" / "digits"))
 
 
+def _loader(cfg: TrialConfig, root: str, split: str):
+    """Return an unshuffled, unaugmented loader over a split at the evaluation batch size."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(make_dataset(cfg, root, split), batch_size=cfg.eval.batch_size, shuffle=False,
+                      num_workers=cfg.data.loader_workers)
+
+
 def _data_key(cfg: TrialConfig) -> dict[str, Any]:
     d = cfg.data
-    return {"dataset": d.dataset, "image_size": d.image_size, "train_limit": d.train_limit,
-            "val_limit": d.val_limit, "normalize": d.normalize}
+    key = {"dataset": d.dataset, "image_size": d.image_size, "train_limit": d.train_limit,
+           "val_limit": d.val_limit, "normalize": d.normalize}
+    if d.stain_norm != "none":  # absent when off, so keys written before it existed stay valid
+        key["stain_norm"] = d.stain_norm
+    return key
 
 
 def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
@@ -149,7 +202,7 @@ def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
     started = time.perf_counter()
     cfg = TrialConfig.from_flat(flat)
     stages = _Stages(cfg, cfg.to_flat(), ctx)
-    compressed, params_uncompressed, tokens, model_refs = _build(stages)
+    compressed, params_uncompressed, tokens, stage_facts = _build(stages)
     root = data_root(cfg, ctx)
 
     # 8. evaluate
@@ -163,7 +216,7 @@ def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
         **{f"cache_hit_{stage}": hit for stage, hit in stages.hits.items()},
         **{f"stage_s_{stage}": round(seconds, 3) for stage, seconds in stages.seconds.items()},
         "trial_s": round(time.perf_counter() - started, 3),
-        **model_refs,
+        **stage_facts,
     })
     prefix = "val" if eval_split == "valid" else eval_split
     check_finite(metrics, [f"{prefix}_auroc", "params", "latency_ms", "gflops"])
@@ -182,9 +235,9 @@ def build_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> tup
     return _build(_Stages(cfg, cfg.to_flat(), ctx))[0], cfg
 
 
-def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None, dict[str, str]]:
-    """Return (final model, parameter count before compression, token-pruning info, cache refs of the
-    fine-tuned and prehab models) of a trial's stages."""
+def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None, dict[str, Any]]:
+    """Return (final model, parameter count before compression, token-pruning info, facts to record:
+    cache refs of the fine-tuned and prehab models, the fine-tune's feature_std) of a trial's stages."""
     cfg, flat, ctx = stages.cfg, stages.flat, stages.ctx
     root = data_root(cfg, ctx)
     fingerprint = data_fingerprint(root, dataset_prefix(cfg))
@@ -207,18 +260,32 @@ def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None, dict[str, str]
         stages.cached("pretrain", key, pretrain)
         weights_ref, parent = cache_ref("pretrain", key, "backbone"), key
 
-    # 2. finetune
-    ft_key = stage_key("finetune", {"model": dataclasses.asdict(cfg.model),
+    # 2. finetune (head_only: on cached frozen-backbone features unless finetune.feature_cache is off)
+    ft_key = stage_key("finetune", {"model": cfg.model.key_fields(),
                                     **cfg.finetune_key_fields(), "data": _data_key(cfg),
                                     "seed": cfg.run.seed}, parent, fingerprint)
+    device = pick_device(cfg.run.device)
 
     def finetune(out: Path) -> None:
-        save_compressed(stages.train(job("finetune", init_weights=weights_ref), ft_key, out), out / "model")
+        ft_job = job("finetune", init_weights=weights_ref)
+        # Pruning tokens while training changes the backbone's features epoch by epoch.
+        if cfg.finetune.uses_feature_cache and cfg.tokens.train_from_epoch == 0:
+            model = stages.train_on_features(ft_job, parent, fingerprint, device, out)
+        else:
+            model = stages.train(ft_job, ft_key, out)
+            record_collapse(out, pooled_feature_std(model, _loader(cfg, root, "valid"), device))
+        save_compressed(model, out / "model")
 
-    stages.cached("finetune", ft_key, finetune)
+    ft_entry = stages.cached("finetune", ft_key, finetune)
     model_ref, model_key = cache_ref("finetune", ft_key, "model"), ft_key
-    # Where the models before and after prehab live, for the reports' spectrum diagnostics.
-    model_refs = {"model_ref_finetune": model_ref}
+    # Where the models before and after prehab live (for the reports' spectrum diagnostics),
+    # and the fine-tune's feature spread (the collapse watch): recorded with the metrics.
+
+    feature_spread = read_collapse(ft_entry)
+    if feature_spread is None:  # an entry written before the collapse watch
+        feature_spread = pooled_feature_std(load_compressed(ft_entry / "model"), _loader(cfg, root, "valid"), device)
+    check_collapse(feature_spread, cfg.finetune.min_feature_std)
+    stage_facts["feature_std"] = feature_spread
 
     # 3. whitening statistics of whichever model is about to be regularised or factorised
     def whitening(of_ref: str, of_key: str) -> tuple[str, str]:
@@ -253,7 +320,7 @@ def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None, dict[str, str]
 
         stages.cached("prehab", ph_key, prehab)
         model_ref, model_key = cache_ref("prehab", ph_key, "model"), ph_key
-        model_refs["model_ref_prehab"] = model_ref
+        stage_facts["model_ref_prehab"] = model_ref
 
     # 5. compress (heads -> MLP -> SVD), cheap and in this process
     stats_ref = None
@@ -279,7 +346,7 @@ def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None, dict[str, str]
     if cfg.tokens.r_max > 0:
         tokens = enable_token_pruning(compressed, cfg.tokens.r_max, cfg.tokens.alpha, fuse=cfg.tokens.fuse)
 
-    return compressed, params_uncompressed, tokens, model_refs
+    return compressed, params_uncompressed, tokens, stage_facts
 
 
 def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: TrialContext,

@@ -85,6 +85,8 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
         # so a trial driver never holds a GPU that its own TorchTrainer is waiting for.
         trial={**_PCAM, "data.image_size": 224, "finetune.workers": 4, "finetune.cpus_per_worker": 8,
                "finetune.precision": "auto", "finetune.batch_size": 256, "eval.batch_size": 1024,
+               # finetune.lr / backbone_lr are per 256 images: x 4 at 4 workers x 256.
+               "finetune.lr_scaling": "linear",
                "data.loader_workers": 6},
         space="default",
         num_samples=200,

@@ -75,3 +75,65 @@ def test_spec_round_trip_rebuilds_the_architecture():
 def test_bad_backbone_name_lists_the_choices():
     with pytest.raises(ValueError, match="digits-vit"):
         build_classifier("resnet50", num_classes=2)
+
+
+def test_svd_taps_head_on_vits16_adds_the_notes_parameter_difference():
+    with torch.device("meta"):
+        linear = build_classifier("dinov3-vits16", num_classes=100)
+        taps = build_classifier("dinov3-vits16", num_classes=100, head="svd_taps")
+    head_params = count(taps.head)
+    assert taps.taps == [3, 6, 9, 12] and head_params == 337_636
+    assert count(taps) - count(linear) == head_params - count(linear.head)
+
+
+def test_svd_taps_classifier_gives_logits_and_head_inputs():
+    torch.manual_seed(0)
+    model = build_classifier("digits-vit", num_classes=2, head="svd_taps").eval()
+    x = torch.randn(3, 3, 32, 32)
+    inputs = model.head_inputs(x)
+    assert inputs.shape == (3, 96 + 4 * 66)
+    assert torch.allclose(model.classify(inputs), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_each_tap_sees_the_tokens_kept_at_its_depth(fuse):
+    from compress import enable_token_pruning
+
+    model = build_classifier("digits-vit", num_classes=2, head="svd_taps").eval()
+    summary = enable_token_pruning(model, 0.5, 1.0, fuse=fuse)
+    _, taps = model._pooled_and_taps(torch.randn(2, 3, 32, 32))
+    assert [t.shape[1] for t in taps] == [summary["schedule"][layer - 1] for layer in model.taps]
+    assert taps[-1].shape[1] < taps[0].shape[1] < 64
+
+
+def test_svd_taps_model_saves_and_loads_with_token_pruning(tmp_path):
+    from compress import CompressionPlan, compress_model, load_compressed, save_compressed
+
+    torch.manual_seed(0)
+    model = build_classifier("digits-vit", num_classes=2, head="svd_taps").eval()
+    compressed, _ = compress_model(model, CompressionPlan(tau_heads=0.8, tau_mlp=0.9, tau_svd=0.9,
+                                                          r_max=0.5, alpha=1.0))
+    for name, tensor in model.head.state_dict().items():  # compression leaves the head alone
+        assert torch.equal(tensor, compressed.head.state_dict()[name]), name
+    save_compressed(compressed, tmp_path / "m")
+    loaded = load_compressed(tmp_path / "m")
+    x = torch.randn(2, 3, 32, 32)
+    assert loaded.head_type == "svd_taps"
+    assert torch.allclose(loaded(x), compressed.eval()(x), atol=1e-6)
+    assert not any(p.requires_grad for p in loaded.head.projections.parameters())
+
+
+def test_lora_trains_the_svd_taps_classifier_not_its_projections():
+    from trainables.finetune import wrap_lora
+
+    model = wrap_lora(build_classifier("digits-vit", num_classes=2, head="svd_taps"), rank=2, alpha=4,
+                      include_mlp=False)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert any("head" in name and "classifier" in name for name in trainable)
+    assert not any("projections" in name for name in trainable)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+def test_unknown_head_lists_the_choices():
+    with pytest.raises(ValueError, match="model.head must be one of linear, svd_taps"):
+        build_classifier("digits-vit", num_classes=2, head="mlp")

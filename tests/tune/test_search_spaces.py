@@ -152,3 +152,17 @@ def test_seed_values_win_over_preset_values():
 def test_seed_config_is_read_only():
     with pytest.raises(TypeError):
         search_spaces.SEED_CONFIG["tokens.r_max"] = 0.5
+
+
+def test_default_space_proposes_both_heads_and_each_is_a_valid_trial_config():
+    from trainables.config import TrialConfig
+
+    configs = _sample_configs("default", 30)
+    assert {config["model.head"] for config in configs} == {"linear", "svd_taps"}
+    taps = next(config for config in configs if config["model.head"] == "svd_taps")
+    assert TrialConfig.from_flat(taps).model.head == "svd_taps"
+
+
+def test_default_seed_point_uses_the_linear_head():
+    (point,) = seed_points("default", {"finetune.method": "full"})
+    assert point["model.head"] == "linear"
