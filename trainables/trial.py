@@ -280,7 +280,7 @@ def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None, dict[str, Any]
     model_ref, model_key = cache_ref("finetune", ft_key, "model"), ft_key
     # Where the models before and after prehab live (for the reports' spectrum diagnostics),
     # and the fine-tune's feature spread (the collapse watch): recorded with the metrics.
-
+    stage_facts: dict[str, Any] = {"model_ref_finetune": model_ref}
     feature_spread = read_collapse(ft_entry)
     if feature_spread is None:  # an entry written before the collapse watch
         feature_spread = pooled_feature_std(load_compressed(ft_entry / "model"), _loader(cfg, root, "valid"), device)
