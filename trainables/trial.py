@@ -136,10 +136,22 @@ def _data_key(cfg: TrialConfig) -> dict[str, Any]:
             "val_limit": d.val_limit, "normalize": d.normalize}
 
 
-def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
-              *, split: str | None = None) -> dict[str, Any]:
-    """Run one trial from its flat config; return every metric the sweep records (scalars only)."""
-    started = time.perf_counter()
+@dataclass
+class TrialModel:
+    """The model one trial evaluates, rebuilt from its stages, and what went into it."""
+
+    model: nn.Module                  # compressed, token pruning enabled when the trial prunes
+    cfg: TrialConfig
+    data_root: str
+    data_fingerprint: str
+    report: Any                       # compress.CompressionReport of heads -> MLP -> SVD
+    tokens: dict[str, Any] | None     # enable_token_pruning's summary, None without pruning
+    params_uncompressed: int
+    stages: _Stages
+
+
+def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> TrialModel:
+    """Return the trial's compressed model, built through its cached stages (computing missing ones)."""
     cfg = TrialConfig.from_flat(flat)
     flat = cfg.to_flat()
     stages = _Stages(cfg, flat, ctx)
@@ -232,6 +244,18 @@ def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
     tokens = None
     if cfg.tokens.r_max > 0:
         tokens = enable_token_pruning(compressed, cfg.tokens.r_max, cfg.tokens.alpha, fuse=cfg.tokens.fuse)
+
+    return TrialModel(model=compressed, cfg=cfg, data_root=root, data_fingerprint=fingerprint,
+                      report=report, tokens=tokens, params_uncompressed=params_uncompressed, stages=stages)
+
+
+def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
+              *, split: str | None = None) -> dict[str, Any]:
+    """Run one trial from its flat config; return every metric the sweep records (scalars only)."""
+    started = time.perf_counter()
+    built = build_trial_model(flat, ctx)
+    cfg, root, stages, compressed, tokens = built.cfg, built.data_root, built.stages, built.model, built.tokens
+    params_uncompressed = built.params_uncompressed
 
     # 8. evaluate
     device = pick_device(cfg.run.device)
