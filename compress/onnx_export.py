@@ -6,6 +6,7 @@ runs: at a fixed image size its schedule is static, so every layer's top-k has a
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from pathlib import Path
@@ -38,11 +39,14 @@ def export_onnx(model: nn.Module, path: str | Path, image_size: int, *, channels
     dtype = next(model.parameters()).dtype
     # Batch 2, not 1: torch.export specialises a dimension whose example size is 1.
     example = torch.randn(2, channels, image_size, image_size, dtype=dtype)
-    model = model.eval()
+    # Export a copy: tracing leaves state on the module that made later PyTorch forwards of the
+    # same object ~2x slower here, which would bias the latency comparison that follows.
+    model = copy.deepcopy(model).eval()
     try:
         torch.onnx.export(
             model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False,
+            external_data=False,  # one self-contained file (fine below ONNX's 2 GB limit: ViT-B is 0.35 GB)
         )
     except Exception as error:  # the exporter raises many types; all end in one line here
         raise OnnxExportError(_one_line(error)) from error

@@ -38,8 +38,9 @@ ONNX_TOLERANCE = 1e-4
 RELOAD_TOLERANCE = 1e-6
 CONFIG_FILE, METRICS_FILE, CARD_FILE, ONNX_FILE = "config.json", "metrics.json", "README.md", "model.onnx"
 DINOV3_LICENSE_LINK = "https://ai.meta.com/resources/models-and-libraries/dinov3-license/"
-# Per-trial bookkeeping that says nothing about the model.
-_NOT_METRICS = {CONFIG_ATTR, TUNE_TRIAL_ID_ATTR}
+# Per-trial bookkeeping that says nothing about the model (and where the sweep ran, which a
+# folder meant to be shared should not carry).
+_NOT_METRICS = {CONFIG_ATTR, TUNE_TRIAL_ID_ATTR, "hostname", "node_ip"}
 
 
 class ExportError(ValueError):
@@ -62,13 +63,17 @@ def default_out(settings: SweepSettings, number: int) -> Path:
     return settings.local_dir / "export" / f"trial-{number}"
 
 
-def find_trial(study: optuna.Study, settings: SweepSettings, which: str) -> tuple[optuna.trial.FrozenTrial, str]:
-    """Return (the COMPLETE trial `which` names: a number or 'reference', its role on the front)."""
+def find_trial(study: optuna.Study, settings: SweepSettings,
+               which: str) -> tuple[optuna.trial.FrozenTrial, str, bool]:
+    """Return (the COMPLETE trial `which` names: a number or 'reference'; its role: reference, front
+    or dominated; whether it is on the front)."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     table = front_frame(settings, study)
-    roles = dict(zip(table["number"].astype(int), table["role"])) if not table.empty else {}
+    rows = list(zip(table["number"].astype(int), table["role"])) if not table.empty else []
+    # The reference is listed twice when it is also on the front: once per role.
+    reference = [n for n, role in rows if role == REFERENCE]
+    front = {n for n, role in rows if role == "front"}
     if which == REFERENCE:
-        reference = [n for n, role in roles.items() if role == REFERENCE]
         if not reference:
             raise ExportError(f"sweep {settings.name!r} has no complete reference trial (the seed "
                               "configuration); pass --trial N with a trial number from pareto.md")
@@ -86,7 +91,8 @@ def find_trial(study: optuna.Study, settings: SweepSettings, which: str) -> tupl
     if trial.state != TrialState.COMPLETE:
         raise ExportError(f"trial {number} of sweep {settings.name!r} is {trial.state.name}, not COMPLETE: "
                           "only a finished trial has a model and metrics to export")
-    return trial, roles.get(number, "dominated")
+    role = REFERENCE if number in reference[:1] else "front" if number in front else "dominated"
+    return trial, role, number in front
 
 
 def export_trial(settings: SweepSettings, study: optuna.Study, which: str, out: str | Path | None = None,
@@ -95,7 +101,7 @@ def export_trial(settings: SweepSettings, study: optuna.Study, which: str, out: 
     from trainables.trial import TrialContext, build_trial_model
 
     started = time.perf_counter()
-    trial, role = find_trial(study, settings, which)
+    trial, role, on_front = find_trial(study, settings, which)
     destination = Path(out) if out is not None else default_out(settings, trial.number)
     if destination.exists():
         raise ExportError(f"{destination} already exists; remove it or pass another --out")
@@ -106,9 +112,10 @@ def export_trial(settings: SweepSettings, study: optuna.Study, which: str, out: 
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
     try:
-        metrics = _write_folder(staging, settings, trial, role, built, onnx=onnx)
+        metrics = _write_folder(staging, settings, trial, role, on_front, built, onnx=onnx)
         if destination.exists():
             raise ExportError(f"{destination} appeared while exporting; remove it or pass another --out")
+        _open_permissions(staging)
         os.rename(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -120,7 +127,17 @@ def export_trial(settings: SweepSettings, study: optuna.Study, which: str, out: 
     return ExportResult(destination, trial.number, seconds, size, metrics)
 
 
-def _write_folder(folder: Path, settings: SweepSettings, trial, role: str, built, *, onnx: bool) -> dict[str, Any]:
+def _open_permissions(folder: Path) -> None:
+    """Give the folder and its files the modes the umask allows (mkdtemp and safetensors make them private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.iterdir():
+        os.chmod(path, 0o666 & ~umask)
+
+
+def _write_folder(folder: Path, settings: SweepSettings, trial, role: str, on_front: bool, built, *,
+                  onnx: bool) -> dict[str, Any]:
     """Write every file of the export into `folder`; return the metrics written."""
     from compress import load_compressed, save_compressed
 
@@ -141,6 +158,7 @@ def _write_folder(folder: Path, settings: SweepSettings, trial, role: str, built
         "sweep": settings.name,
         "trial": trial.number,
         "role": role,
+        "on_front": on_front,
         "objectives": dict(zip(settings.metric_names, trial.values)),
         "sweep_metrics": {**dict(zip(settings.metric_names, trial.values)),
                           **{k: v for k, v in trial.user_attrs.items() if k not in _NOT_METRICS}},
@@ -205,45 +223,49 @@ def _export_onnx(folder: Path, model, cfg, pixels: torch.Tensor, user_attrs: dic
     if not difference <= ONNX_TOLERANCE:
         raise ExportError(f"model.onnx disagrees with PyTorch by {difference:.3g} on {len(pixels)} validation "
                           f"images (allowed {ONNX_TOLERANCE}); not exported")
-    torch_ms, ort_ms = _paired_latency(model, session, cfg, threads)
+    e = cfg.eval
+    torch_ms, ort_ms = paired_cpu_latency(model, session, cfg.data.image_size, batch_size=e.latency_batch,
+                                          threads=threads, warmup=e.latency_warmup, repeats=e.latency_repeats,
+                                          rounds=e.latency_rounds, pause_s=e.latency_pause_s)
     return {"max_abs_diff": difference, "parity_images": len(pixels), "tolerance": ONNX_TOLERANCE,
             "latency_batch": cfg.eval.latency_batch, "threads": threads,
             "torch_latency_ms": torch_ms, "ort_latency_ms": ort_ms, "ort_over_torch": ort_ms / torch_ms,
             "device": _cpu_name(threads)}
 
 
-def _paired_latency(model, session, cfg, threads: int) -> tuple[float, float]:
-    """Return (PyTorch, ONNX Runtime) median ms per image on CPU at the trial's batch and threads.
+def paired_cpu_latency(model, session, image_size: int, *, batch_size: int, threads: int, warmup: int,
+                       repeats: int, rounds: int, pause_s: float) -> tuple[float, float]:
+    """Return (PyTorch, ONNX Runtime) median ms per image on CPU for (batch_size, 3, image_size, image_size).
 
-    The two are timed in alternating blocks of eval.latency_repeats runs; each reports the
-    median of its least disturbed block (other processes can only add time).
+    The two are timed in alternating blocks of `repeats` runs, `rounds` blocks each, with torch
+    held to `threads` threads (the session was opened with as many); each reports the median of
+    its least disturbed block, since other processes can only add time.
     """
     from compress.onnx_export import run_onnx
 
-    e = cfg.eval
-    pixels = torch.randn(e.latency_batch, 3, cfg.data.image_size, cfg.data.image_size)
+    pixels = torch.randn(batch_size, 3, image_size, image_size)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    blocks: dict[str, list[float]] = {"torch": [], "ort": []}
+    runners = {"torch": lambda: model(pixels), "ort": lambda: run_onnx(session, pixels)}
+    blocks: dict[str, list[float]] = {name: [] for name in runners}
     try:
-        runners = {"torch": lambda: model(pixels), "ort": lambda: run_onnx(session, pixels)}
         with torch.inference_mode():
             for run in runners.values():
-                for _ in range(e.latency_warmup):
+                for _ in range(warmup):
                     run()
-            for block in range(e.latency_rounds):
+            for block in range(rounds):
                 if block:
-                    time.sleep(e.latency_pause_s)
+                    time.sleep(pause_s)
                 for name, run in runners.items():
                     times = []
-                    for _ in range(e.latency_repeats):
+                    for _ in range(repeats):
                         begin = time.perf_counter()
                         run()
                         times.append(time.perf_counter() - begin)
                     blocks[name].append(statistics.median(times))
     finally:
         torch.set_num_threads(previous)
-    return tuple(min(blocks[name]) * 1000.0 / e.latency_batch for name in ("torch", "ort"))
+    return min(blocks["torch"]) * 1000.0 / batch_size, min(blocks["ort"]) * 1000.0 / batch_size
 
 
 def _cpu_name(threads: int) -> str:
@@ -301,7 +323,7 @@ def _write_model_card(path: Path, settings: SweepSettings, cfg, metrics: dict[st
         f"# {settings.name} trial {number} ({metrics['role']})", "",
         f"A {cfg.model.backbone} image classifier ({cfg.model.num_classes} classes, {cfg.data.image_size} px) "
         f"fine-tuned and structurally compressed by a vitsweep multi-objective sweep ({settings.name!r}, "
-        f"trial {number}, its role on the front: {metrics['role']}).", "",
+        f"trial {number}: {_role_text(metrics)}).", "",
         "## Compressed from", "",
         f"- Base model: {_base_model(cfg)}",
         f"- Parameters: {_fmt(sweep.get('params_uncompressed'))} before compression, {_fmt(sweep.get('params'))} "
@@ -353,6 +375,12 @@ def _write_model_card(path: Path, settings: SweepSettings, cfg, metrics: dict[st
     path.write_text("\n".join(front + lines), encoding="utf-8")
 
 
+def _role_text(metrics: dict[str, Any]) -> str:
+    if metrics["role"] == REFERENCE:
+        return "the reference (seed configuration)" + (", also on the Pareto front" if metrics["on_front"] else "")
+    return "on the Pareto front" if metrics["on_front"] else "dominated, not on the Pareto front"
+
+
 def _surgery_line(built) -> str:
     report = built.report.to_dict()
     heads = [d["kept"] for d in report["heads"]] or None
@@ -364,6 +392,10 @@ def _surgery_line(built) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     return "n/a" if value is None else str(value)
