@@ -1,29 +1,13 @@
-"""ONNX export: parity with PyTorch in ONNX Runtime (token pruning included), and a one-line error."""
+"""ONNX export of a model whose operator has no translation: one line naming it.
+
+Parity with PyTorch in ONNX Runtime (compressed, token-pruned, dynamic batch) is checked end to end
+in tests/tune/test_export.py."""
 
 import onnxruntime  # noqa: F401  (the export extra is part of the dev install: a missing one fails here)
 import pytest
 import torch
-from tiny_vit import shape_spectra, tiny_config
-from transformers import DINOv3ViTModel
 
-from compress import CompressionPlan, compress_model
-from compress.classifier import ViTClassifier
-from compress.onnx_export import OnnxExportError, export_onnx, onnx_max_abs_difference, onnx_session, run_onnx
-
-
-@pytest.mark.slow
-def test_compressed_token_pruned_model_matches_pytorch_in_onnx_runtime(tmp_path):
-    torch.manual_seed(0)
-    model = ViTClassifier(DINOv3ViTModel(tiny_config()), num_classes=2).eval()
-    shape_spectra(model.backbone)
-    plan = CompressionPlan(tau_heads=0.7, tau_mlp=0.8, tau_svd=0.8, r_max=0.5, alpha=1.0)
-    compressed, report = compress_model(model, plan)
-    assert report.tokens["schedule"][-1] < 16
-    session = onnx_session(export_onnx(compressed, tmp_path / "m.onnx", 32), threads=1)
-    for batch in (1, 5):  # the batch dimension is dynamic
-        pixels = torch.randn(batch, 3, 32, 32)
-        assert run_onnx(session, pixels).shape == (batch, 2)
-        assert onnx_max_abs_difference(compressed, session, pixels) <= 1e-4
+from compress.onnx_export import OnnxExportError, export_onnx
 
 
 class _Spectrum(torch.nn.Module):

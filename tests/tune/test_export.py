@@ -14,6 +14,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from compress.onnx_export import onnx_session, run_onnx
 from search_spaces import SEED_CONFIG
 from trainables.trial import TrialContext, build_trial_model, run_trial
 from tune import export as export_module
@@ -23,8 +24,8 @@ from tune.sweep import SweepSettings, write_settings
 
 REPO = Path(__file__).resolve().parents[2]
 OBJECTIVES = (("val_auroc", "max"), ("params", "min"), ("latency_ms", "min"))
-BASE = {"pretrain.epochs": 1, "finetune.epochs": 1, "finetune.method": "full", "data.train_limit": 256,
-        "eval.latency_repeats": 2, "eval.latency_rounds": 1, "eval.latency_warmup": 1,
+BASE = {"pretrain.epochs": 1, "finetune.epochs": 1, "finetune.method": "full", "data.train_limit": 128,
+        "eval.latency_repeats": 1, "eval.latency_rounds": 1, "eval.latency_warmup": 1,
         "eval.latency_pause_s": 0.0, "run.device": "cpu"}
 COMPRESSED = {**SEED_CONFIG, "compress.tau_heads": 0.8, "compress.tau_mlp": 0.8, "compress.tau_svd": 0.8,
               "tokens.r_max": 0.5, "tokens.alpha": 1.0}
@@ -41,7 +42,7 @@ def _tell(study, config, metrics, *, enqueued=False):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A finished tiny sweep: trial 0 the reference, 1 compressed (heads, MLP, SVD, tokens), 2 FAIL, 3 RUNNING."""
+    """A finished tiny sweep: trial 0 the reference, 1 compressed (heads, MLP, SVD, tokens)."""
     results = tmp_path_factory.mktemp("results")
     settings = SweepSettings(name=NAME, results_dir=str(results), storage_url=None, preset="digits",
                              space="default", sampler="tpe", seed=0, objectives=OBJECTIVES, num_samples=4,
@@ -55,8 +56,6 @@ def sweep(tmp_path_factory):
     for number, (config, enqueued) in enumerate(((dict(SEED_CONFIG), True), (COMPRESSED, False))):
         measured[number] = run_trial({**BASE, **config}, context)
         _tell(study, config, measured[number], enqueued=enqueued)
-    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
-    study.ask()  # RUNNING
     return settings, measured, context
 
 
@@ -105,8 +104,11 @@ def test_exported_model_loads_in_a_fresh_process_without_trainables_to_the_sweep
     assert metrics["onnx"]["ort_latency_ms"] > 0 and metrics["onnx"]["torch_latency_ms"] > 0
     structure = json.loads((exported / "structure.json").read_text())
     assert structure["token_pruning"]["schedule"] == in_sweep.tokens["schedule"]
-    assert [layer["num_heads"] for layer in structure["layers"]] == [d["kept"] for d in in_sweep.report.heads]
+    assert [layer["num_heads"] for layer in structure["layers"]] == [d.kept for d in in_sweep.report.heads]
     assert json.loads((exported / "config.json").read_text()) == in_sweep.cfg.to_flat()
+    session = onnx_session(exported / "model.onnx")
+    for batch in (1, 5):  # the batch dimension is dynamic
+        assert run_onnx(session, pixels[:batch]).shape == (batch, 2)
     card = (exported / "README.md").read_text()
     assert card.startswith("---\nlicense: apache-2.0\n") and metrics["data_fingerprint"] in card
 
@@ -126,18 +128,42 @@ def test_evaluate_cli_on_the_export_reproduces_the_sweeps_validation_metrics(swe
         assert scored[f"{name}_lo"] <= scored[name] <= scored[f"{name}_hi"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("trial, message", [("2", "trial 2 of sweep 'tiny' is FAIL, not COMPLETE"),
-                                            ("3", "trial 3 of sweep 'tiny' is RUNNING, not COMPLETE"),
-                                            ("42", "sweep 'tiny' has no trial 42"),
+@pytest.fixture
+def listed_sweep(tmp_path):
+    """A sweep whose study lists trials without any model behind them: 0 COMPLETE, 1 FAIL, 2 RUNNING."""
+    settings = SweepSettings(name=NAME, results_dir=str(tmp_path), storage_url=None, preset="digits",
+                             space="default", sampler="tpe", seed=0, objectives=OBJECTIVES, num_samples=3,
+                             max_concurrent=1, trial_resources={"cpu": 1}, max_failures=0, base=BASE)
+    write_settings(settings)
+    study = optuna.create_study(study_name=NAME, storage=make_storage(None, tmp_path, NAME),
+                                directions=["maximize", "minimize", "minimize"])
+    study.set_metric_names([name for name, _ in OBJECTIVES])
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 1000.0, 1.0], system_attrs={"fixed_params": {}}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    study.ask()
+    return settings
+
+
+@pytest.mark.parametrize("trial, message", [("1", "trial 1 of sweep 'tiny' is FAIL, not COMPLETE"),
+                                            ("2", "trial 2 of sweep 'tiny' is RUNNING, not COMPLETE"),
+                                            ("42", "sweep 'tiny' has no trial 42 (its trials: 0..2)"),
                                             ("best", "--trial must be a trial number")])
-def test_a_trial_that_is_not_complete_or_does_not_exist_exits_2_with_one_line(sweep, tmp_path, capsys,
+def test_a_trial_that_is_not_complete_or_does_not_exist_exits_2_with_one_line(listed_sweep, tmp_path, capsys,
                                                                              trial, message):
     with pytest.raises(SystemExit) as caught:
-        _export(sweep[0], "--trial", trial, "--out", str(tmp_path / "out"))
+        _export(listed_sweep, "--trial", trial, "--out", str(tmp_path / "out"))
     assert caught.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in capsys.readouterr().err.splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_export_without_a_trial_or_with_export_flags_alone_exits_2(listed_sweep, capsys):
+    with pytest.raises(SystemExit) as caught:
+        _export(listed_sweep)
+    assert caught.value.code == 2 and "--export needs --trial" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        run_main(["--trial", "3", "--onnx"])
+    assert caught.value.code == 2 and "--trial, --onnx: only valid with --export NAME" in capsys.readouterr().err
 
 
 @pytest.mark.slow
