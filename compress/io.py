@@ -4,7 +4,7 @@ import importlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -20,14 +20,19 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 STRUCTURE_FILE = "structure.json"
 WEIGHTS_FILE = "model.safetensors"
+# Wrapper classes that moved into compress; models saved before the move name the old place.
+_MOVED_WRAPPERS = {"trainables.model:ViTClassifier": "compress.classifier:ViTClassifier"}
 
 
-def save_compressed(model: nn.Module, path: str | Path) -> Path:
+def save_compressed(model: nn.Module, path: str | Path, *, image_size: int | None = None,
+                    extra: Mapping[str, Any] | None = None) -> Path:
     """Write `model` to directory `path` (structure.json + model.safetensors); return the directory.
 
     The structure records the family config, per-layer head counts, MLP widths and low-rank
     ranks, token-pruning settings, and how to rebuild an outer wrapper: a model that is not the
-    bare backbone must offer spec() (JSON-able) and a classmethod from_spec(spec).
+    bare backbone must offer spec() (JSON-able) and a classmethod from_spec(spec). With
+    `image_size` it also records the input size and the token-pruning schedule at that size;
+    `extra` adds descriptive keys (never read back by load_compressed).
     """
     adapter = adapter_for(model)
     found = adapter.backbone(model)
@@ -44,10 +49,19 @@ def save_compressed(model: nn.Module, path: str | Path) -> Path:
         "layers": [_layer_record(adapter, layer) for _, layer in adapter.layers(model)],
         "token_pruning": tokens.token_pruning_settings(backbone),
     }
+    if image_size is not None:
+        structure["image_size"] = image_size
+        if structure["token_pruning"] is not None:
+            structure["token_pruning"]["schedule"] = tokens.schedule_at(backbone, image_size)
+    clashes = sorted(set(extra or {}) & set(structure))
+    if clashes:
+        raise ValueError(f"extra must not replace the structure's own keys {clashes}")
+    structure.update(extra or {})
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     weights = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(weights, str(directory / WEIGHTS_FILE))
+    # "format": "pt" is the metadata Hugging Face tools expect in a PyTorch safetensors file.
+    save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     (directory / STRUCTURE_FILE).write_text(json.dumps(structure, indent=1, sort_keys=True))
     return directory
 
@@ -188,6 +202,7 @@ def _rebuild_outer(adapter, structure: dict[str, Any], structure_file: Path) -> 
     if wrapper is None:
         return adapter.build_backbone(structure["backbone"]["config"])
     name = wrapper.get("class") if isinstance(wrapper, dict) else None
+    name = _MOVED_WRAPPERS.get(name, name)
     module_name, _, qualname = str(name).partition(":")
     try:
         target: Any = importlib.import_module(module_name)

@@ -111,6 +111,20 @@ def token_pruning_settings(model: nn.Module) -> dict | None:
     return None if settings is None else dict(settings)
 
 
+def schedule_at(model: nn.Module, image_size: int) -> list[int]:
+    """Return the patch tokens kept at each layer's output for square `image_size` inputs (keep_schedule;
+    all patches at every layer when pruning is off)."""
+    _check_positive_int("image_size", image_size)
+    backbone = _find_backbones(model)[0]
+    patch_h, patch_w = _pair(backbone.config.patch_size)
+    num_patches = (image_size // patch_h) * (image_size // patch_w)
+    num_layers = len(backbone.model.layer)
+    settings = getattr(backbone.model, _STATE_ATTR, None)
+    if settings is None:
+        return [num_patches] * num_layers
+    return keep_schedule(num_patches, num_layers, settings["r_max"], settings["alpha"])
+
+
 class _TokenPruningEncoder(DINOv3ViTEncoder):
     """DINOv3ViTEncoder whose layers drop low-attention patch tokens before their MLP."""
 

@@ -190,6 +190,23 @@ def _data_key(cfg: TrialConfig) -> dict[str, Any]:
     return key
 
 
+@dataclass
+class TrialModel:
+    """The model one trial evaluates, rebuilt from its stages, and what went into it."""
+
+    model: nn.Module                  # compressed, token pruning enabled when the trial prunes
+    cfg: TrialConfig
+    data_root: str
+    data_fingerprint: str
+    report: Any                       # compress.CompressionReport of heads -> MLP -> SVD
+    tokens: dict[str, Any] | None     # enable_token_pruning's summary, None without pruning
+    params_uncompressed: int
+    stages: _Stages
+    # Recorded with the metrics: cache refs of the fine-tuned and prehab models (the reports'
+    # spectrum diagnostics) and the fine-tune's feature spread (the collapse watch).
+    facts: dict[str, Any]
+
+
 def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
               *, split: str | None = None) -> dict[str, Any]:
     """Run one trial from its flat config; return every metric the sweep records (scalars only)."""
@@ -200,23 +217,22 @@ def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
                    *, split: str | None = None) -> tuple[dict[str, Any], Predictions]:
     """Run one trial from its flat config; return (its metrics, its predictions on the evaluated split)."""
     started = time.perf_counter()
-    cfg = TrialConfig.from_flat(flat)
-    stages = _Stages(cfg, cfg.to_flat(), ctx)
-    compressed, params_uncompressed, tokens, stage_facts = _build(stages)
-    root = data_root(cfg, ctx)
+    built = build_trial_model(flat, ctx)
+    cfg, stages, compressed, tokens = built.cfg, built.stages, built.model, built.tokens
 
     # 8. evaluate
     device = pick_device(cfg.run.device)
     eval_split = split or cfg.eval.split
-    metrics, predictions = stages.timed("evaluate", lambda: _evaluate(compressed, cfg, root, eval_split, device))
+    metrics, predictions = stages.timed(
+        "evaluate", lambda: _evaluate(compressed, cfg, built.data_root, eval_split, device))
     metrics.update({
-        "params_uncompressed": params_uncompressed,
-        "params_ratio": metrics["params"] / params_uncompressed,
+        "params_uncompressed": built.params_uncompressed,
+        "params_ratio": metrics["params"] / built.params_uncompressed,
         "tokens_last_layer": tokens["schedule"][-1] if tokens and tokens.get("schedule") else -1,
         **{f"cache_hit_{stage}": hit for stage, hit in stages.hits.items()},
         **{f"stage_s_{stage}": round(seconds, 3) for stage, seconds in stages.seconds.items()},
         "trial_s": round(time.perf_counter() - started, 3),
-        **stage_facts,
+        **built.facts,
     })
     prefix = "val" if eval_split == "valid" else eval_split
     check_finite(metrics, [f"{prefix}_auroc", "params", "latency_ms", "gflops"])
@@ -231,14 +247,15 @@ def _evaluate(model: nn.Module, cfg: TrialConfig, root: str, split: str, device)
 def build_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> tuple[nn.Module, TrialConfig]:
     """Return (the trial's final model, compressed and token-pruned as evaluated, its config); training
     stages come from the cache (or run, when missing), nothing is evaluated."""
+    built = build_trial_model(flat, ctx)
+    return built.model, built.cfg
+
+
+def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> TrialModel:
+    """Return the trial's compressed model, built through its cached stages (computing missing ones)."""
     cfg = TrialConfig.from_flat(flat)
-    return _build(_Stages(cfg, cfg.to_flat(), ctx))[0], cfg
-
-
-def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None, dict[str, Any]]:
-    """Return (final model, parameter count before compression, token-pruning info, facts to record:
-    cache refs of the fine-tuned and prehab models, the fine-tune's feature_std) of a trial's stages."""
-    cfg, flat, ctx = stages.cfg, stages.flat, stages.ctx
+    stages = _Stages(cfg, cfg.to_flat(), ctx)
+    flat = stages.flat
     root = data_root(cfg, ctx)
     fingerprint = data_fingerprint(root, dataset_prefix(cfg))
     cache_root = ctx.results_dir
@@ -346,7 +363,10 @@ def _build(stages: _Stages) -> tuple[nn.Module, int, dict | None, dict[str, Any]
     if cfg.tokens.r_max > 0:
         tokens = enable_token_pruning(compressed, cfg.tokens.r_max, cfg.tokens.alpha, fuse=cfg.tokens.fuse)
 
-    return compressed, params_uncompressed, tokens, stage_facts
+    return TrialModel(model=compressed, cfg=cfg, data_root=root, data_fingerprint=fingerprint,
+                      report=report, tokens=tokens, params_uncompressed=params_uncompressed, stages=stages,
+                      facts=stage_facts)
+
 
 
 def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: TrialContext,

@@ -5,6 +5,7 @@
     python tune/run.py --resume pcam1                    # continue a killed sweep
     python tune/run.py --report pcam1 --final-eval       # rebuild reports, score the front on test
     python tune/run.py --debug-trial --set tokens.r_max=0.5   # one trial in this process, no Ray
+    python tune/run.py --export pcam1 --trial 7 --onnx   # take a front point away as a folder
 
 Every value is checked before Ray starts; a bad one exits with status 2 and one line.
 """
@@ -115,6 +116,17 @@ def make_parser() -> argparse.ArgumentParser:
                              "1-2 min each on 2 idle cores); off by default")
     parser.add_argument("--replicates-front", type=int, default=0, metavar="K",
                         help="with --replicates: also replicate the K best front points by the first objective")
+    parser.add_argument("--export", metavar="NAME", default=None,
+                        help="export one trial of the finished sweep NAME (with --trial) as a folder that "
+                             "compress.load_compressed loads: weights, structure, config, metrics, model card")
+    parser.add_argument("--trial", default=None, metavar="N",
+                        help="with --export: the Optuna trial number as in pareto.md, or 'reference'")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="with --export: the folder to write (must not exist); default "
+                             "<results-dir>/<NAME>/export/trial-<N>")
+    parser.add_argument("--onnx", action="store_true",
+                        help="with --export: also write model.onnx, checked in ONNX Runtime (needs the "
+                             "export extra)")
     parser.add_argument("--wandb", action="store_true",
                         help="log each trial to W&B (project vitsweep, group = sweep name) and the "
                              "Pareto table at the end; offline unless WANDB_API_KEY or WANDB_MODE=online")
@@ -304,6 +316,31 @@ def _retime(settings: SweepSettings, study, args: argparse.Namespace):
     return frame
 
 
+def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import optuna
+
+    from compress.onnx_export import OnnxExportError
+    from tune.export import ExportError, export_trial
+
+    if args.trial is None:
+        parser.error("--export needs --trial N (a trial number from pareto.md) or --trial reference")
+    settings = _saved_settings(args.export, args, parser, "--export")
+    study = optuna.load_study(study_name=settings.name, storage=_open_storage(settings, parser))
+    try:
+        result = export_trial(settings, study, args.trial, args.out, onnx=args.onnx)
+    except (ExportError, OnnxExportError, ImportError) as err:
+        parser.error(str(err))
+    print(f"exported trial {result.trial} of sweep {settings.name!r} to {result.path} "
+          f"({result.size_bytes / 1e6:.2f} MB, {result.seconds:.1f} s)")
+    onnx = result.metrics.get("onnx")
+    if onnx:
+        print(f"model.onnx: max |ORT - PyTorch| {onnx['max_abs_diff']:.2e} on {onnx['parity_images']} validation "
+              f"images; {onnx['ort_latency_ms']:.3f} ms/img ORT vs {onnx['torch_latency_ms']:.3f} PyTorch "
+              f"(batch {onnx['latency_batch']}, {onnx['threads']} threads)")
+    print(f"load it: python -c \"from compress import load_compressed; print(load_compressed('{result.path}'))\"")
+    return 0
+
+
 def _finish(settings: SweepSettings, storage, args: argparse.Namespace) -> int:
     import optuna
 
@@ -344,9 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("optuna").setLevel(logging.WARNING)
     modes = [m for m, on in (("--resume", args.resume), ("--report", args.report),
-                             ("--debug-trial", args.debug_trial), ("--compare", args.compare)) if on]
+                             ("--debug-trial", args.debug_trial), ("--compare", args.compare),
+                             ("--export", args.export)) if on]
     if len(modes) > 1:
         parser.error(f"{' and '.join(modes)} exclude each other")
+    export_only = [f"--{name}" for name in ("trial", "out", "onnx") if getattr(args, name)]
+    if export_only and not args.export:
+        parser.error(f"{', '.join(export_only)}: only valid with --export NAME")
+    if args.export:
+        return _export(args, parser)
     if args.debug_trial:
         return _debug_trial(args, parser)
     if (args.retime or args.retime_rounds) and not args.report and args.no_retime:
