@@ -74,7 +74,7 @@ def _prehab(model, pixels):
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     for _ in range(3):
         optimizer.zero_grad()
-        lowrank_penalty(model, "nuclear").backward()
+        lowrank_penalty(model, "nuclear_ratio").backward()
         optimizer.step()
     truncate_svd(model, 0.7)
     return model.eval()
