@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from _faultkit import (
-    TINY, cli_sets, count_complete, kill_group, load_study, start_cli, tune_results, wait_cli,
+    TINY, cli_sets, kill_group, load_study, start_cli, tune_results, wait_cli,
 )
 from tune.study import FAIL_REASON_ATTR, KILL_AFTER_TELL_ENV, TUNE_TRIAL_ID_ATTR
 
