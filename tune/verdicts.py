@@ -127,10 +127,13 @@ def _describe(row: pd.Series, ref: pd.Series, name: str) -> str:
 
 def headline(table: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> str:
     """Return one line: how many front points dominate the reference with 95% confidence, or which comes closest."""
-    front = table[table["role"] != REFERENCE]
-    if table.empty or table["role"].iloc[0] != REFERENCE or front.empty:
+    if table.empty or table["role"].iloc[0] != REFERENCE:
         return "No reference row: no verdicts."
     ref = table.iloc[0]
+    # The reference itself may be on the front; it cannot beat itself.
+    front = table[(table["role"] != REFERENCE) & (table["number"] != ref["number"])]
+    if front.empty:
+        return f"The reference (trial {int(ref['number'])}) is the whole front: nothing dominates it."
     winners = [int(row["number"]) for _, row in front.iterrows() if dominates_reference(row, objectives)]
     if winners:
         return (f"{len(winners)} of {len(front)} front points dominate the reference (trial "
@@ -142,7 +145,8 @@ def headline(table: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> str:
         words = [row[f"verdict_{name}"] for name, _ in objectives]
         first, mode = objectives[0]
         gain = float(row[f"delta_{first}"]) * (1 if mode == "max" else -1)
-        return (sum(w != "better" for w in words), words.count("worse"), -gain)
+        # Closest to dominating: worse nowhere first, then ties on the fewest objectives.
+        return (words.count("worse"), sum(w != "better" for w in words), -gain)
 
     _, closest = min(front.iterrows(), key=distance)
     parts = ", ".join(_describe(closest, ref, name) for name, _ in objectives)
