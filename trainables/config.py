@@ -106,7 +106,7 @@ class FinetuneConfig:
     train_norms_biases: bool = False # head_only: also train LayerNorms and biases
     precision: str = "auto"          # auto = bf16 autocast on CUDA devices that support it
     grad_checkpointing: bool = False
-    workers: int = 1                 # Ray Train workers (DDP across GPUs; 1 on CPU/MPS)
+    workers: int = 1                 # Ray Train workers: DDP on CUDA (nccl) or CPU (gloo); 1 on MPS; batch_size is per worker
     cpus_per_worker: float = 1.0
 
     def __post_init__(self):
