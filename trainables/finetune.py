@@ -347,6 +347,14 @@ def val_score(metrics: dict[str, float]) -> float:
     return metrics["auroc"] if "auprc" in metrics else metrics["accuracy"]
 
 
+def freeze_unused(model: nn.Module) -> None:
+    """Freeze parameters the classifier's forward never uses (DINOv3's mask_token, for masked-image
+    pretraining only): DDP fails a step when a trainable parameter gets no gradient."""
+    for name, param in model.named_parameters():
+        if name.endswith("mask_token"):
+            param.requires_grad = False
+
+
 def stage_loaders(job: TrainJob, settings: StageSettings, session: Session):
     """Return (train, valid) device-side batches of this rank (trainables.loader): its block-shuffled
     1/N of the training split, and its contiguous 1/N of the validation split."""
@@ -394,6 +402,7 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
     train_loader, val_loader = stage_loaders(job, settings, session)
 
     model = build_stage_model(job)
+    freeze_unused(model)
     model = session.prepare_model(model)
     optimizer = torch.optim.AdamW(param_groups(model, settings))
     total_steps = settings.epochs * len(train_loader)

@@ -277,6 +277,17 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
                  tune_ctx.get_trial_id())
         tune.report({**json.loads((stored / "metrics.json").read_text()), "outcome_replayed": True})
         return
+    from trainables.inputs import INPUT_ERROR_KEY, MissingInputError, check_inputs, node_name
+
+    cfg = TrialConfig.from_flat(flat)
+    try:
+        check_inputs(cfg, data_root(cfg, context))
+    except MissingInputError as err:
+        # Every other trial would fail the same way: the sweep stops on this key (tune.sweep).
+        line = f"{err} (on node {node_name()})"
+        log.error("trial cannot start: %s", line)
+        tune.report({**{name: math.nan for name in objectives}, TRIAL_ERROR_KEY: line, INPUT_ERROR_KEY: line})
+        return
     try:
         metrics = run_trial(flat, context)
     except FloatingPointError as err:

@@ -25,6 +25,7 @@ elif _REPO_ROOT not in sys.path:
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import time  # noqa: E402
 
 from search_spaces import SEED_CONFIG, available_spaces  # noqa: E402
@@ -112,40 +113,40 @@ def _results_dir(text: str) -> str:
 
 
 def _check_local_inputs(flat: dict, parser: argparse.ArgumentParser, *, results_dir: str | None = None) -> None:
-    """Exit 2 with one line naming the file when data or weights present on this machine are broken.
+    """Exit 2 with one line naming the file when data or weights are missing or broken here.
 
-    A sweep (`results_dir` None) only warns when PCam or the weights are absent here: on a
-    cluster they may live on the workers only. `--debug-trial` runs here, so it passes
-    `results_dir` and anything missing is an error too (the digits set is written first).
+    Trials of a local run (no RAY_ADDRESS) and `--debug-trial` run on this machine, so
+    anything missing is an error before Ray starts. A sweep attached to a cluster only
+    checks what is present here: the data and weights may live on the workers alone, and
+    there the first trial that lacks them stops the sweep (tune.sweep).
     """
     from trainables.config import TrialConfig
     from trainables.data import DIGITS_PREFIX, PCAM_PREFIX, check_dataset
+    from trainables.inputs import check_inputs
     from trainables.model import check_local_checkpoint
 
     cfg = TrialConfig.from_flat(flat)
+    local = results_dir is not None or not os.environ.get("RAY_ADDRESS")
     try:
-        weights = cfg.model.weights
-        # A path that is not here (a Hugging Face id is checked when a trial loads it).
-        if weights and not check_local_checkpoint(weights, cfg.model.backbone) \
-                and weights.startswith(("/", ".", "~")):
-            if results_dir is not None:
-                raise FileNotFoundError(f"model.weights {weights!r}: no such directory")
-            log.warning("model.weights %s not found on this machine; trials will fail where it is missing",
-                        weights)
         if cfg.data.dataset == "pcam":
             root = cfg.data.root or "data/pcam"
-            if is_uri(root):
+            if local:
+                check_inputs(cfg, root)
                 return
-            if results_dir is None and not any(Path(root).glob(f"{PCAM_PREFIX}_split_*")):
-                log.warning("PCam not found under %s on this machine; trials will fail where it is missing "
-                            "(download: python -m trainables.data download --root %s)", root, root)
-                return
-            check_dataset(root, PCAM_PREFIX, ("y",))
-        elif results_dir is not None or cfg.data.root:
-            from trainables.trial import TrialContext, data_root
+            if cfg.model.weights:
+                check_local_checkpoint(cfg.model.weights, cfg.model.backbone)
+            if not is_uri(root) and any(Path(root).glob(f"{PCAM_PREFIX}_split_*")):
+                check_dataset(root, PCAM_PREFIX, ("y",))
+        else:
+            if local:
+                check_inputs(cfg, "")
+            elif cfg.model.weights:
+                check_local_checkpoint(cfg.model.weights, cfg.model.backbone)
+            if results_dir is not None or cfg.data.root:
+                from trainables.trial import TrialContext, data_root
 
-            root = data_root(cfg, TrialContext(results_dir=results_dir or "results"))
-            check_dataset(root, DIGITS_PREFIX, ("y", "digit"))
+                root = data_root(cfg, TrialContext(results_dir=results_dir or "results"))
+                check_dataset(root, DIGITS_PREFIX, ("y", "digit"))
     except (OSError, ValueError) as err:
         parser.error(str(err).splitlines()[0] if str(err).strip() else type(err).__name__)
 
@@ -308,9 +309,15 @@ def main(argv: list[str] | None = None) -> int:
           + (" (resumed)" if resume else ""), flush=True)
     import ray
 
+    from tune.stopping import InputMissing
+
     try:
-        closed = run_tune(settings, storage, resume=resume, use_wandb=args.wandb and not args.resume,
-                          dashboard=args.ray_dashboard)
+        try:
+            closed = run_tune(settings, storage, resume=resume, use_wandb=args.wandb and not args.resume,
+                              dashboard=args.ray_dashboard)
+        except InputMissing as err:
+            print(f"error: sweep stopped: {err}", file=sys.stderr, flush=True)
+            return 2
         if closed:
             print(f"marked Optuna trials {closed} FAIL: asked by the killed driver, never run by Tune")
         return _finish(settings, storage, args)
