@@ -47,6 +47,7 @@ class DataConfig:
     test_limit: int = 0
     loader_workers: int = 0          # DataLoader worker processes per training worker
     normalize: bool = True
+    synthetic: bool = False          # pcam: a generated set in PCam's layout (trainables.synthetic; smoke runs)
 
     def __post_init__(self):
         _choice("data.dataset", self.dataset, ("digits", "pcam"))

@@ -74,7 +74,7 @@ def check_pcam(root: str) -> None:
 def check_inputs(cfg: TrialConfig, data_root: str) -> None:
     """Raise MissingInputError (one line, naming the path) when the PCam files under `data_root` or
     the model weights are missing or unreadable here; the embedded digits set is never missing."""
-    if cfg.data.dataset == "pcam" and "://" not in data_root:
+    if cfg.data.dataset == "pcam" and not cfg.data.synthetic and "://" not in data_root:
         check_pcam(data_root)
     check_weights(cfg.model.weights, cfg.model.backbone)
 

@@ -122,11 +122,16 @@ def _train_storage(results_dir: str):
 
 def data_root(cfg: TrialConfig, ctx: TrialContext) -> str:
     """Return the local data folder; the embedded digits set is written there on first use."""
+    base = Path(ctx.results_dir) if "://" not in ctx.results_dir else Path(tempfile.gettempdir()) / "vitsweep"
     if cfg.data.dataset == "pcam":
+        if cfg.data.synthetic:
+            # Written on the node that needs it: on a cluster no other node's disk is visible.
+            from trainables.synthetic import ensure_synthetic_pcam
+
+            return str(ensure_synthetic_pcam(base / "data" / "pcam-synthetic"))
         return cfg.data.root or "data/pcam"
     if cfg.data.root:
         return str(ensure_digits(cfg.data.root))
-    base = Path(ctx.results_dir) if "://" not in ctx.results_dir else Path(tempfile.gettempdir()) / "vitsweep"
     return str(ensure_digits(base / "data" / "digits"))
 
 

@@ -99,6 +99,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wandb", action="store_true",
                         help="log each trial to W&B (project vitsweep, group = sweep name) and the "
                              "Pareto table at the end; offline unless WANDB_API_KEY or WANDB_MODE=online")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run the preset's real code path (architecture, image size, Ray Train "
+                             "fine-tune, compression, evaluation, reports) in minutes: generated "
+                             "PCam-layout data, random-init weights, 2 trials, space compress_only; "
+                             "what to run right after `ray up`")
     parser.add_argument("--ray-dashboard", action="store_true",
                         help="start the Ray dashboard on 127.0.0.1 (local Ray only)")
     return parser
@@ -154,26 +159,35 @@ def _check_local_inputs(flat: dict, parser: argparse.ArgumentParser, *, results_
 def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SweepSettings:
     """Return the settings of a new sweep from the flags; every error ends in parser.error."""
     preset = get_preset(args.preset or "digits")
-    space = args.space or preset.space
+    smoke = _smoke(preset) if args.smoke else None
+    space = args.space or (smoke["space"] if smoke else preset.space)
     try:
         check_space(space)
         objectives = parse_objectives(args.objectives) if args.objectives else preset.objectives
-        overrides = parse_overrides(args.set or [])
+        overrides = {**(smoke["overrides"] if smoke else {}), **parse_overrides(args.set or [])}
         base = build_base(preset, overrides, space)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     _check_local_inputs(base, parser)
-    name = args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name or f"{preset.name}-{'smoke-' if smoke else ''}{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or not name.strip() or name.startswith("."):
         parser.error(f"--name must be a plain folder name, got {name!r}")
     return SweepSettings(
         name=name, results_dir=_results_dir(args.results_dir), storage_url=args.storage,
         preset=preset.name, space=space, sampler=args.sampler or preset.sampler,
         seed=0 if args.seed is None else args.seed, objectives=tuple(objectives),
-        num_samples=args.num_samples or preset.num_samples,
+        num_samples=args.num_samples or (smoke["num_samples"] if smoke else preset.num_samples),
         max_concurrent=args.max_concurrent or preset.max_concurrent,
-        trial_resources=dict(preset.trial_resources), max_failures=preset.max_failures,
-        base=base, overrides=overrides)
+        trial_resources=smoke["trial_resources"] if smoke else dict(preset.trial_resources),
+        max_failures=preset.max_failures, base=base, overrides=overrides)
+
+
+def _smoke(preset) -> dict:
+    """Return what --smoke changes in a sweep of `preset` (tune.smoke)."""
+    from tune.smoke import SMOKE_SPACE, SMOKE_TRIALS, smoke_overrides, smoke_trial_resources
+
+    return {"space": SMOKE_SPACE, "num_samples": SMOKE_TRIALS, "overrides": smoke_overrides(preset),
+            "trial_resources": smoke_trial_resources(preset)}
 
 
 def _saved_settings(name: str, args: argparse.Namespace, parser: argparse.ArgumentParser,
