@@ -109,6 +109,7 @@ class FinetuneConfig:
     grad_checkpointing: bool = False
     workers: int = 1                 # Ray Train workers: DDP on CUDA (nccl) or CPU (gloo); 1 on MPS; batch_size is per worker
     cpus_per_worker: float = 1.0
+    accelerator_type: str = ""       # GPU workers only on nodes of this type (Ray's accelerator_type:<X>); "" = any
 
     def __post_init__(self):
         _choice("finetune.method", self.method, FINETUNE_METHODS)
@@ -128,7 +129,7 @@ class FinetuneConfig:
     def key_fields(self) -> dict[str, Any]:
         """Return the fields that change the trained weights (what keys the stage cache)."""
         fields = dataclasses.asdict(self)
-        for name in ("workers", "cpus_per_worker", "grad_checkpointing"):
+        for name in ("workers", "cpus_per_worker", "grad_checkpointing", "accelerator_type"):
             fields.pop(name)
         if self.method != "lora":
             for name in ("lora_rank", "lora_alpha", "lora_mlp"):

@@ -162,8 +162,9 @@ def run_on_ray(job: TrainJob, *, run_name: str, storage_path: str, storage_files
         _ray_worker,
         train_loop_config={"job": dataclasses.asdict(job), "device": device.type},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,
+            accelerator_type=(cfg.finetune.accelerator_type or None) if use_gpu else None),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             callbacks=[] if storage_filesystem is not None else

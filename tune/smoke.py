@@ -64,8 +64,9 @@ def _local_resources(preset: Preset) -> dict[str, Any]:
     spare = max(1.0, (os.cpu_count() or 2) - 1.0)
     # CPU-only: the DataLoader workers would compete with the training worker for 1-2 cores.
     loader_workers = int(preset.trial.get("data.loader_workers", 0)) if gpus else 0
+    # accelerator_type: this machine's GPU need not be the cluster's A100.
     return {"finetune.workers": workers, "finetune.cpus_per_worker": min(spare / workers, 8.0),
-            "data.loader_workers": loader_workers}
+            "data.loader_workers": loader_workers, "finetune.accelerator_type": ""}
 
 
 __all__ = ["SMOKE_SPACE", "SMOKE_TRIALS", "attached_to_cluster", "smoke_overrides", "smoke_trial_resources"]

@@ -81,3 +81,11 @@ SECRET_PATTERNS = [
 @pytest.mark.parametrize("pattern", SECRET_PATTERNS)
 def test_cluster_yaml_holds_no_credentials(pattern):
     assert not re.search(pattern, CLUSTER_YAML.read_text())
+
+
+def test_a100_preset_workers_request_the_declared_accelerator_resource(raw_config):
+    from tune.presets import PRESETS
+
+    wanted = f"accelerator_type:{PRESETS['pcam-a100'].trial['finetune.accelerator_type']}"
+    provided = [t["resources"] for t in raw_config["available_node_types"].values()]
+    assert any(wanted in resources for resources in provided)
