@@ -95,21 +95,30 @@ def histology_augment(image: torch.Tensor, generator: torch.Generator | None = N
 def jitter_batch(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
                  saturation: torch.Tensor, hue_turns: torch.Tensor) -> torch.Tensor:
     """Return a batch (N, 3, H, W) in [0, 1] under per-image colour factors (each shape (N,)),
-    the steps of `color_jitter` in its order: brightness, contrast, saturation, clamp, hue, clamp."""
-    shape = (-1, 1, 1, 1)
-    out = images * brightness.view(shape)
-    mean_luma = _grey(out).mean(dim=(-3, -2, -1), keepdim=True)
-    out = mean_luma + (out - mean_luma) * contrast.view(shape)
-    grey = _grey(out)
-    out = (grey + (out - grey) * saturation.view(shape)).clamp(0.0, 1.0)
+    the steps of `color_jitter` in its order: brightness, contrast, saturation, clamp, hue, clamp.
+
+    The three steps before the clamp are affine in the pixel, so they run as one 3x3 map per
+    image: with w the luma weights (summing to 1) and m = b * mean(w.x) the brightened mean
+    luma, x -> c*b*(s*I + (1 - s)*1 w^T) x + m*(1 - c). Hue is a second 3x3 map.
+    """
+    n, _, height, width = images.shape
+    device, dtype = images.device, images.dtype
+    flat = images.reshape(n, 3, height * width)
+    weights = _LUMA_WEIGHTS.to(device=device, dtype=dtype)
+    mean_luma = brightness * torch.einsum("c,ncp->n", weights, flat) / (height * width)
+    eye = torch.eye(3, device=device, dtype=dtype)
+    luma_map = torch.ones(3, 1, device=device, dtype=dtype) @ weights.view(1, 3)
+    sat = saturation.to(dtype).view(-1, 1, 1)
+    linear = (contrast * brightness).to(dtype).view(-1, 1, 1) * (sat * eye + (1 - sat) * luma_map)
+    offset = (mean_luma * (1 - contrast)).to(dtype).view(-1, 1, 1).expand(n, 3, 1)
+    out = torch.baddbmm(offset, linear, flat).clamp_(0.0, 1.0)
     angle = 2.0 * math.pi * hue_turns.to(torch.float32)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    rotate = torch.zeros(len(images), 3, 3, device=images.device)
+    rotate = torch.zeros(n, 3, 3, device=device)
     rotate[:, 0, 0] = 1.0
     rotate[:, 1, 1], rotate[:, 1, 2], rotate[:, 2, 1], rotate[:, 2, 2] = cos, -sin, sin, cos
-    to_rgb, to_yiq = _YIQ_TO_RGB.to(images.device), _RGB_TO_YIQ.to(images.device)
-    matrix = (to_rgb @ rotate @ to_yiq).to(images.dtype)
-    return torch.einsum("nij,njhw->nihw", matrix, out).clamp_(0.0, 1.0)
+    matrix = (_YIQ_TO_RGB.to(device) @ rotate @ _RGB_TO_YIQ.to(device)).to(dtype)
+    return torch.bmm(matrix, out).clamp_(0.0, 1.0).view(n, 3, height, width)
 
 
 def histology_augment_batch(images: torch.Tensor, generator: torch.Generator | None = None, *,
