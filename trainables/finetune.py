@@ -254,9 +254,6 @@ class Session(abc.ABC):
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
 
-    def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        return loader
-
     @abc.abstractmethod
     def restore(self) -> dict[str, Any] | None:
         """Return the training state of the latest checkpoint, or None to start afresh."""
@@ -319,13 +316,6 @@ class LocalSession(Session):
 
 
 # ---------------------------------------------------------------------------- the loop
-
-
-def _loader(dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      generator=generator, drop_last=False,
-                      persistent_workers=False)
 
 
 @torch.no_grad()

@@ -67,13 +67,6 @@ class RayTrainSession(Session):
         # Passing the device keeps Train from choosing cuda:N on an Apple machine (RAY-NOTES).
         return ray.train.torch.prepare_model(model, move_to_device=self.device)
 
-    def prepare_loader(self, loader):
-        if self.world_size == 1:
-            return loader
-        import ray.train.torch
-
-        return ray.train.torch.prepare_data_loader(loader, move_to_device=False)
-
     def restore(self):
         import ray.train
 
