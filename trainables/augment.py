@@ -90,3 +90,55 @@ def histology_augment(image: torch.Tensor, generator: torch.Generator | None = N
     if image.shape[-1] != image.shape[-2] and index % 2 == 1:
         index -= 1  # a quarter turn would change a non-square image's shape
     return color_jitter(dihedral(image, index), generator=generator)
+
+
+def jitter_batch(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
+                 saturation: torch.Tensor, hue_turns: torch.Tensor) -> torch.Tensor:
+    """Return a batch (N, 3, H, W) in [0, 1] under per-image colour factors (each shape (N,)),
+    the steps of `color_jitter` in its order: brightness, contrast, saturation, clamp, hue, clamp.
+
+    The three steps before the clamp are affine in the pixel, so they run as one 3x3 map per
+    image: with w the luma weights (summing to 1) and m = b * mean(w.x) the brightened mean
+    luma, x -> c*b*(s*I + (1 - s)*1 w^T) x + m*(1 - c). Hue is a second 3x3 map.
+    """
+    n, _, height, width = images.shape
+    device, dtype = images.device, images.dtype
+    flat = images.reshape(n, 3, height * width)
+    weights = _LUMA_WEIGHTS.to(device=device, dtype=dtype)
+    mean_luma = brightness * torch.einsum("c,ncp->n", weights, flat) / (height * width)
+    eye = torch.eye(3, device=device, dtype=dtype)
+    luma_map = torch.ones(3, 1, device=device, dtype=dtype) @ weights.view(1, 3)
+    sat = saturation.to(dtype).view(-1, 1, 1)
+    linear = (contrast * brightness).to(dtype).view(-1, 1, 1) * (sat * eye + (1 - sat) * luma_map)
+    offset = (mean_luma * (1 - contrast)).to(dtype).view(-1, 1, 1).expand(n, 3, 1)
+    out = torch.baddbmm(offset, linear, flat).clamp_(0.0, 1.0)
+    angle = 2.0 * math.pi * hue_turns.to(torch.float32)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotate = torch.zeros(n, 3, 3, device=device)
+    rotate[:, 0, 0] = 1.0
+    rotate[:, 1, 1], rotate[:, 1, 2], rotate[:, 2, 1], rotate[:, 2, 2] = cos, -sin, sin, cos
+    matrix = (_YIQ_TO_RGB.to(device) @ rotate @ _RGB_TO_YIQ.to(device)).to(dtype)
+    return torch.bmm(matrix, out).clamp_(0.0, 1.0).view(n, 3, height, width)
+
+
+def histology_augment_batch(images: torch.Tensor, generator: torch.Generator | None = None, *,
+                            brightness: float = 0.1, contrast: float = 0.1, saturation: float = 0.1,
+                            hue: float = 0.02) -> torch.Tensor:
+    """Return a batch (N, 3, H, W) in [0, 1], each image under its own random dihedral symmetry and
+    colour jitter: `histology_augment` for a whole batch at once, on the batch's device."""
+    n, device = len(images), images.device
+    draw = torch.rand(5, n, generator=generator, device=generator.device if generator else "cpu").to(device)
+    index = (draw[0] * DIHEDRAL_COUNT).long().clamp_(max=DIHEDRAL_COUNT - 1)
+    if images.shape[-1] != images.shape[-2]:
+        index -= index % 2  # quarter turns would change a non-square image's shape
+    out = torch.empty_like(images)
+    for k in range(DIHEDRAL_COUNT):
+        chosen = (index == k).nonzero().flatten()
+        if len(chosen):
+            out[chosen] = dihedral(images[chosen], k)
+
+    def factor(row: torch.Tensor, spread: float) -> torch.Tensor:
+        return 1.0 - spread + 2.0 * spread * row
+
+    return jitter_batch(out, factor(draw[1], brightness), factor(draw[2], contrast),
+                        factor(draw[3], saturation), (2.0 * draw[4] - 1.0) * hue)

@@ -48,6 +48,7 @@ class DataConfig:
     loader_workers: int = 0          # DataLoader worker processes per training worker
     normalize: bool = True
     stain_norm: str = "none"         # "macenko" or "reinhard" (torchstain; trainables.stain)
+    synthetic: bool = False          # pcam: a generated set in PCam's layout (trainables.synthetic; smoke runs)
 
     def __post_init__(self):
         from trainables.stain import STAIN_METHODS
@@ -121,11 +122,12 @@ class FinetuneConfig:
     train_norms_biases: bool = False # head_only, lora: also train LayerNorms and biases (at backbone_lr)
     precision: str = "auto"          # auto = bf16 autocast on CUDA devices that support it
     grad_checkpointing: bool = False
-    workers: int = 1                 # Ray Train workers (DDP across GPUs; 1 on CPU/MPS)
+    workers: int = 1                 # Ray Train workers: DDP on CUDA (nccl) or CPU (gloo); 1 on MPS; batch_size is per worker
     cpus_per_worker: float = 1.0
     feature_cache: bool = True       # head_only: train the head on cached frozen-backbone features
     lr_scaling: str = "none"         # "linear": lr and backbone_lr x global batch / 256
     min_feature_std: float = 1e-4    # collapse watch: fail below this mean per-dimension std (0 = off)
+    accelerator_type: str = ""       # GPU workers only on nodes of this type (Ray's accelerator_type:<X>); "" = any
 
     def __post_init__(self):
         _choice("finetune.method", self.method, FINETUNE_METHODS)
@@ -147,7 +149,7 @@ class FinetuneConfig:
     def key_fields(self) -> dict[str, Any]:
         """Return the fields that change the trained weights (what keys the stage cache)."""
         fields = dataclasses.asdict(self)
-        for name in ("workers", "cpus_per_worker", "grad_checkpointing", "min_feature_std"):
+        for name in ("workers", "cpus_per_worker", "grad_checkpointing", "min_feature_std", "accelerator_type"):
             fields.pop(name)
         # Left out at their defaults (and where they do nothing) so earlier keys stay valid.
         if self.lr_scaling == "none":

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from trainables.config import TrialConfig
 from trainables.data import DIGITS_PREFIX, PCAM_PREFIX, HDF5ImageDataset
+from trainables.loader import gather_predictions
 from trainables.metrics import classification_metrics
 from trainables.refs import resolve_ref
 
@@ -297,9 +298,6 @@ class Session(abc.ABC):
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
 
-    def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        return loader
-
     @abc.abstractmethod
     def restore(self) -> dict[str, Any] | None:
         """Return the training state of the latest checkpoint, or None to start afresh."""
@@ -364,13 +362,6 @@ class LocalSession(Session):
 # ---------------------------------------------------------------------------- the loop
 
 
-def _loader(dataset, batch_size: int, *, shuffle: bool, workers: int, seed: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      generator=generator, drop_last=False,
-                      persistent_workers=False)
-
-
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device,
             amp: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -390,6 +381,51 @@ def val_score(metrics: dict[str, float]) -> float:
     return metrics["auroc"] if "auprc" in metrics else metrics["accuracy"]
 
 
+def freeze_unused(model: nn.Module) -> None:
+    """Freeze parameters the classifier's forward never uses (DINOv3's mask_token, for masked-image
+    pretraining only): DDP fails a step when a trainable parameter gets no gradient."""
+    for name, param in model.named_parameters():
+        if name.endswith("mask_token"):
+            param.requires_grad = False
+
+
+def stage_loaders(job: TrainJob, settings: StageSettings, session: Session):
+    """Return (train, valid) device-side batches of this rank (trainables.loader): its block-shuffled
+    1/N of the training split, and its contiguous 1/N of the validation split."""
+    from trainables.data import split_path
+    from trainables.loader import HDF5BlockReader, block_loader, shard_range
+    from trainables.stain import make_stain_normalizer
+
+    cfg = job.config
+    limits = {"train": cfg.data.train_limit, "valid": cfg.data.val_limit}
+    prefix = dataset_prefix(cfg)
+    stain = make_stain_normalizer(cfg.data.stain_norm, split_path(job.data_root, "train", "x", prefix))
+    readers = {split: HDF5BlockReader(job.data_root, split, prefix=prefix, labels=settings.labels,
+                                      limit=limits[split] or None, image_size=cfg.data.image_size,
+                                      normalize=cfg.data.normalize, stain=stain)
+               for split in ("train", "valid")}
+    workers = cfg.data.loader_workers
+    # Dihedral flips/rotations suit histology, not digits (a rotated 6 is a 9).
+    train = block_loader(readers["train"], settings.batch_size, session.device, shuffle=True, seed=cfg.run.seed,
+                         rank=session.rank, world_size=session.world_size, workers=workers,
+                         augment=cfg.data.dataset == "pcam")
+    valid = block_loader(readers["valid"], max(settings.batch_size, 128), session.device, shuffle=False,
+                         seed=cfg.run.seed, workers=workers,
+                         shard=shard_range(len(readers["valid"]), session.rank, session.world_size))
+    return train, valid
+
+
+def shard_audit(train_loader, val_labels: torch.Tensor, world_size: int) -> dict[str, int]:
+    """Return what the ranks saw this epoch: training images summed over ranks, how many of them
+    another rank also trained on (0 when shards are disjoint), validation images scored."""
+    from trainables.loader import gather_indices
+
+    served = gather_indices(train_loader.served_indices(), world_size)
+    total = sum(len(s) for s in served)
+    distinct = len(torch.unique(torch.cat(served))) if total else 0
+    return {"train_images": total, "train_overlap": total - distinct, "val_images": len(val_labels)}
+
+
 def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], torch.Tensor] | None = None,
                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train the job's stage; return the history and the best epoch (weights are in checkpoints)."""
@@ -401,17 +437,10 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
     device = session.device
     amp = autocast_dtype(cfg.finetune.precision, device)
 
-    # Dihedral flips/rotations suit histology, not digits (a rotated 6 is a 9).
-    train_set = make_dataset(cfg, job.data_root, "train", settings.labels,
-                             augment=cfg.data.dataset == "pcam")
-    val_set = make_dataset(cfg, job.data_root, "valid", settings.labels)
-    workers = cfg.data.loader_workers
-    train_loader = session.prepare_loader(
-        _loader(train_set, settings.batch_size, shuffle=True, workers=workers, seed=cfg.run.seed))
-    val_loader = _loader(val_set, max(settings.batch_size, 128), shuffle=False, workers=workers,
-                         seed=cfg.run.seed)
+    train_loader, val_loader = stage_loaders(job, settings, session)
 
     model = build_stage_model(job)
+    freeze_unused(model)
     model = session.prepare_model(model)
     optimizer = torch.optim.AdamW(param_groups(model, settings))
     total_steps = settings.epochs * len(train_loader)
@@ -442,15 +471,17 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
         # A model that trains with pruning is deployed with it, so every epoch is scored pruned
         # and the best epoch is the best pruned model.
         _set_training_pruning(model, cfg, prune_from > 0)
-        labels, probs = predict(model, val_loader, device, amp)
+        labels, probs = gather_predictions(*predict(model, val_loader, device, amp), session.world_size)
         metrics = classification_metrics(labels.numpy(), probs.numpy())
         record = {"epoch": epoch, "train_loss": train_loss, "val_score": val_score(metrics),
                   **{f"val_{k}": v for k, v in metrics.items()}, "epoch_s": time.perf_counter() - started,
-                  "lr": settings.lr, "backbone_lr": settings.backbone_lr}
+                  "lr": settings.lr, "backbone_lr": settings.backbone_lr,
+                  **shard_audit(train_loader, labels, session.world_size)}
         if penalty is not None:
             record["penalty"] = penalty_value
-        if train_set.stain is not None:
-            record["stain_norm_kept_original"] = train_set.stain.failures + val_set.stain.failures
+        stain = train_loader.loader.dataset.stain
+        if stain is not None:  # one normaliser shared by both splits' readers
+            record["stain_norm_kept_original"] = stain.failures
         history.append(record)
         improved = record["val_score"] > best["score"]
         if improved:

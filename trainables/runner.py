@@ -67,13 +67,6 @@ class RayTrainSession(Session):
         # Passing the device keeps Train from choosing cuda:N on an Apple machine (RAY-NOTES).
         return ray.train.torch.prepare_model(model, move_to_device=self.device)
 
-    def prepare_loader(self, loader):
-        if self.world_size == 1:
-            return loader
-        import ray.train.torch
-
-        return ray.train.torch.prepare_data_loader(loader, move_to_device=False)
-
     def restore(self):
         import ray.train
 
@@ -144,24 +137,27 @@ def run_local(job: TrainJob, work_dir: Path, *, show_progress: bool = True,
 
 def run_on_ray(job: TrainJob, *, run_name: str, storage_path: str, storage_filesystem=None,
                max_failures: int = 2) -> tuple[nn.Module, dict]:
-    """Train the job on a TorchTrainer (N workers, DDP on CUDA); return (best model, history)."""
+    """Train the job on a TorchTrainer (N workers: DDP over nccl on CUDA, gloo on CPU); return (best model, history)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = job.config
     device = pick_device(cfg.run.device) if cfg.run.device != "auto" else _cluster_device()
     use_gpu = device.type == "cuda"
-    workers = cfg.finetune.workers if use_gpu else 1
+    # DDP runs on CUDA (nccl) and on CPU (gloo). gloo has no MPS tensors and a Mac has one
+    # GPU, so on MPS the stage trains in one worker.
+    workers = 1 if device.type == "mps" else cfg.finetune.workers
     if workers != cfg.finetune.workers:
-        log.warning("finetune.workers=%d ignored on %s: one worker (DDP needs CUDA devices)",
-                    cfg.finetune.workers, device.type)
+        log.warning("finetune.workers=%d ignored on mps: one worker (torch.distributed has no MPS backend)",
+                    cfg.finetune.workers)
     resources = {"CPU": cfg.finetune.cpus_per_worker}
     trainer = TorchTrainer(
         _ray_worker,
         train_loop_config={"job": dataclasses.asdict(job), "device": device.type},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,
+            accelerator_type=(cfg.finetune.accelerator_type or None) if use_gpu else None),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             callbacks=[] if storage_filesystem is not None else

@@ -165,11 +165,16 @@ def _train_storage(results_dir: str):
 
 def data_root(cfg: TrialConfig, ctx: TrialContext) -> str:
     """Return the local data folder; the embedded digits set is written there on first use."""
+    base = Path(ctx.results_dir) if "://" not in ctx.results_dir else Path(tempfile.gettempdir()) / "vitsweep"
     if cfg.data.dataset == "pcam":
+        if cfg.data.synthetic:
+            # Written on the node that needs it: on a cluster no other node's disk is visible.
+            from trainables.synthetic import ensure_synthetic_pcam
+
+            return str(ensure_synthetic_pcam(base / "data" / "pcam-synthetic"))
         return cfg.data.root or "data/pcam"
     if cfg.data.root:
         return str(ensure_digits(cfg.data.root))
-    base = Path(ctx.results_dir) if "://" not in ctx.results_dir else Path(tempfile.gettempdir()) / "vitsweep"
     return str(ensure_digits(base / "data" / "digits"))
 
 
@@ -395,6 +400,17 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
                  tune_ctx.get_trial_id())
         tune.report({**json.loads((stored / "metrics.json").read_text()), OUTCOME_KEY_ATTR: key,
                      "outcome_replayed": True})
+        return
+    from trainables.inputs import INPUT_ERROR_KEY, MissingInputError, check_inputs, node_name
+
+    cfg = TrialConfig.from_flat(flat)
+    try:
+        check_inputs(cfg, data_root(cfg, context))
+    except MissingInputError as err:
+        # Every other trial would fail the same way: the sweep stops on this key (tune.sweep).
+        line = f"{err} (on node {node_name()})"
+        log.error("trial cannot start: %s", line)
+        tune.report({**{name: math.nan for name in objectives}, TRIAL_ERROR_KEY: line, INPUT_ERROR_KEY: line})
         return
     try:
         metrics, predictions = evaluate_trial(flat, context)

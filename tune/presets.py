@@ -83,7 +83,10 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
         description="PCam at 224 px on A100 nodes: 4-GPU DDP fine-tunes (bf16), one GPU per trial driver",
         # 4 trials x (1 driver GPU + 4 worker GPUs) = 20 GPUs fit in the cluster's 4 x 8 A100s,
         # so a trial driver never holds a GPU that its own TorchTrainer is waiting for.
+        # Train workers ask for cluster.yaml's accelerator_type:A100 resource, so the autoscaler
+        # starts A100 nodes for them even when other GPU node types are declared.
         trial={**_PCAM, "data.image_size": 224, "finetune.workers": 4, "finetune.cpus_per_worker": 8,
+               "finetune.accelerator_type": "A100",
                "finetune.precision": "auto", "finetune.batch_size": 256, "eval.batch_size": 1024,
                # finetune.lr / backbone_lr are per 256 images: x 4 at 4 workers x 256.
                "finetune.lr_scaling": "linear",

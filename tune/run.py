@@ -130,6 +130,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wandb", action="store_true",
                         help="log each trial to W&B (project vitsweep, group = sweep name) and the "
                              "Pareto table at the end; offline unless WANDB_API_KEY or WANDB_MODE=online")
+    parser.add_argument("--smoke", action="store_true",
+                        help="run the preset's real code path (architecture, image size, Ray Train "
+                             "fine-tune, compression, evaluation, reports) in minutes: generated "
+                             "PCam-layout data, random-init weights, 2 trials, space compress_only; "
+                             "what to run right after `ray up`")
     parser.add_argument("--ray-dashboard", action="store_true",
                         help="start the Ray dashboard on 127.0.0.1 (local Ray only)")
     return parser
@@ -144,40 +149,40 @@ def _results_dir(text: str) -> str:
 
 
 def _check_local_inputs(flat: dict, parser: argparse.ArgumentParser, *, results_dir: str | None = None) -> None:
-    """Exit 2 with one line naming the file when data or weights present on this machine are broken.
+    """Exit 2 with one line naming the file when data or weights are missing or broken here.
 
-    A sweep (`results_dir` None) only warns when PCam or the weights are absent here: on a
-    cluster they may live on the workers only. `--debug-trial` runs here, so it passes
-    `results_dir` and anything missing is an error too (the digits set is written first).
+    Trials of a local run (no RAY_ADDRESS) and `--debug-trial` run on this machine, so
+    anything missing is an error before Ray starts. A sweep attached to a cluster only
+    checks what is present here: the data and weights may live on the workers alone, and
+    there the first trial that lacks them stops the sweep (tune.sweep).
     """
     from trainables.config import TrialConfig
     from trainables.data import DIGITS_PREFIX, PCAM_PREFIX, check_dataset
+    from trainables.inputs import check_inputs
     from trainables.model import check_local_checkpoint
 
     cfg = TrialConfig.from_flat(flat)
+    local = results_dir is not None or not os.environ.get("RAY_ADDRESS")
     try:
-        weights = cfg.model.weights
-        # A path that is not here (a Hugging Face id is checked when a trial loads it).
-        if weights and not check_local_checkpoint(weights, cfg.model.backbone) \
-                and weights.startswith(("/", ".", "~")):
-            if results_dir is not None:
-                raise FileNotFoundError(f"model.weights {weights!r}: no such directory")
-            log.warning("model.weights %s not found on this machine; trials will fail where it is missing",
-                        weights)
         if cfg.data.dataset == "pcam":
             root = cfg.data.root or "data/pcam"
-            if is_uri(root):
+            if local:
+                check_inputs(cfg, root)
                 return
-            if results_dir is None and not any(Path(root).glob(f"{PCAM_PREFIX}_split_*")):
-                log.warning("PCam not found under %s on this machine; trials will fail where it is missing "
-                            "(download: python -m trainables.data download --root %s)", root, root)
-                return
-            check_dataset(root, PCAM_PREFIX, ("y",))
-        elif results_dir is not None or cfg.data.root:
-            from trainables.trial import TrialContext, data_root
+            if cfg.model.weights:
+                check_local_checkpoint(cfg.model.weights, cfg.model.backbone)
+            if not is_uri(root) and any(Path(root).glob(f"{PCAM_PREFIX}_split_*")):
+                check_dataset(root, PCAM_PREFIX, ("y",))
+        else:
+            if local:
+                check_inputs(cfg, "")
+            elif cfg.model.weights:
+                check_local_checkpoint(cfg.model.weights, cfg.model.backbone)
+            if results_dir is not None or cfg.data.root:
+                from trainables.trial import TrialContext, data_root
 
-            root = data_root(cfg, TrialContext(results_dir=results_dir or "results"))
-            check_dataset(root, DIGITS_PREFIX, ("y", "digit"))
+                root = data_root(cfg, TrialContext(results_dir=results_dir or "results"))
+                check_dataset(root, DIGITS_PREFIX, ("y", "digit"))
     except (OSError, ValueError) as err:
         parser.error(str(err).splitlines()[0] if str(err).strip() else type(err).__name__)
 
@@ -185,26 +190,35 @@ def _check_local_inputs(flat: dict, parser: argparse.ArgumentParser, *, results_
 def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SweepSettings:
     """Return the settings of a new sweep from the flags; every error ends in parser.error."""
     preset = get_preset(args.preset or "digits")
-    space = args.space or preset.space
+    smoke = _smoke(preset) if args.smoke else None
+    space = args.space or (smoke["space"] if smoke else preset.space)
     try:
         check_space(space)
         objectives = parse_objectives(args.objectives) if args.objectives else preset.objectives
-        overrides = parse_overrides(args.set or [])
+        overrides = {**(smoke["overrides"] if smoke else {}), **parse_overrides(args.set or [])}
         base = build_base(preset, overrides, space)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     _check_local_inputs(base, parser)
-    name = args.name or f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = args.name or f"{preset.name}-{'smoke-' if smoke else ''}{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or not name.strip() or name.startswith("."):
         parser.error(f"--name must be a plain folder name, got {name!r}")
     return SweepSettings(
         name=name, results_dir=_results_dir(args.results_dir), storage_url=args.storage,
         preset=preset.name, space=space, sampler=args.sampler or preset.sampler,
         seed=0 if args.seed is None else args.seed, objectives=tuple(objectives),
-        num_samples=args.num_samples or preset.num_samples,
+        num_samples=args.num_samples or (smoke["num_samples"] if smoke else preset.num_samples),
         max_concurrent=args.max_concurrent or preset.max_concurrent,
-        trial_resources=dict(preset.trial_resources), max_failures=preset.max_failures,
-        base=base, overrides=overrides)
+        trial_resources=smoke["trial_resources"] if smoke else dict(preset.trial_resources),
+        max_failures=preset.max_failures, base=base, overrides=overrides)
+
+
+def _smoke(preset) -> dict:
+    """Return what --smoke changes in a sweep of `preset` (tune.smoke)."""
+    from tune.smoke import SMOKE_SPACE, SMOKE_TRIALS, smoke_overrides, smoke_trial_resources
+
+    return {"space": SMOKE_SPACE, "num_samples": SMOKE_TRIALS, "overrides": smoke_overrides(preset),
+            "trial_resources": smoke_trial_resources(preset)}
 
 
 def _saved_settings(name: str, args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -453,9 +467,15 @@ def main(argv: list[str] | None = None) -> int:
           + (" (resumed)" if resume else ""), flush=True)
     import ray
 
+    from tune.stopping import InputMissing
+
     try:
-        closed = run_tune(settings, storage, resume=resume, use_wandb=args.wandb and not args.resume,
-                          dashboard=args.ray_dashboard)
+        try:
+            closed = run_tune(settings, storage, resume=resume, use_wandb=args.wandb and not args.resume,
+                              dashboard=args.ray_dashboard)
+        except InputMissing as err:
+            print(f"error: sweep stopped: {err}", file=sys.stderr, flush=True)
+            return 2
         if closed:
             print(f"marked Optuna trials {closed} FAIL: asked by the killed driver, never run by Tune")
         return _finish(settings, storage, args)

@@ -297,6 +297,7 @@ def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, r
     """Run (or continue) the Tune experiment to the end; return orphaned Optuna trials marked FAIL."""
     from ray import tune
 
+    from tune.stopping import INPUT_ERROR_FILENAME, InputMissing, StopOnMissingInput
     from tune.study import close_orphans
 
     # Checkpoint the experiment after every event: with the default period a killed
@@ -308,6 +309,8 @@ def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, r
     _init_ray(dashboard)
     path, fs = tune_experiment_path(settings.results_dir, settings.name)
     trainable = make_trainable(settings)
+    stop_file = settings.local_dir / INPUT_ERROR_FILENAME
+    stop_file.unlink(missing_ok=True)
     if resume:
         # Errored trials stay errored: their Optuna trial is already FAIL and a rerun
         # would not be told to Optuna again (SweepSearch ignores a second completion).
@@ -327,11 +330,15 @@ def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, r
                 name=TUNE_DIRNAME, storage_path=storage_path, storage_filesystem=fs,
                 failure_config=tune.FailureConfig(max_failures=settings.max_failures),
                 callbacks=_callbacks(settings, use_wandb), verbose=0,
+                stop=StopOnMissingInput(str(stop_file)),
             ),
         )
     tuner.fit()
     study = optuna.load_study(study_name=settings.name, storage=storage)
-    return close_orphans(study)
+    closed = close_orphans(study)
+    if stop_file.is_file():
+        raise InputMissing(stop_file.read_text().strip())
+    return closed
 
 
 __all__ = [

@@ -131,3 +131,10 @@ def test_cluster_extra_pins_the_locked_ray():
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     ray_version, _ = locked_versions()
     assert f"ray[default]=={ray_version}" in extras["cluster"]
+
+def test_a100_preset_workers_request_the_declared_accelerator_resource(raw_config):
+    from tune.presets import PRESETS
+
+    wanted = f"accelerator_type:{PRESETS['pcam-a100'].trial['finetune.accelerator_type']}"
+    provided = [t["resources"] for t in raw_config["available_node_types"].values()]
+    assert any(wanted in resources for resources in provided)

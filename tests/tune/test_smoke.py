@@ -1,0 +1,54 @@
+"""`--smoke` runs each PCam preset's real code path end to end on CPU and prints a real sweep's reports."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tune.presets import PRESETS
+from tune.smoke import smoke_overrides
+from tune.sweep import build_base
+
+REPO = Path(__file__).resolve().parents[2]
+RUN = str(REPO / "tune" / "run.py")
+
+
+@pytest.mark.parametrize("name", ["pcam-local", "pcam-a100"])
+def test_smoke_keeps_the_presets_architecture_and_image_size(name, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    preset = PRESETS[name]
+    base = build_base(preset, smoke_overrides(preset), "compress_only")
+    assert base["model.backbone"] == "dinov3-vits16" and base["finetune.method"] == "lora"
+    assert base["data.image_size"] == preset.trial["data.image_size"]
+    assert base["data.synthetic"] is True and base["model.weights"] == ""
+
+
+def test_attached_to_a_cluster_smoke_keeps_the_presets_workers(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert "finetune.workers" not in smoke_overrides(PRESETS["pcam-a100"])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", ["pcam-local", "pcam-a100"])
+def test_smoke_sweep_runs_and_reports(name, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_API_KEY")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", WANDB_MODE="offline", RAY_TMPDIR=str(tmp_path / "ray"))
+    (tmp_path / "ray").mkdir()
+    proc = subprocess.run([sys.executable, RUN, "--preset", name, "--smoke", "--name", "smoke",
+                           "--results-dir", str(tmp_path / "results")],
+                          capture_output=True, text=True, timeout=880, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep = tmp_path / "results" / "smoke"
+    for report in ("pareto.md", "pareto.csv", "trials.parquet", "optuna.db", "progress.jsonl"):
+        assert (sweep / report).is_file(), report
+    assert "2 trials" in proc.stdout and "FAILED" not in proc.stdout
+    import pandas as pd
+
+    trials = pd.read_parquet(sweep / "trials.parquet")
+    assert len(trials) == 2 and trials["val_auroc"].between(0, 1).all()
+    # The second trial reused the first one's LoRA fine-tune of ViT-S/16 from the cache.
+    assert sorted(trials["cache_hit_finetune"].tolist()) == [False, True]
