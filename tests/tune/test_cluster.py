@@ -164,6 +164,9 @@ def head():
         "metrics-export-port")}
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
            "RAY_USAGE_STATS_ENABLED": "0", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
+           # On a busy machine the dashboard agent can take longer to start than the
+           # raylet waits by default, and the raylet then exits, taking the head with it.
+           "RAY_agent_register_timeout_ms": "180000",
            # The job's `python` is the interpreter running these tests.
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "WANDB_API_KEY"):
@@ -187,8 +190,13 @@ def head():
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"ray start --head did not serve its dashboard: {(root / 'head.log').read_text()[-3000:]}")
             time.sleep(0.5)
+        def state() -> str:
+            alive = "running" if proc.poll() is None else f"exited with {proc.returncode}"
+            return f"head {alive}; its log ends: {(root / 'head.log').read_text()[-1500:]}"
+
         yield {"dashboard": dashboard, "gcs": f"127.0.0.1:{ports['port']}", "env": env, "root": root,
-               "token_path": token_path, "auth_mode": json.loads(body)["authentication_mode"]}
+               "token_path": token_path, "auth_mode": json.loads(body)["authentication_mode"],
+               "state": state}
     finally:
         # What `ray stop` does, limited to this head: SIGTERM to all its processes at once,
         # SIGKILL to those still there 5 s later (the results are checked by then).
@@ -229,7 +237,7 @@ def test_readme_job_submit_runs_a_two_trial_sweep(head):
         if "No available agent" not in out.stdout + out.stderr:
             break
         time.sleep(5)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:] + head["state"]()
     assert "succeeded" in out.stdout
     sweep = results / "job-flow"
     with sqlite3.connect(sweep / "optuna.db") as db:
@@ -280,7 +288,7 @@ def _probe(head, **env_changes) -> str:
 @pytest.mark.ray
 def test_access_check_names_the_fix(head, tmp_path):
     accepted = _probe(head)
-    assert accepted == "accepted", accepted
+    assert accepted == "accepted", accepted + head["state"]()
     no_mode = _probe(head, RAY_AUTH_MODE=None)
     assert "requires its token: set RAY_AUTH_MODE=token" in no_mode, no_mode
     wrong = tmp_path / "wrong"
