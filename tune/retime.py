@@ -125,7 +125,10 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     with timing_lock(device):
         times = time_interleaved(models, rounds, device)
     frame = summarize(models, times)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(models[0].threads)  # the name carries the thread count the models ran with
     frame["device"] = device_name(device)
+    torch.set_num_threads(threads_before)
     frame["build_s"] = round(built_s, 3)
     frame["pass_s"] = round(time.perf_counter() - started, 3)
     out = Path(settings.local_dir)
