@@ -130,6 +130,11 @@ class WithTTA(nn.Module):
         return tta_probs(self.model, x, self.transforms)
 
 
+def as_deployed(model: nn.Module, cfg: TrialConfig) -> nn.Module:
+    """Return the model as a trial deploys it: wrapped in its test-time augmentation, if any."""
+    return model if cfg.eval.tta == "none" else WithTTA(model, cfg.eval.tta)
+
+
 def tta_passes(mode: str) -> int:
     """Return the forward passes per image of a TTA mode (none 1, flips 4, dihedral 8)."""
     return len(TTA_TRANSFORMS[mode])
@@ -144,7 +149,7 @@ def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> di
     """
     shape = (3, cfg.data.image_size, cfg.data.image_size)
     model = model.to(device).eval()
-    deployed = model if cfg.eval.tta == "none" else WithTTA(model, cfg.eval.tta)
+    deployed = as_deployed(model, cfg)
     with timing_lock(device):
         latency = measure_latency(deployed, shape, device=device, warmup=cfg.eval.latency_warmup,
                                   repeats=cfg.eval.latency_repeats, batch_size=cfg.eval.latency_batch,
@@ -279,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="the export folder")
     parser.add_argument("--data", required=True, help="folder holding <prefix>_split_<split>_{x,y}.h5")
     parser.add_argument("--split", required=True, choices=("valid", "test"))
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="dihedral test-time augmentation (default: as the trial was scored)")
+    parser.add_argument("--tta", choices=tuple(TTA_TRANSFORMS), default=None,
+                        help="test-time augmentation (default: the trial's own eval.tta)")
     parser.add_argument("--limit", type=int, default=0, help="score the first N images only (0 = all)")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the trial's run.device)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")

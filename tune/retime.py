@@ -96,7 +96,7 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     `settings` is the sweep's tune.sweep.SweepSettings. The table also carries the pass's
     wall seconds (`pass_s`) and the device it ran on.
     """
-    from trainables.evaluate import timing_lock
+    from trainables.evaluate import as_deployed, timing_lock
     from trainables.finetune import pick_device
     from trainables.trial import TrialContext, build_model
     from tune.reports import _atomic_write
@@ -118,7 +118,8 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
         trial = by_number[number]
         model, cfg = build_model(_trial_flat_config(settings, trial), context)
         threads = trial.user_attrs.get("latency_threads")
-        models.append(TimedModel(label=f"{role}-{number}", number=number, role=role, model=model.eval(),
+        models.append(TimedModel(label=f"{role}-{number}", number=number, role=role,
+                                 model=as_deployed(model.eval(), cfg),
                                  cfg=cfg, threads=int(threads) if isinstance(threads, int) else torch.get_num_threads()))
     device = pick_device(models[0].cfg.run.device)
     built_s = time.perf_counter() - started

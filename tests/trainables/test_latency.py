@@ -204,12 +204,13 @@ def test_latency_is_the_median_call_time_divided_by_the_batch(monkeypatch):
     assert result.latency_ms_spread == pytest.approx((180.0 - 60.0) / 4)
 
 
-def test_latency_picks_the_round_with_the_lowest_median(monkeypatch):
+def test_latency_is_the_median_of_the_round_medians_per_image(monkeypatch):
     clock = _FakeClock()
     monkeypatch.setattr(latency_mod, "time", SimpleNamespace(perf_counter=clock.perf_counter, sleep=lambda s: None))
+    # Round medians 50, 12 and 30 ms for a batch of 2: the median round, per image.
     model = _CostsPerCall(clock, [50.0, 50.0, 50.0, 10.0, 12.0, 90.0, 30.0, 30.0, 30.0])
     result = measure_latency(model, INPUT_SHAPE, warmup=0, repeats=3, batch_size=2, rounds=3)
-    assert result.latency_ms == pytest.approx(12.0 / 2)
+    assert result.latency_ms == pytest.approx(30.0 / 2)
 
 
 def test_latency_reports_the_thread_count_it_ran_with(model):

@@ -1,8 +1,10 @@
 """`--smoke` runs each PCam preset's real code path end to end on CPU and prints a real sweep's reports."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,16 @@ def test_attached_to_a_cluster_smoke_keeps_the_presets_workers(monkeypatch):
 @pytest.mark.parametrize("name", ["pcam-local", "pcam-a100"])
 def test_smoke_sweep_runs_and_reports(name, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_API_KEY")}
-    env.update(RAY_USAGE_STATS_ENABLED="0", WANDB_MODE="offline", RAY_TMPDIR=str(tmp_path / "ray"))
-    (tmp_path / "ray").mkdir()
+    # Ray's socket paths must stay under 107 bytes: a short folder of its own, not tmp_path.
+    ray_tmp = tempfile.mkdtemp(prefix="vs-smoke-", dir="/tmp")
+    env.update(RAY_USAGE_STATS_ENABLED="0", WANDB_MODE="offline", RAY_TMPDIR=ray_tmp)
+    try:
+        _run_smoke(name, tmp_path, env)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _run_smoke(name, tmp_path, env):
     proc = subprocess.run([sys.executable, RUN, "--preset", name, "--smoke", "--name", "smoke",
                            "--results-dir", str(tmp_path / "results")],
                           capture_output=True, text=True, timeout=880, cwd=tmp_path, env=env)
