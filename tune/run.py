@@ -208,7 +208,9 @@ def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         preset=preset.name, space=space, sampler=args.sampler or preset.sampler,
         seed=0 if args.seed is None else args.seed, objectives=tuple(objectives),
         num_samples=args.num_samples or (smoke["num_samples"] if smoke else preset.num_samples),
-        max_concurrent=args.max_concurrent or preset.max_concurrent,
+        # A smoke run's trials go one at a time: the second reuses the first one's fine-tune, and
+        # on one machine two trial drivers would hold the CPUs its Train worker needs.
+        max_concurrent=args.max_concurrent or (1 if smoke else preset.max_concurrent),
         trial_resources=smoke["trial_resources"] if smoke else dict(preset.trial_resources),
         max_failures=preset.max_failures, base=base, overrides=overrides)
 

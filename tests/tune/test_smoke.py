@@ -25,6 +25,7 @@ def test_smoke_keeps_the_presets_architecture_and_image_size(name, monkeypatch):
     assert base["model.backbone"] == "dinov3-vits16" and base["finetune.method"] == "lora"
     assert base["data.image_size"] == preset.trial["data.image_size"]
     assert base["data.synthetic"] is True and base["model.weights"] == ""
+    assert base["finetune.min_feature_std"] == 0.0  # random-init features are near-constant
 
 
 def test_attached_to_a_cluster_smoke_keeps_the_presets_workers(monkeypatch):
