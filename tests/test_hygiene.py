@@ -1,32 +1,24 @@
 """Secret hygiene: W&B and Hugging Face tokens set in a sweep's environment appear in none of
 its outputs; dashboards are documented to stay on 127.0.0.1; cluster.yaml carries no keys.
 
-The sweep is a tiny digits run through `python tune/run.py --wandb` (W&B offline), on the
-results root tests/test_numerical_faults.py shares. Every file under that root is searched:
-raw bytes, plus the decoded contents of Parquet, SQLite and gzip files (which may compress
-or page their text), and Ray's own session logs.
+The sweep is the session's tiny digits run through `python tune/run.py --wandb` (W&B offline,
+4 trials, `digits_sweep` in tests/conftest.py), started with the tokens in its environment; the
+end-to-end sweep tests read the same run. Every file under its results root is searched: raw
+bytes, plus the decoded contents of Parquet, SQLite and gzip files (which may compress or page
+their text), and Ray's own session logs.
 """
 
 import gzip
-import os
-import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from _digits_sweep import SWEEP_SECRETS
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = str(REPO / "tune" / "run.py")
-SECRETS = {"WANDB_API_KEY": "dummy-wandb-secret-123", "HF_TOKEN": "hf_dummysecret456"}
-# Same tiny trial as tests/test_numerical_faults.py, so both hit the same cached stages.
-TINY = {"pretrain.epochs": 1, "finetune.epochs": 1, "data.train_limit": 200, "data.val_limit": 100,
-        "eval.latency_repeats": 2, "eval.latency_rounds": 1, "calib.batches": 2}
+SECRETS = SWEEP_SECRETS
 
 
 def _decoded(path: Path) -> bytes:
@@ -55,27 +47,9 @@ def _files_holding_secrets(root: Path) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """Run a two-trial W&B-offline sweep with dummy tokens set; return (process, results root, Ray tmp)."""
-    results = tmp_path_factory.getbasetemp() / "shared-sweep-results"
-    ray_tmp = Path(tempfile.mkdtemp(prefix="vsh", dir="/tmp"))  # Ray's socket paths must stay short
-    env = {**os.environ, **SECRETS, "WANDB_MODE": "offline", "RAY_TMPDIR": str(ray_tmp),
-           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    sets = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
-    proc = subprocess.Popen([sys.executable, RUN, "--results-dir", str(results), "--name", "tokens",
-                             "--num-samples", "2", "--wandb", *sets],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=REPO.parent, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=420)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever Ray left in the CLI's process group
-        except ProcessLookupError:
-            pass
-    yield subprocess.CompletedProcess(proc.args, proc.returncode, out, err), results, ray_tmp
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+def sweep(digits_sweep):
+    """The session's digits sweep, run with the dummy tokens set: (process, results root, Ray tmp)."""
+    return digits_sweep.proc, digits_sweep.results, digits_sweep.ray_tmp
 
 
 @pytest.mark.ray

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _digits_sweep import TINY_SWEEP
 
 import tune.run
 from tune.cluster import (
@@ -31,9 +32,8 @@ from tune.cluster import (
 
 REPO = Path(__file__).resolve().parents[2]
 README_SUBMIT = "ray job submit --address http://127.0.0.1:8265 --working-dir . --"
-TINY = ["--space", "compress_only", "--set", "pretrain.epochs=1", "--set", "finetune.epochs=1",
-        "--set", "data.train_limit=300", "--set", "data.val_limit=120", "--set", "eval.latency_repeats=3",
-        "--set", "eval.latency_rounds=1"]
+TINY = TINY_SWEEP  # the session sweep's settings (tests/conftest.py), so its pretrain is a cache hit
+JOB_FINETUNE_LR = 1.7e-3  # not the sweep's: the job trains a fine-tune of its own
 RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]
 
 
@@ -226,10 +226,13 @@ def test_head_enforces_token_auth(head):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_readme_job_submit_runs_a_two_trial_sweep(head):
-    results = head["root"] / "results"
+def test_readme_job_submit_runs_a_two_trial_sweep(head, digits_sweep):
+    # On the session sweep's results root its pretrain is a cache hit; the job's own fine-tune
+    # learning rate keys a fine-tune of its own, so the job still trains through Ray Train.
+    results = digits_sweep.results
     command = [*RAY_CLI, *README_SUBMIT.split()[1:], "python", "tune/run.py",
-               "--results-dir", str(results), "--name", "job-flow", "--num-samples", "2", *TINY]
+               "--results-dir", str(results), "--name", "job-flow", "--num-samples", "2", *TINY,
+               "--set", f"finetune.lr={JOB_FINETUNE_LR}"]
     command[command.index("http://127.0.0.1:8265")] = head["dashboard"]
     for _ in range(6):
         out = subprocess.run(command, cwd=REPO, env=head["env"], capture_output=True, text=True, timeout=480)
@@ -245,6 +248,11 @@ def test_readme_job_submit_runs_a_two_trial_sweep(head):
         states = [state for (state,) in db.execute("SELECT state FROM trials ORDER BY number")]
     assert states == ["COMPLETE", "COMPLETE"]
     assert "val_auroc" in (sweep / "pareto.md").read_text()
+    import optuna
+
+    study = optuna.load_study(study_name="job-flow", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    first = study.trials[0].user_attrs
+    assert (first["cache_hit_pretrain"], first["cache_hit_finetune"]) == (True, False), first
 
 
 def _run_cli(head, tmp_path, **env_changes) -> subprocess.CompletedProcess:
