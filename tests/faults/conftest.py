@@ -22,9 +22,18 @@ import pytest
 from _faultkit import FaultCluster, kill_leftovers, own_processes
 
 
+_HERE = Path(__file__).resolve().parent
+_open: list = []  # the running cluster's teardown, while one runs
+
+
 @pytest.fixture(scope="session")
 def fault_cluster(tmp_path_factory):
-    """Yield a head + 2 worker raylets; shut them down and kill what they left behind."""
+    """Yield a head + 2 worker raylets; shut them down and kill what they left behind.
+
+    Session-scoped so all fault modules share it, but shut down as soon as the fault tests are
+    over (pytest_runtest_teardown below): an idle 3-raylet cluster would otherwise keep polling
+    through the rest of the suite.
+    """
     from ray.cluster_utils import Cluster
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="vsf", dir="/tmp"))  # Ray's socket paths must stay short
@@ -33,10 +42,8 @@ def fault_cluster(tmp_path_factory):
     cluster = Cluster(initialize_head=True, shutdown_at_exit=False,
                       head_node_args={"num_cpus": 0, "include_dashboard": False})
     started = FaultCluster(cluster, ray_tmp, tmp_path_factory.mktemp("fault-results"))
-    try:
-        started.ensure_workers(2)
-        yield started
-    finally:
+
+    def shut_down():
         spawned = own_processes()
         import ray
 
@@ -50,3 +57,24 @@ def fault_cluster(tmp_path_factory):
             else:
                 os.environ[key] = value
 
+    _open.append(shut_down)
+    try:
+        started.ensure_workers(2)
+        yield started
+    finally:
+        _shut_down_cluster()
+
+
+def _shut_down_cluster() -> None:
+    while _open:
+        _open.pop()()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Shut the cluster down after the session's last fault test."""
+    if not _open:
+        return
+    items = item.session.items
+    later = items[items.index(item) + 1:] if nextitem is not None else []
+    if not any(_HERE in Path(later_item.path).resolve().parents for later_item in later):
+        _shut_down_cluster()

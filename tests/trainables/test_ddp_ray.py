@@ -1,4 +1,9 @@
-"""DDP on CPU: two Ray Train workers (gloo) train on disjoint halves and score validation once."""
+"""DDP on CPU: two Ray Train workers (gloo) train on disjoint halves and score validation once.
+
+The one-worker reference trains in this process: the same train_loop a single Ray Train worker
+runs (tests/trainables/test_trial_ray.py checks the two give the same model), without a
+second TorchTrainer start.
+"""
 
 import os
 
@@ -6,7 +11,7 @@ import pytest
 
 from trainables.data import ensure_digits
 from trainables.finetune import TrainJob
-from trainables.runner import run_on_ray
+from trainables.runner import run_local, run_on_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -24,14 +29,13 @@ def runs(tmp_path_factory):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     tmp = tmp_path_factory.mktemp("ray")
     root = str(ensure_digits(tmp / "digits"))
+    one = TrainJob("finetune", {**FLAT, "finetune.workers": 1, "finetune.batch_size": 16}, root)
+    _, summary_one = run_local(one, tmp / "local", show_progress=False)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
     try:
-        out = {}
-        for workers, batch in ((1, 16), (2, 8)):
-            job = TrainJob("finetune", {**FLAT, "finetune.workers": workers, "finetune.batch_size": batch}, root)
-            _, summary = run_on_ray(job, run_name=f"ddp-{workers}", storage_path=str(tmp / "train"))
-            out[workers] = summary["history"]
-        yield out
+        two = TrainJob("finetune", {**FLAT, "finetune.workers": 2, "finetune.batch_size": 8}, root)
+        _, summary_two = run_on_ray(two, run_name="ddp-2", storage_path=str(tmp / "train"))
+        yield {1: summary_one["history"], 2: summary_two["history"]}
     finally:
         ray.shutdown()
 
