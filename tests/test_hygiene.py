@@ -63,7 +63,7 @@ def test_sweep_with_tokens_in_its_environment_completes(sweep):
 @pytest.mark.slow
 def test_search_covered_every_kind_of_output(sweep):
     # The search below means something only if these were written.
-    sweep_dir = sweep[1] / "tokens"
+    sweep_dir = sweep[1] / "four"
     for pattern in ("optuna.db", "trials.parquet", "progress.jsonl", "sweep.json", "tune/*/result.json",
                     "wandb/wandb/offline-run-*/*.wandb"):
         assert list(sweep_dir.glob(pattern)), pattern

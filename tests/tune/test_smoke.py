@@ -48,9 +48,19 @@ def test_smoke_sweep_runs_and_reports(name, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def _half_the_images(name):
+    """Return `--set` arguments halving the smoke run's images per split (the model, image size
+    and every stage stay the smoke run's: the test checks the code path, which image counts do not change)."""
+    overrides = smoke_overrides(PRESETS[name])
+    args = []
+    for key in ("data.train_limit", "data.val_limit"):
+        args += ["--set", f"{key}={max(16, overrides[key] // 2)}"]
+    return args
+
+
 def _run_smoke(name, tmp_path, env):
     proc = subprocess.run([sys.executable, RUN, "--preset", name, "--smoke", "--name", "smoke",
-                           "--results-dir", str(tmp_path / "results")],
+                           "--results-dir", str(tmp_path / "results"), *_half_the_images(name)],
                           capture_output=True, text=True, timeout=880, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = tmp_path / "results" / "smoke"
