@@ -164,6 +164,7 @@ def test_debug_cli_rejects_a_bad_key(capsys):
     assert "compress.tau_mlp must be in (0, 1]" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_lora_on_attention_and_mlp_merges_then_compresses_with_whitened_svd(first, results):
     flat = {**TINY, "finetune.method": "lora", "finetune.lora_rank": 8, "finetune.lora_mlp": True,
             "compress.svd_space": "whitened", "compress.tau_svd": 0.9}
@@ -175,6 +176,7 @@ def test_lora_on_attention_and_mlp_merges_then_compresses_with_whitened_svd(firs
     assert attention_only["cache_hit_finetune"] is False  # lora_mlp keys the fine-tune
 
 
+@pytest.mark.slow
 def test_tta_is_evaluation_only_and_costs_every_pass(first, results):
     ctx = TrialContext(results_dir=results, show_progress=False)
     flips = run_trial({**TINY, "eval.tta": "flips"}, ctx)
@@ -183,6 +185,7 @@ def test_tta_is_evaluation_only_and_costs_every_pass(first, results):
     assert flips["params"] == first["params"]
 
 
+@pytest.mark.slow
 def test_training_time_pruning_keys_its_own_finetune(first, results):
     ctx = TrialContext(results_dir=results, show_progress=False)
     pruned = {**TINY, "tokens.r_max": 0.5, "tokens.alpha": 1.2}
