@@ -148,6 +148,7 @@ assert not banned, banned
 """
 
 
+@pytest.mark.slow  # a fresh Python process imports torch and transformers
 def test_a_fresh_process_loads_it_without_trainables_or_tune(tmp_path):
     pixels = torch.randn(3, 3, 32, 32)
     model = _tokens(_raw_svd(_mlp(_heads(_classifier(), pixels), pixels), pixels), pixels)

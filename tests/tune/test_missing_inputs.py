@@ -27,6 +27,7 @@ def _corrupt_weights(directory: Path, backbone: str = "digits-vit") -> Path:
     return directory
 
 
+@pytest.mark.slow  # runs the CLI in a process of its own
 def test_missing_pcam_folder_exits_2_before_ray(tmp_path):
     proc = _local_cli(tmp_path, "--preset", "pcam-local", "--set", "data.root=/nonexistent/pcam")
     last = proc.stderr.strip().splitlines()[-1]
@@ -35,6 +36,7 @@ def test_missing_pcam_folder_exits_2_before_ray(tmp_path):
     assert not (tmp_path / "train").exists() and not any(tmp_path.glob("pcam-local-*"))
 
 
+@pytest.mark.slow  # runs the CLI in a process of its own
 def test_unreadable_weights_exit_2_naming_the_file(tmp_path):
     weights = _corrupt_weights(tmp_path / "w")
     proc = _local_cli(tmp_path, "--set", f"model.weights={weights}")
@@ -43,6 +45,7 @@ def test_unreadable_weights_exit_2_naming_the_file(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # runs the CLI in a process of its own
 def test_missing_weights_directory_exits_2(tmp_path):
     proc = _local_cli(tmp_path, "--set", "model.weights=/nonexistent/weights")
     assert proc.returncode == 2 and "/nonexistent/weights" in proc.stderr.strip().splitlines()[-1]
