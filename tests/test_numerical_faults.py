@@ -2,8 +2,8 @@
 never as a point on the front; a degenerate compression still evaluates.
 
 Library cases call run_trial in this process; the sweep case runs `python tune/run.py` on
-the digits preset with tiny epochs. All share one results root (also used by
-tests/test_hygiene.py), so the tiny pretrain runs once for the whole session.
+the digits preset with tiny epochs. All share one results root, so the tiny pretrain runs
+once for the module.
 """
 
 import json
@@ -27,7 +27,7 @@ from trainables.trial import TrialContext, run_trial
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = str(REPO / "tune" / "run.py")
-# Same tiny trial as tests/test_hygiene.py, so both hit the same cached pretrain/finetune.
+# One tiny trial: the seed case fills the pretrain/finetune cache the other cases start from.
 TINY = {"pretrain.epochs": 1, "finetune.epochs": 1, "data.train_limit": 200, "data.val_limit": 100,
         "eval.latency_repeats": 2, "eval.latency_rounds": 1, "calib.batches": 2}
 DIVERGING = {"finetune.lr": 1e6, "finetune.backbone_lr": 1e6}
