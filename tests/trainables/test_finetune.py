@@ -144,6 +144,7 @@ def test_lora_trains_norms_and_biases_when_asked():
     assert not any("norm1" in n for n, p in plain.named_parameters() if p.requires_grad)
 
 
+@pytest.mark.slow
 def test_training_time_pruning_starts_at_its_epoch(digits_root, tmp_path, monkeypatch):
     import trainables.finetune as finetune
     from compress import keep_schedule

@@ -2,6 +2,7 @@
 
 import numpy as np
 import optuna
+import pytest
 import torch
 
 from compress import save_compressed
@@ -30,6 +31,7 @@ def _add_trial(study, values, attrs, enqueue=False):
     study.tell(trial, values)
 
 
+@pytest.mark.slow  # renders two figures of every SVD target in every layer
 def test_reference_and_best_auroc_plots_are_written(tmp_path):
     torch.manual_seed(0)
     finetuned, after = tmp_path / "finetuned", tmp_path / "prehab"
