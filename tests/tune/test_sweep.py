@@ -376,23 +376,24 @@ def test_resume_after_killed_driver_ends_with_exactly_num_samples(results, env, 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_default_space_sweep_completes_with_the_notes_recipes(results, env, sweep4):
-    # The seed trial reuses sweep4's fine-tune. With sampler seed 7 the one sampled trial takes
-    # (nearly) every recipe at once: a LoRA fine-tune on q,k,v,o + MLP pruned from its middle
-    # epoch, the svd_taps head, whitened prehab and SVD, token pruning and 8-view TTA; two
-    # trials so cover what three random ones did not, with two Ray Train stages instead of four.
-    proc = _cli(env, "--results-dir", str(results), "--name", "dflt", "--num-samples", "2", "--seed", "7",
+    # sweep4's pretrain is a cache hit. The seed trial fine-tunes with LoRA on q,k,v,o + MLP (the
+    # space's seed point); with sampler seed 20 the one sampled trial takes most other recipes at
+    # once: a full fine-tune pruned from its middle epoch, the svd_taps head, whitened prehab,
+    # token pruning and 8-view TTA. Two trials so cover what three random ones did, with fewer
+    # Ray Train stages.
+    proc = _cli(env, "--results-dir", str(results), "--name", "dflt", "--num-samples", "2", "--seed", "20",
                 "--max-concurrent", "1", "--space", "default", *TINY[2:], timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _study(results, "dflt").trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(t.params["eval.tta"] in ("none", "flips", "dihedral") for t in trials)
     sampled = trials[1].params
-    recipes = {"finetune.lora_mlp": True, "model.head": "svd_taps", "compress.svd_space": "whitened",
-               "tokens.enabled": True, "tokens.train_from_epoch": "middle", "prehab.enabled": True,
+    recipes = {"finetune.method": "full", "model.head": "svd_taps", "tokens.enabled": True,
+               "tokens.train_from_epoch": "middle", "eval.tta": "dihedral", "prehab.enabled": True,
                "prehab.space": "whitened"}
     # If the sampler drew otherwise (a new Optuna), pick another --seed whose first draw covers them.
     assert {k: sampled.get(k) for k in recipes} == recipes, sampled
-    assert not trials[1].user_attrs["cache_hit_prehab"] and trials[1].user_attrs["tokens_last_layer"] > 0
+    assert trials[1].user_attrs["cache_hit_prehab"] is False and trials[1].user_attrs["tokens_last_layer"] > 0
     assert (results / "dflt" / "spectrum_reference.png").is_file()
     assert (results / "dflt" / "spectrum_best_auroc.png").is_file()
 
