@@ -124,6 +124,7 @@ class FinetuneConfig:
     grad_checkpointing: bool = False
     workers: int = 1                 # Ray Train workers: DDP on CUDA (nccl) or CPU (gloo); 1 on MPS; batch_size is per worker
     cpus_per_worker: float = 1.0
+    threads_per_worker: int = 0      # torch threads per Ray Train worker; 0 = Ray's default (floor of cpus_per_worker, >= 1)
     feature_cache: bool = True       # head_only: train the head on cached frozen-backbone features
     lr_scaling: str = "none"         # "linear": lr and backbone_lr x global batch / 256
     min_feature_std: float = 1e-4    # collapse watch: fail below this mean per-dimension std (0 = off)
@@ -145,11 +146,12 @@ class FinetuneConfig:
         _at_least("finetune.lora_alpha", self.lora_alpha, 0)
         _at_least("finetune.workers", self.workers, 1)
         _at_least("finetune.cpus_per_worker", self.cpus_per_worker, 0, strict=True)
+        _at_least("finetune.threads_per_worker", self.threads_per_worker, 0)
 
     def key_fields(self) -> dict[str, Any]:
         """Return the fields that change the trained weights (what keys the stage cache)."""
         fields = dataclasses.asdict(self)
-        for name in ("workers", "cpus_per_worker", "grad_checkpointing", "min_feature_std", "accelerator_type"):
+        for name in ("workers", "cpus_per_worker", "threads_per_worker", "grad_checkpointing", "min_feature_std", "accelerator_type"):
             fields.pop(name)
         # Left out at their defaults (and where they do nothing) so earlier keys stay valid.
         if self.lr_scaling == "none":

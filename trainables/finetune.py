@@ -475,7 +475,7 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
         metrics = classification_metrics(labels.numpy(), probs.numpy())
         record = {"epoch": epoch, "train_loss": train_loss, "val_score": val_score(metrics),
                   **{f"val_{k}": v for k, v in metrics.items()}, "epoch_s": time.perf_counter() - started,
-                  "lr": settings.lr, "backbone_lr": settings.backbone_lr,
+                  "threads": torch.get_num_threads(), "lr": settings.lr, "backbone_lr": settings.backbone_lr,
                   **shard_audit(train_loader, labels, session.world_size)}
         if penalty is not None:
             record["penalty"] = penalty_value

@@ -34,6 +34,7 @@ def test_set_strings_are_typed():
     ("prehab.lambda", -1.0, "prehab.lambda must be >= 0"),
     ("eval.latency_rounds", 0, "eval.latency_rounds must be >= 1"),
     ("eval.latency_pause_s", -0.5, "eval.latency_pause_s must be >= 0"),
+    ("finetune.threads_per_worker", -1, "finetune.threads_per_worker must be >= 0"),
 ])
 def test_out_of_range_values_name_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):
@@ -62,7 +63,8 @@ def test_prehab_switch_must_agree_with_lambda():
 
 
 def test_finetune_key_ignores_fields_that_do_not_change_weights():
-    full = TrialConfig.from_flat({"finetune.method": "full", "finetune.lora_rank": 4, "finetune.workers": 4})
+    full = TrialConfig.from_flat({"finetune.method": "full", "finetune.lora_rank": 4, "finetune.workers": 4,
+                                  "finetune.threads_per_worker": 2})
     same = TrialConfig.from_flat({"finetune.method": "full", "finetune.lora_rank": 32})
     assert full.finetune.key_fields() == same.finetune.key_fields()
     lora4 = TrialConfig.from_flat({"finetune.method": "lora", "finetune.lora_rank": 4})
