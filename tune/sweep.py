@@ -26,7 +26,7 @@ from typing import Any
 
 import optuna
 
-from search_spaces import available_spaces, load_space, seed_points
+from search_spaces import available_spaces, config_values, load_space, searched_keys, seed_points
 from trainables.config import TrialConfig
 from tune.presets import Preset
 
@@ -60,19 +60,6 @@ def parse_objectives(text: str) -> tuple[tuple[str, str], ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"--objectives names a metric twice: {text!r}")
     return tuple(objectives)
-
-
-def searched_keys(space_name: str, draws: int = 32) -> set[str]:
-    """Return the flat keys space `space_name` sets (params and constants) over `draws` random draws."""
-    space = load_space(space_name)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    keys: set[str] = set()
-    for _ in range(draws):
-        trial = study.ask()
-        constants = space(trial) or {}
-        keys |= set(trial.params) | set(constants)
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    return keys
 
 
 @dataclass(frozen=True)
@@ -190,7 +177,7 @@ def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) ->
         # values are defaults for whichever method runs, and a searched method varies.)
         TrialConfig.from_flat(base).check_applicable(overrides)
     for point in seed_points(space_name, base):
-        TrialConfig.from_flat({**base, **point})
+        TrialConfig.from_flat({**base, **config_values(point)})
     data = base.get("data.root")
     if data and not is_uri(str(data)):
         # Trials run with another working directory; relative data paths would break there.
@@ -262,7 +249,8 @@ def make_trainable(settings: SweepSettings):
                            max_failures=settings.max_failures, sweep=settings.name)
     return tune.with_resources(
         tune.with_parameters(tune_trainable, base=dict(settings.base), context=context,
-                             objectives=tuple(name for name, _ in settings.objectives)),
+                             objectives=tuple(name for name, _ in settings.objectives),
+                             to_config=config_values),
         dict(settings.trial_resources),
     )
 
