@@ -6,20 +6,24 @@ distribution, reference value and condition. Everything else is derived from it:
 constants of switches that are off), the seed point and the searched keys.
 """
 
+from __future__ import annotations
+
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from search_spaces._seed import SEED_CONFIG
-from search_spaces._table import Table
+
+if TYPE_CHECKING:  # optuna is imported by the space modules, not here: the CLI's --help lists spaces fast
+    import optuna
+
+    from search_spaces._table import Table
 
 __all__ = ["SEED_CONFIG", "available_spaces", "config_values", "load_space", "load_table", "searched_keys",
            "seed_points"]
 
-SpaceFn = Callable[[optuna.Trial], dict[str, Any] | None]
+SpaceFn = Callable[["optuna.Trial"], "dict[str, Any] | None"]
 
 
 def available_spaces() -> list[str]:
