@@ -17,7 +17,7 @@ from compress.report import CompressionReport, LayerDecision
 from compress.svd import truncate_svd
 from compress.targets import DEFAULT_TARGETS, check_targets
 from compress.tokens import enable_token_pruning
-from compress.whitening import InputStats, collect_input_stats
+from compress.whitening import DEFAULT_DAMPING, InputStats, collect_input_stats
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class CompressionPlan:
     tau_svd: float = 1.0
     svd_space: str = "raw"
     svd_targets: tuple[str, ...] = DEFAULT_TARGETS
+    # Whitened SVD factors S + svd_damping * mean(diag S) * I (compress.whitening.whitening_factor).
+    svd_damping: float = keyed_when_set(DEFAULT_DAMPING)
 
     def __post_init__(self) -> None:
         for name in ("tau_heads", "tau_mlp", "tau_svd"):
@@ -53,6 +55,7 @@ class CompressionPlan:
         if self.svd_space not in SVD_SPACES:
             raise ValueError(f"compress.svd_space must be one of {', '.join(SVD_SPACES)}, got {self.svd_space!r}")
         object.__setattr__(self, "svd_targets", check_targets("compress.svd_targets", self.svd_targets))
+        object.__setattr__(self, "svd_damping", check_positive("compress.svd_damping", self.svd_damping))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plan as a JSON-able dict (svd_targets as a list)."""
@@ -153,7 +156,8 @@ def compress_model(
         whitening = None
         if whitened_svd:
             whitening = _statistics_for(compressed, calibration, [*heads, *mlp], plan.svd_targets)
-        svd = truncate_svd(compressed, plan.tau_svd, whitening=whitening, targets=plan.svd_targets)
+        svd = truncate_svd(compressed, plan.tau_svd, whitening=whitening, targets=plan.svd_targets,
+                           damping=plan.svd_damping)
     token_summary = None
     if tokens is not None and tokens.enabled:
         token_summary = enable_token_pruning(compressed, tokens.r_max, tokens.alpha, fuse=tokens.fuse)

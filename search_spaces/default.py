@@ -7,7 +7,9 @@ Parameters as they appear in Optuna (and in the trial config), in suggestion ord
   {False, True} (LoRA on q/k/v/o, or on q/k/v/o + up/down), suggested only when method is lora
 - ``model.head``: categorical {linear, svd_taps} (keys the fine-tune cache, like the method)
 - ``compress.tau_heads``, ``compress.tau_mlp``, ``compress.tau_svd``: uniform [0.5, 1.0]
-- ``compress.svd_space``: categorical {raw, whitened}
+- ``compress.svd_space``: categorical {raw, whitened}; when whitened, ``compress.svd_damping``:
+  categorical {1e-8, 1e-6, 1e-4, 1e-2}, the damping of S + d * mean(diag S) * I before the
+  Cholesky factor (1e-6 was the fixed value before it was searched)
 - ``tokens.enabled``: categorical {False, True}; ``tokens.r_max``: uniform [0, 0.9] and
   ``tokens.alpha``: uniform [0.5, 3], suggested only when token pruning is enabled
   (otherwise the constants r_max = 0, alpha = 1); with pruning on,
@@ -30,6 +32,7 @@ stages through the cache: a continuous lambda would run one prehab stage per tri
 """
 
 from compress import REGULARIZERS
+from compress.whitening import DEFAULT_DAMPING
 from search_spaces._seed import SEED_CONFIG
 from search_spaces._table import Param, Table, categorical, switch, uniform
 
@@ -47,6 +50,8 @@ TABLE = Table((
     Param("compress.tau_mlp", TAU, SEED_CONFIG["compress.tau_mlp"]),
     Param("compress.tau_svd", TAU, SEED_CONFIG["compress.tau_svd"]),
     Param("compress.svd_space", SVD_SPACE, SEED_CONFIG["compress.svd_space"]),
+    Param("compress.svd_damping", categorical(1e-8, 1e-6, 1e-4, 1e-2), DEFAULT_DAMPING,
+          when=("compress.svd_space", "whitened")),
     switch("tokens.enabled", off={"tokens.r_max": 0.0, "tokens.alpha": 1.0}),
     Param("tokens.r_max", uniform(0.0, 0.9), when=TOKENS_ON),
     Param("tokens.alpha", uniform(0.5, 3.0), when=TOKENS_ON),

@@ -175,6 +175,8 @@ def test_default_seed_point_uses_the_linear_head():
 # the shapes of 300 random draws, seed points and 12 TPE draws. Stored studies resume only
 # if names and distributions stay the same.
 BEFORE = json.loads((Path(__file__).parent / "space_tables_before.json").read_text())
+# Rows added since, each a knob: draws of a space that gained one differ (more suggestions).
+ADDED = {"default": {"compress.svd_damping"}}
 PRESETS = [{}, {"finetune.method": "lora"}, {"finetune.method": "full", "tokens.r_max": 0.4, "tokens.alpha": 2.0},
            {"finetune.method": "lora", "finetune.lora_rank": 16, "model.head": "svd_taps", "eval.tta": "flips",
             "prehab.kind": "stable_rank", "tokens.train_from_epoch": "middle"}]
@@ -182,7 +184,8 @@ PRESETS = [{}, {"finetune.method": "lora"}, {"finetune.method": "full", "tokens.
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
 def test_table_distributions_are_the_hand_written_spaces(name):
-    table = {key: json.loads(distribution_to_json(d)) for key, d in search_spaces.load_table(name).distributions().items()}
+    table = {key: json.loads(distribution_to_json(d)) for key, d in search_spaces.load_table(name).distributions().items()
+             if key not in ADDED.get(name, ())}
     assert table == BEFORE[name]["distributions"]
 
 
@@ -193,11 +196,15 @@ def test_table_space_draws_what_the_hand_written_space_drew(name):
     for _ in range(300):
         trial = study.ask()
         constants = load_space(name)(trial) or {}
-        dists.update({key: json.loads(distribution_to_json(d)) for key, d in trial.distributions.items()})
-        shapes.add(json.dumps([sorted(trial.params), sorted(constants.items())]))
+        added = ADDED.get(name, set())
+        dists.update({key: json.loads(distribution_to_json(d)) for key, d in trial.distributions.items()
+                      if key not in added})
+        shapes.add(json.dumps([sorted(set(trial.params) - added), sorted(constants.items())]))
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     assert sorted(json.loads(shape) for shape in shapes) == BEFORE[name]["shapes"]
     assert dists == BEFORE[name]["distributions"]
+    if name in ADDED:
+        return
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=5))
     draws = []
     for index in range(12):
