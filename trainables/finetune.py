@@ -174,9 +174,8 @@ def compress_structure(model: nn.Module, cfg: TrialConfig, stats_ref: str | None
     """Return (compressed copy, report) after heads -> MLP -> SVD; token pruning is applied later."""
     from compress import compress_model, load_input_stats
 
-    plan = dataclasses.replace(cfg.plan(), r_max=0.0)
     stats = load_input_stats(str(resolve_ref(stats_ref, cache_root))) if stats_ref else None
-    return compress_model(model, plan, calibration=stats)
+    return compress_model(model, cfg.compress, calibration=stats)
 
 
 def configure_method(model: nn.Module, cfg: TrialConfig) -> nn.Module:
