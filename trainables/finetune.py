@@ -174,9 +174,8 @@ def compress_structure(model: nn.Module, cfg: TrialConfig, stats_ref: str | None
     """Return (compressed copy, report) after heads -> MLP -> SVD; token pruning is applied later."""
     from compress import compress_model, load_input_stats
 
-    plan = dataclasses.replace(cfg.plan(), r_max=0.0)
     stats = load_input_stats(str(resolve_ref(stats_ref, cache_root))) if stats_ref else None
-    return compress_model(model, plan, calibration=stats)
+    return compress_model(model, cfg.compress, calibration=stats)
 
 
 def configure_method(model: nn.Module, cfg: TrialConfig) -> nn.Module:
@@ -475,7 +474,7 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
         metrics = classification_metrics(labels.numpy(), probs.numpy())
         record = {"epoch": epoch, "train_loss": train_loss, "val_score": val_score(metrics),
                   **{f"val_{k}": v for k, v in metrics.items()}, "epoch_s": time.perf_counter() - started,
-                  "lr": settings.lr, "backbone_lr": settings.backbone_lr,
+                  "threads": torch.get_num_threads(), "lr": settings.lr, "backbone_lr": settings.backbone_lr,
                   **shard_audit(train_loader, labels, session.world_size)}
         if penalty is not None:
             record["penalty"] = penalty_value

@@ -312,7 +312,7 @@ def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) 
     # 3. whitening statistics of whichever model is about to be regularised or factorised
     def whitening(of_ref: str, of_key: str) -> tuple[str, str]:
         key = stage_key("whitening", {"calib": dataclasses.asdict(cfg.calib),
-                                      "targets": list(cfg.compress.targets)}, of_key, fingerprint)
+                                      "targets": list(cfg.compress.svd_targets)}, of_key, fingerprint)
 
         def compute(out: Path) -> None:
             from torch.utils.data import DataLoader
@@ -323,7 +323,7 @@ def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) 
             loader = DataLoader(make_dataset(cfg, root, "train"), batch_size=cfg.calib.batch_size,
                                 shuffle=False)
             stats = collect_input_stats(model, iterate_batches(loader, cfg.calib.batches),
-                                        targets=cfg.compress.targets)
+                                        targets=cfg.compress.svd_targets)
             save_input_stats(stats, str(out / "stats.pt"))
 
         stages.cached("whitening", key, compute)
@@ -333,7 +333,7 @@ def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) 
     if cfg.prehab.enabled:
         stats_ref = whitening(model_ref, model_key)[0] if cfg.prehab.space == "whitened" else None
         ph_key = stage_key("prehab", {"prehab": dataclasses.asdict(cfg.prehab),
-                                      "targets": list(cfg.compress.targets),
+                                      "targets": list(cfg.compress.svd_targets),
                                       "batch_size": cfg.finetune.batch_size}, model_key, fingerprint)
 
         def prehab(out: Path) -> None:
@@ -354,8 +354,7 @@ def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) 
 
     # 6. recover (optional short LoRA fine-tune of the compressed model, merged back)
     if cfg.recover.epochs > 0:
-        rc_key = stage_key("recover", {"recover": dataclasses.asdict(cfg.recover),
-                                       "plan": report.plan}, model_key, fingerprint)
+        rc_key = stage_key("recover", cfg.recover_key_fields(), model_key, fingerprint)
 
         def recover(out: Path) -> None:
             trained = stages.train(job("recover", init_path=model_ref, whitening_path=stats_ref), rc_key, out)
@@ -375,8 +374,12 @@ def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) 
 
 
 def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: TrialContext,
-                   objectives: tuple[str, ...] = OBJECTIVE_METRICS) -> None:
+                   objectives: tuple[str, ...] = OBJECTIVE_METRICS,
+                   to_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
     """Ray Tune function trainable: the preset `base` overlaid with the searcher's `config`.
+
+    `to_config` turns the searcher's values into config keys (search_spaces.config_values:
+    the spaces' switches become the values they stand for); None takes them as they are.
 
     A numerical failure (divergence, non-finite metrics) is deterministic, so it is reported,
     not raised: retrying would fail the same way. The report carries NaN objectives (Tune's
@@ -388,10 +391,10 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     """
     from ray import tune
 
-    flat = {**base, **config}
+    flat = {**base, **(to_config(config) if to_config else config)}
     tune_ctx = tune.get_context()
     cache = StageCache(context.results_dir)
-    key = outcome_key(TrialConfig.from_flat(flat).to_flat(), context.sweep, tune_ctx.get_trial_id())
+    key = outcome_key(TrialConfig.from_flat(flat).key_flat(), context.sweep, tune_ctx.get_trial_id())
     stored = cache.get("outcome", key)
     if stored is not None:
         # Tune reruns a trial it restored after a driver crash; Optuna may already hold

@@ -25,11 +25,11 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from tune.sweep import SAMPLERS, STUDY_DB_FILENAME  # the sweep's settings and layout; re-exported here
+
 logger = logging.getLogger(__name__)
 
 MODES = ("max", "min")
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
-STUDY_DB_FILENAME = "optuna.db"
 
 # Tune's bookkeeping keys that carry nothing about the trial's outcome; the rest of a
 # result (secondary metrics, where and how long it ran) goes into user attributes.

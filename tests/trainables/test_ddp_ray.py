@@ -1,9 +1,4 @@
-"""DDP on CPU: two Ray Train workers (gloo) train on disjoint halves and score validation once.
-
-The one-worker reference trains in this process: the same train_loop a single Ray Train worker
-runs (tests/trainables/test_trial_ray.py checks the two give the same model), without a
-second TorchTrainer start.
-"""
+"""DDP on CPU: two Ray Train workers (gloo) train on disjoint halves and score validation once."""
 
 import os
 
@@ -11,7 +6,7 @@ import pytest
 
 from trainables.data import ensure_digits
 from trainables.finetune import TrainJob
-from trainables.runner import run_local, run_on_ray
+from trainables.runner import run_on_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -29,13 +24,16 @@ def runs(tmp_path_factory):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     tmp = tmp_path_factory.mktemp("ray")
     root = str(ensure_digits(tmp / "digits"))
-    one = TrainJob("finetune", {**FLAT, "finetune.workers": 1, "finetune.batch_size": 16}, root)
-    _, summary_one = run_local(one, tmp / "local", show_progress=False)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
     try:
-        two = TrainJob("finetune", {**FLAT, "finetune.workers": 2, "finetune.batch_size": 8}, root)
-        _, summary_two = run_on_ray(two, run_name="ddp-2", storage_path=str(tmp / "train"))
-        yield {1: summary_one["history"], 2: summary_two["history"]}
+        out = {}
+        # The one-worker run asks for 2 torch threads on its 0.9 CPU (what the digits preset does).
+        for workers, batch, threads in ((1, 16, 2), (2, 8, 0)):
+            job = TrainJob("finetune", {**FLAT, "finetune.workers": workers, "finetune.batch_size": batch,
+                                        "finetune.threads_per_worker": threads}, root)
+            _, summary = run_on_ray(job, run_name=f"ddp-{workers}", storage_path=str(tmp / "train"))
+            out[workers] = summary["history"]
+        yield out
     finally:
         ray.shutdown()
 
@@ -58,3 +56,9 @@ def test_two_workers_reach_the_one_worker_auroc(runs):
     one, two = runs[1][-1]["val_auroc"], runs[2][-1]["val_auroc"]
     assert one > 0.6 and two > 0.6, (one, two)   # both learned something
     assert abs(one - two) < 0.05, (one, two)
+
+
+def test_threads_per_worker_sets_the_workers_torch_threads(runs):
+    assert [r["threads"] for r in runs[1]] == [2, 2]     # finetune.threads_per_worker = 2
+    # Unset: Ray's default, floor(0.9 CPU) but at least 1, unless the environment fixes it.
+    assert [r["threads"] for r in runs[2]] == [int(os.environ.get("OMP_NUM_THREADS", 1))] * 2
