@@ -97,7 +97,7 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     wall seconds (`pass_s`) and the device it ran on.
     """
     from trainables.evaluate import as_deployed, timing_lock
-    from trainables.finetune import pick_device
+    from trainables.sessions import pick_device
     from trainables.trial import TrialContext, build_model
     from tune.reports import _atomic_write
     from tune.summary import _trial_flat_config, front_frame

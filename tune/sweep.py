@@ -28,6 +28,7 @@ import optuna
 
 from search_spaces import available_spaces, load_space, seed_points
 from trainables.config import TrialConfig
+from trainables.storage import is_uri
 from tune.presets import Preset
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,6 @@ TUNE_DIRNAME = "tune"
 OBJECTIVE_CHOICES = ("val_auroc", "params", "latency_ms", "gflops", "val_auprc", "val_accuracy",
                      "val_ece", "val_nll", "val_brier", "params_ratio", "throughput_img_s")
 _LOCAL_FALLBACK_DIR = "results"
-
-
-def is_uri(path: str) -> bool:
-    """Return True when `path` is a pyarrow.fs URI such as s3://bucket/prefix."""
-    return "://" in path
 
 
 def parse_objectives(text: str) -> tuple[tuple[str, str], ...]:

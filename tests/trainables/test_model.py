@@ -124,7 +124,7 @@ def test_svd_taps_model_saves_and_loads_with_token_pruning(tmp_path):
 
 
 def test_lora_trains_the_svd_taps_classifier_not_its_projections():
-    from trainables.finetune import wrap_lora
+    from trainables.model import wrap_lora
 
     model = wrap_lora(build_classifier("digits-vit", num_classes=2, head="svd_taps"), rank=2, alpha=4,
                       include_mlp=False)

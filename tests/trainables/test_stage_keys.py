@@ -10,7 +10,8 @@ import torch
 
 from trainables import runner
 from trainables.cache import StageCache
-from trainables.finetune import build_stage_model, finalize_model
+from trainables.job import build_stage_model
+from trainables.model import finalize_model
 from trainables.config import TrialConfig
 from trainables.trial import TrialContext, build_trial_model, outcome_key
 

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from trainables.cache.keys import FORMAT_VERSION
+from trainables.storage import atomic_write
 
 logger = logging.getLogger("trainables.cache")
 
@@ -119,9 +120,7 @@ class LocalStore:
 
     def write(self, path: str, data: bytes) -> None:
         # temp file + rename: a reader sees the old or the new bytes, never a mix
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        Path(tmp).write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write(Path(path), lambda temp: temp.write_bytes(data))
 
     def claim(self, path: str, data: bytes, settle_s: float) -> bool:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,10 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.data import ensure_digits
-from trainables.finetune import (
-    LocalSession, TrainJob, best_model, build_stage_model, finalize_model, param_groups, stage_settings,
-    train_loop, warmup_cosine, wrap_lora,
-)
-from trainables.model import build_classifier
+from trainables.job import TrainJob, build_stage_model, stage_settings
+from trainables.loop import best_model, param_groups, train_loop, warmup_cosine
+from trainables.model import build_classifier, finalize_model, wrap_lora
+from trainables.sessions import LocalSession
 
 TINY = {"data.train_limit": 256, "data.val_limit": 128, "finetune.batch_size": 32,
         "pretrain.batch_size": 32}
@@ -21,7 +20,7 @@ def digits_root(tmp_path_factory):
 
 
 def first_batch_loss(job: TrainJob, model: torch.nn.Module) -> float:
-    from trainables.finetune import make_dataset
+    from trainables.data import make_dataset
 
     cfg = job.config
     dataset = make_dataset(cfg, job.data_root, "train", stage_settings(job).labels)
@@ -145,7 +144,7 @@ def test_lora_trains_norms_and_biases_when_asked():
 
 
 def test_training_time_pruning_starts_at_its_epoch(digits_root, tmp_path, monkeypatch):
-    import trainables.finetune as finetune
+    import trainables.loop as loop
     from compress import keep_schedule
 
     flat = {"data.train_limit": 64, "data.val_limit": 64, "finetune.batch_size": 32, "finetune.epochs": 2,
@@ -161,7 +160,7 @@ def test_training_time_pruning_starts_at_its_epoch(digits_root, tmp_path, monkey
         built["model"] = model
         return model
 
-    monkeypatch.setattr(finetune, "build_stage_model", build_with_hooks)
+    monkeypatch.setattr(loop, "build_stage_model", build_with_hooks)
     job = TrainJob("finetune", flat, digits_root)
     train_loop(job, LocalSession(tmp_path, torch.device("cpu"), show_progress=False),
                on_epoch=lambda record: seen.append([]))
