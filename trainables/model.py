@@ -201,8 +201,11 @@ def wrap_lora(model: nn.Module, *, rank: int, alpha: float, include_mlp: bool,
     """Return a PEFT LoRA model over the attention (and optionally MLP) linears; head trains."""
     from peft import LoraConfig, get_peft_model
 
-    targets = linear_names or (["q_proj", "k_proj", "v_proj", "o_proj"]
-                               + (["up_proj", "down_proj", "gate_proj"] if include_mlp else []))
+    from compress.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    roles = ("q", "k", "v", "o") + (("up", "down", "gate") if include_mlp else ())
+    targets = linear_names or [adapter.linear_attribute(role) for role in roles]
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
                         modules_to_save=["head"])
     peft_model = get_peft_model(model, config)

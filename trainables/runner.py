@@ -3,7 +3,7 @@
 In-process (`backend="local"`) is what `--debug-trial` uses: breakpoints work, tqdm shows
 epochs and batches. On Ray (`backend="ray"`) the stage becomes a `TorchTrainer` run named
 `<stage>-<key>` on the sweep's storage, so a retried or restored trial resumes the same run
-from its last epoch checkpoint (RAY-NOTES: a new TorchTrainer with the same name and
+from its last epoch checkpoint (Ray Train 2.60: a new TorchTrainer with the same name and
 storage picks up its snapshot).
 """
 

@@ -101,7 +101,8 @@ class RayTrainSession(Session):
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
 
-        # Passing the device keeps Train from choosing cuda:N on an Apple machine (RAY-NOTES).
+        # Passing the device keeps Train from choosing cuda:N on an Apple machine: Ray Train 2.60
+        # has no MPS device manager, so its get_device() answers cuda:0 there.
         return ray.train.torch.prepare_model(model, move_to_device=self.device)
 
     def restore(self):

@@ -117,9 +117,7 @@ def make_storage(
         ) from exc
 
 
-def make_sampler(
-    name: str, seed: int | None, population_size: int | None = None
-) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """Return the seeded Optuna sampler called `name` (tpe, nsga2, gp or random)."""
     if name == "tpe":
         # multivariate + group model the conditional parameters (LoRA rank, lambda)
@@ -131,8 +129,7 @@ def make_sampler(
                 seed=seed, multivariate=True, group=True, constant_liar=True
             )
     if name == "nsga2":
-        kwargs = {} if population_size is None else {"population_size": population_size}
-        return optuna.samplers.NSGAIISampler(seed=seed, **kwargs)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     if name == "random":

@@ -297,7 +297,7 @@ def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, r
     from tune.study import close_orphans
 
     # Checkpoint the experiment after every event: with the default period a killed
-    # driver left Optuna trials that Tune re-ran on resume (RAY-NOTES). A kill between
+    # driver left Optuna trials that Tune re-ran on resume (Ray 2.60). A kill between
     # Optuna's tell and the next checkpoint still reruns one; tune_trainable then reports
     # the outcome it stored the first time, so Optuna and Tune agree.
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"

@@ -39,6 +39,10 @@ class DINOv3Adapter:
         """Return the dotted path of the `role` linear inside a layer, e.g. 'attention.q_proj'."""
         return ".".join(_LINEAR_PATHS[role])
 
+    def linear_attribute(self, role: str) -> str:
+        """Return the attribute name of the `role` linear, e.g. 'q_proj' (what PEFT's target_modules match)."""
+        return _LINEAR_PATHS[role][1]
+
     def linear(self, layer: nn.Module, role: str) -> nn.Module | None:
         """Return the `role` linear of `layer`, or None when this layer has none (gate in a plain MLP)."""
         block, attribute = _LINEAR_PATHS[role]
