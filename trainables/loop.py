@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compress.adapters import adapter_for
 from trainables.config import TrialConfig
 from trainables.data import dataset_prefix
 from trainables.job import StageSettings, TrainJob, build_stage_model, scale_learning_rates, stage_settings
@@ -32,17 +33,15 @@ from trainables.sessions import Session
 
 log = logging.getLogger(__name__)
 
-_NO_DECAY_NAMES = ("bias", "norm", "cls_token", "register_tokens", "mask_token", "lambda1")
-
-
 def param_groups(model: nn.Module, settings: StageSettings) -> list[dict[str, Any]]:
     """Return AdamW groups: head vs backbone learning rates, no decay on norms/biases/tokens."""
+    no_decay_names = adapter_for(model).no_decay_parameter_names
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         is_head = ".head." in f".{name}" or "lora_" in name
-        no_decay = param.ndim < 2 or any(part in name for part in _NO_DECAY_NAMES)
+        no_decay = param.ndim < 2 or any(part in name for part in no_decay_names)
         groups.setdefault((is_head, no_decay), []).append(param)
     return [
         {"params": params, "lr": settings.lr if is_head else settings.backbone_lr,
@@ -93,10 +92,11 @@ def val_score(metrics: dict[str, float]) -> float:
 
 
 def freeze_unused(model: nn.Module) -> None:
-    """Freeze parameters the classifier's forward never uses (DINOv3's mask_token, for masked-image
-    pretraining only): DDP fails a step when a trainable parameter gets no gradient."""
+    """Freeze parameters the classifier's forward never uses (the adapter names them): DDP fails a
+    step when a trainable parameter gets no gradient."""
+    unused = adapter_for(model).unused_parameter_names
     for name, param in model.named_parameters():
-        if name.endswith("mask_token"):
+        if name.endswith(unused):
             param.requires_grad = False
 
 

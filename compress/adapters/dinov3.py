@@ -30,6 +30,10 @@ class DINOv3Adapter:
     head_input_role = "o"
     neuron_output_roles = ("up", "gate")
     neuron_input_role = "down"
+    # Parameter names (substrings) an optimiser should not decay: vectors and tokens, LayerScale.
+    no_decay_parameter_names = ("bias", "norm", "cls_token", "register_tokens", "mask_token", "lambda1")
+    # Parameters a classifier's forward never uses (mask_token is for masked-image pretraining).
+    unused_parameter_names = ("mask_token",)
 
     def layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """Return (qualified name, layer) for every DINOv3ViTLayer in `model`, in forward order."""

@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 from trainables.cache.keys import check_key, check_stage
 from trainables.cache.leases import Lease, StaleWatch, owner_text
 from trainables.cache.stores import MANIFEST_NAME, ArrowStore, LocalStore, build_manifest, parse_manifest
+from trainables.storage import is_uri
 
 logger = logging.getLogger("trainables.cache")
 
@@ -69,7 +70,7 @@ class StageCache:
         self.wait_timeout_s = wait_timeout_s
         root = os.fspath(root)
         if filesystem is None:
-            if "://" in root:
+            if is_uri(root):
                 filesystem, root = pafs.FileSystem.from_uri(root)
             else:
                 filesystem = pafs.LocalFileSystem()
