@@ -53,7 +53,7 @@ def bench_sweep(results_dir: str, name: str, trials: list[str], onnx: bool) -> l
 
 
 def bench_vits(image_size: int, batch_size: int, threads: int, repeats: int, rounds: int) -> list[dict]:
-    from compress import CompressionPlan, compress_model, count_params, save_compressed
+    from compress import CompressionPlan, TokenPlan, compress_model, count_params, save_compressed
     from compress.onnx_export import export_onnx, onnx_max_abs_difference, onnx_session
     from trainables.model import build_classifier
     from tune.export import paired_cpu_latency
@@ -61,7 +61,8 @@ def bench_vits(image_size: int, batch_size: int, threads: int, repeats: int, rou
     torch.manual_seed(0)
     reference = build_classifier("dinov3-vits16", 2).eval()
     # Random weights have flat spectra, so SVD would keep everything: prune heads, MLP and tokens.
-    compressed, _ = compress_model(reference, CompressionPlan(tau_heads=0.8, tau_mlp=0.8, r_max=0.5, alpha=1.0))
+    compressed, _ = compress_model(reference, CompressionPlan(tau_heads=0.8, tau_mlp=0.8),
+                                  tokens=TokenPlan(r_max=0.5, alpha=1.0))
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for label, model in (("ViT-S/16 random init, uncompressed", reference),

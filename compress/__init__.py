@@ -21,7 +21,7 @@ from compress.io import load_compressed, save_compressed
 from compress.linear import LowRankLinear
 from compress.mlp import prune_mlp_neurons
 from compress.params import count_params
-from compress.plan import CompressionPlan, compress_model
+from compress.plan import CompressionPlan, TokenPlan, compress_model
 from compress.prehab import (
     REGULARIZERS, effective_rank, lowrank_penalty, nuclear_ratio, nuclear_ratio_plus_effective_rank, stable_rank,
 )
@@ -37,6 +37,7 @@ __all__ = [
     "LayerDecision",
     "LowRankLinear",
     "REGULARIZERS",
+    "TokenPlan",
     "collect_input_stats",
     "compress_model",
     "count_params",

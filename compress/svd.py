@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from compress.adapters import adapter_for
-from compress.checks import check_finite_weights, check_fraction
+from compress.checks import check_finite_weights, check_fraction, check_positive
 from compress.energy import keep_count
 from compress.linear import LowRankLinear
 from compress.report import LayerDecision
 from compress.targets import check_targets
-from compress.whitening import InputStats, WhiteningFactor
+from compress.whitening import DEFAULT_DAMPING, InputStats, WhiteningFactor
 
 
 def low_rank_factors(
@@ -58,14 +58,17 @@ def truncate_svd(
     tau: float,
     whitening: Mapping[str, InputStats] | None = None,
     targets: Iterable[str] | None = None,
+    damping: float = DEFAULT_DAMPING,
 ) -> list[LayerDecision]:
     """Factorise each target nn.Linear to the rank keeping `tau` of its sigma^2 energy; return one decision per linear.
 
-    With `whitening` ({qualified name: InputStats} for this model), the SVD is taken of W L.
+    With `whitening` ({qualified name: InputStats} for this model), the SVD is taken of W L,
+    where L L^T = S + damping * mean(diag S) * I (compress.whitening.whitening_factor).
     A layer is replaced by a LowRankLinear only if r*(in + out) + bias < in*out + bias.
     Linears that are already low rank are left alone. Modifies `model`.
     """
     tau = check_fraction("tau", tau)
+    damping = check_positive("damping", damping)
     roles = check_targets("targets", targets)
     adapter = adapter_for(model)
     if whitening is not None and not isinstance(whitening, Mapping):
@@ -80,11 +83,11 @@ def truncate_svd(
     ]
     check_finite_weights((qualified, module) for _, qualified, _, _, module in found)
     with _one_thread():
-        return [_truncate_one(adapter, tau, whitening, *item) for item in found]
+        return [_truncate_one(adapter, tau, whitening, damping, *item) for item in found]
 
 
 def _truncate_one(
-    adapter, tau: float, whitening: Mapping[str, InputStats] | None, index: int, qualified: str,
+    adapter, tau: float, whitening: Mapping[str, InputStats] | None, damping: float, index: int, qualified: str,
     layer: nn.Module, role: str, module: nn.Linear,
 ) -> LayerDecision:
     """Factorise one linear in place if that saves parameters; return its decision."""
@@ -92,7 +95,7 @@ def _truncate_one(
     full_rank = min(in_features, out_features)
     if tau == 1.0:
         return LayerDecision("svd", index, qualified, full_rank, full_rank, applied=False)
-    factor = _whitening_for(whitening, qualified, in_features) if whitening is not None else None
+    factor = _whitening_for(whitening, qualified, in_features, damping) if whitening is not None else None
     rank, reduce, expand = low_rank_factors(module.weight, tau, factor)
     applied = saves_params(rank, in_features, out_features)
     if applied:
@@ -120,7 +123,7 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _whitening_for(whitening: Mapping[str, InputStats], name: str, in_features: int) -> WhiteningFactor:
+def _whitening_for(whitening: Mapping[str, InputStats], name: str, in_features: int, damping: float) -> WhiteningFactor:
     stats = whitening.get(name)
     if stats is None:
         raise ValueError(
@@ -133,4 +136,4 @@ def _whitening_for(whitening: Mapping[str, InputStats], name: str, in_features: 
             f"whitening[{name!r}] is {size}x{size} but the layer reads {in_features} features; "
             "statistics collected before pruning must be restricted to the kept inputs"
         )
-    return stats.whitening()
+    return stats.whitening(damping)

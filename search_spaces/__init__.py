@@ -1,22 +1,29 @@
-"""Define-by-run Optuna search spaces, one module per space, selected by name.
+"""Optuna search spaces, one module per space, selected by name.
 
-A space module defines ``space(trial) -> dict | None`` (what Ray Tune's OptunaSearch
-calls: it suggests parameters and may return constants) and ``seed_point(seed) -> dict``
-(the seed configuration expressed in that space's parameter names).
+A space module declares ``TABLE`` (search_spaces._table.Table): each searched key with its
+distribution, reference value and condition. Everything else is derived from it:
+``space(trial)`` (what Ray Tune's OptunaSearch calls: it suggests parameters and returns the
+constants of switches that are off), the seed point and the searched keys.
 """
+
+from __future__ import annotations
 
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import optuna
+from typing import TYPE_CHECKING, Any
 
 from search_spaces._seed import SEED_CONFIG
 
-__all__ = ["SEED_CONFIG", "available_spaces", "load_space", "seed_points"]
+if TYPE_CHECKING:  # optuna is imported by the space modules, not here: the CLI's --help lists spaces fast
+    import optuna
 
-SpaceFn = Callable[[optuna.Trial], dict[str, Any] | None]
+    from search_spaces._table import Table
+
+__all__ = ["SEED_CONFIG", "available_spaces", "config_values", "load_space", "load_table", "searched_keys",
+           "seed_points"]
+
+SpaceFn = Callable[["optuna.Trial"], "dict[str, Any] | None"]
 
 
 def available_spaces() -> list[str]:
@@ -35,9 +42,19 @@ def _space_module(name: str):
     return importlib.import_module(f"search_spaces.{name}")
 
 
+def load_table(name: str) -> Table:
+    """Return the table of the space called `name`."""
+    return _space_module(name).TABLE
+
+
 def load_space(name: str) -> SpaceFn:
     """Return the define-by-run function of the space called `name`."""
     return _space_module(name).space
+
+
+def searched_keys(name: str) -> set[str]:
+    """Return the flat keys space `name` sets: its parameters and its switches' constants."""
+    return load_table(name).searched_keys()
 
 
 def seed_points(name: str, preset_values: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -45,7 +62,39 @@ def seed_points(name: str, preset_values: Mapping[str, Any] | None = None) -> li
 
     `preset_values` (flat dotted keys, e.g. ``{"finetune.method": "full"}``) fill in
     what the seed leaves open; where the space searches such a key, the seed point
-    uses the preset's value. The seed's own keys always win.
+    uses the preset's value. The seed's own keys always win; a key neither sets takes
+    the row's reference value.
     """
     seed = {**dict(preset_values or {}), **SEED_CONFIG}
-    return [_space_module(name).seed_point(seed)]
+    return [load_table(name).seed_point(seed)]
+
+
+def config_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a trial's values (Optuna params and constants, or a stored config) as trial-config keys.
+
+    The spaces' switches (``tokens.enabled``, ``prehab.enabled``) are not config keys: an off
+    switch becomes its constants (where `values` lacks them), an on switch is dropped, and a
+    switch that contradicts a value present (off, but r_max = 0.5) raises ValueError.
+    """
+    flat = dict(values)
+    for name, off in _switches().items():
+        if name not in flat:
+            continue
+        on = flat.pop(name)
+        if isinstance(on, str):
+            on = on.lower() == "true"
+        first_key, first_off = next(iter(off.items()))
+        if first_key in flat and (flat[first_key] != first_off) != bool(on):
+            raise ValueError(f"{name}={on} contradicts {first_key}={flat[first_key]} "
+                             f"(on exactly when {first_key} != {first_off})")
+        if not on:
+            for key, value in off.items():
+                flat.setdefault(key, value)
+    return flat
+
+
+def _switches() -> dict[str, Mapping[str, Any]]:
+    switches: dict[str, Mapping[str, Any]] = {}
+    for name in available_spaces():
+        switches.update(load_table(name).switches())
+    return switches

@@ -16,7 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from compress import REGULARIZERS, CompressionPlan
+from compress import REGULARIZERS, CompressionPlan, TokenPlan
+from compress.plan import KEYED_WHEN_SET
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -124,6 +125,7 @@ class FinetuneConfig:
     grad_checkpointing: bool = False
     workers: int = 1                 # Ray Train workers: DDP on CUDA (nccl) or CPU (gloo); 1 on MPS; batch_size is per worker
     cpus_per_worker: float = 1.0
+    threads_per_worker: int = 0      # torch threads per Ray Train worker; 0 = Ray's default (floor of cpus_per_worker, >= 1)
     feature_cache: bool = True       # head_only: train the head on cached frozen-backbone features
     lr_scaling: str = "none"         # "linear": lr and backbone_lr x global batch / 256
     min_feature_std: float = 1e-4    # collapse watch: fail below this mean per-dimension std (0 = off)
@@ -145,11 +147,12 @@ class FinetuneConfig:
         _at_least("finetune.lora_alpha", self.lora_alpha, 0)
         _at_least("finetune.workers", self.workers, 1)
         _at_least("finetune.cpus_per_worker", self.cpus_per_worker, 0, strict=True)
+        _at_least("finetune.threads_per_worker", self.threads_per_worker, 0)
 
     def key_fields(self) -> dict[str, Any]:
         """Return the fields that change the trained weights (what keys the stage cache)."""
         fields = dataclasses.asdict(self)
-        for name in ("workers", "cpus_per_worker", "grad_checkpointing", "min_feature_std", "accelerator_type"):
+        for name in ("workers", "cpus_per_worker", "threads_per_worker", "grad_checkpointing", "min_feature_std", "accelerator_type"):
             fields.pop(name)
         # Left out at their defaults (and where they do nothing) so earlier keys stay valid.
         if self.lr_scaling == "none":
@@ -233,42 +236,19 @@ class CalibConfig:
         _at_least("calib.batch_size", self.batch_size, 1)
 
 
-@dataclass(frozen=True)
-class CompressConfig:
-    tau_heads: float = 1.0
-    tau_mlp: float = 1.0
-    tau_svd: float = 1.0
-    svd_space: str = "raw"
-    svd_targets: str = "q,k,v,o,up,down"   # comma-separated roles
-
-    def __post_init__(self):
-        for name in ("tau_heads", "tau_mlp", "tau_svd"):
-            _fraction(f"compress.{name}", getattr(self, name), closed_low=False)
-        _choice("compress.svd_space", self.svd_space, ("raw", "whitened"))
-        roles = ("q", "k", "v", "o", "up", "down", "gate")
-        for role in self.targets:
-            _choice("compress.svd_targets (each)", role, roles)
-
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return tuple(t.strip() for t in self.svd_targets.split(",") if t.strip())
-
-
 TRAIN_FROM_MIDDLE = "middle"        # tokens.train_from_epoch: the fine-tune's middle epoch
 
 
 @dataclass(frozen=True)
-class TokensConfig:
-    r_max: float = 0.0
-    alpha: float = 1.0
-    fuse: bool = False
+class TokensConfig(TokenPlan):
+    """Token pruning (compress.TokenPlan) and, for training, the fine-tune epoch it starts from."""
+
     # 0 = inference only; k >= 1 = the fine-tune's forwards prune from its epoch k (1-based) on.
     # The flat value "middle" means finetune.epochs // 2 + 1 (from_flat resolves it).
     train_from_epoch: int = 0
 
     def __post_init__(self):
-        _fraction("tokens.r_max", self.r_max, closed_high=False)
-        _at_least("tokens.alpha", self.alpha, 0, strict=True)
+        super().__post_init__()
         _at_least("tokens.train_from_epoch", self.train_from_epoch, 0)
 
 
@@ -325,7 +305,7 @@ class RunConfig:
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "pretrain": PretrainConfig,
     "finetune": FinetuneConfig, "prehab": PrehabConfig, "calib": CalibConfig,
-    "compress": CompressConfig, "tokens": TokensConfig, "recover": RecoverConfig,
+    "compress": CompressionPlan, "tokens": TokensConfig, "recover": RecoverConfig,
     "eval": EvalConfig, "run": RunConfig,
 }
 _RENAMED = {("prehab", "lambda"): "lambda_"}
@@ -333,7 +313,7 @@ _RENAMED = {("prehab", "lambda"): "lambda_"}
 
 def known_keys() -> list[str]:
     """Return every accepted flat key, sorted."""
-    keys = ["prehab.enabled", "tokens.enabled"]
+    keys = []
     for section, cls in _SECTIONS.items():
         renamed_back = {v: k for (s, k), v in _RENAMED.items() if s == section}
         keys += [f"{section}.{renamed_back.get(f.name, f.name)}" for f in dataclasses.fields(cls)]
@@ -363,6 +343,13 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     elif target is str:
         if isinstance(value, str):
             return value
+    elif typing.get_origin(target) is tuple:
+        if isinstance(value, str):  # a comma string that is not JSON: "q,v,down"
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise TypeError(f"{key} must be a list of names (a JSON list or a comma string such as q,v,down), "
+                        f"got {value!r} ({type(value).__name__})")
     name = getattr(target, "__name__", str(target))
     raise TypeError(f"{key} must be {name}, got {value!r} ({type(value).__name__})")
 
@@ -375,7 +362,7 @@ class TrialConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     prehab: PrehabConfig = field(default_factory=PrehabConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
-    compress: CompressConfig = field(default_factory=CompressConfig)
+    compress: CompressionPlan = field(default_factory=CompressionPlan)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     recover: RecoverConfig = field(default_factory=RecoverConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -386,10 +373,6 @@ class TrialConfig:
         """Return the typed config for a flat dotted-key dict; unknown keys and bad values raise."""
         grouped: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
         flat = dict(flat)
-        # The search spaces' switches for lambda in {0} U [1e-4, 1e-1] and r_max in {0} U (0, 0.9]:
-        # the value alone decides, a switch must agree with it.
-        switches = {name: flat.pop(f"{name}.enabled") for name in ("prehab", "tokens")
-                    if f"{name}.enabled" in flat}
         if isinstance(flat.get("eval.tta"), bool) or str(flat.get("eval.tta")).lower() in ("true", "false"):
             flat["eval.tta"] = "dihedral" if str(flat["eval.tta"]).lower() == "true" else "none"
         if flat.get("tokens.train_from_epoch") == TRAIN_FROM_MIDDLE:
@@ -405,13 +388,6 @@ class TrialConfig:
                 raise ValueError(_unknown_key_message(key))
             grouped[section][field_name] = _coerce(key, value, hints[field_name])
         config = cls(**{section: _SECTIONS[section](**values) for section, values in grouped.items()})
-        active = {"prehab": (config.prehab.enabled, "prehab.lambda", config.prehab.lambda_),
-                  "tokens": (config.tokens.r_max > 0, "tokens.r_max", config.tokens.r_max)}
-        for name, switch in switches.items():
-            on, value_key, value = active[name]
-            if _coerce(f"{name}.enabled", switch, bool) != on:
-                raise ValueError(f"{name}.enabled={switch} contradicts {value_key}={value} "
-                                 f"({name} is on exactly when {value_key} > 0)")
         config._check_across_sections()
         return config
 
@@ -430,8 +406,28 @@ class TrialConfig:
         """Return what keys the fine-tune cache: the method's fields, and token pruning when it trains with it."""
         fields = {"finetune": self.finetune.key_fields()}
         if self.tokens.train_from_epoch > 0:
-            fields["tokens"] = dataclasses.asdict(self.tokens)
+            fields["tokens"] = _key_record(self.tokens)
         return fields
+
+    def recover_key_fields(self) -> dict[str, Any]:
+        """Return what keys the recover stage: its settings and the structural plan it recovers from.
+
+        The plan record keeps the shape it had when it also carried token pruning (r_max 0,
+        the trial's alpha and fuse), so existing recover entries stay valid.
+        """
+        plan = {**_key_record(self.compress), "r_max": 0.0, "alpha": self.tokens.alpha,
+                "fuse_pruned_tokens": self.tokens.fuse}
+        return {"recover": dataclasses.asdict(self.recover), "plan": plan}
+
+    def key_flat(self) -> dict[str, Any]:
+        """Return the flat config as cache keys spell it: lists as comma strings, knobs added
+        since keys were stored (compress.plan.keyed_when_set) left out at their default."""
+        flat = {}
+        for section in _SECTIONS:
+            renamed_back = {v: k for (s, k), v in _RENAMED.items() if s == section}
+            for name, value in _key_record(getattr(self, section)).items():
+                flat[f"{section}.{renamed_back.get(name, name)}"] = ",".join(value) if isinstance(value, list) else value
+        return flat
 
     def check_applicable(self, keys) -> None:
         """Raise ValueError when one of `keys` (flat keys someone set) does not apply to the fine-tune method."""
@@ -450,14 +446,18 @@ class TrialConfig:
                 flat[f"{section}.{renamed_back.get(name, name)}"] = value
         return flat
 
-    def plan(self) -> CompressionPlan:
-        """Return the compression plan (structural methods and token pruning) of this trial."""
-        return CompressionPlan(
-            tau_heads=self.compress.tau_heads, tau_mlp=self.compress.tau_mlp,
-            tau_svd=self.compress.tau_svd, svd_space=self.compress.svd_space,
-            svd_targets=self.compress.targets, r_max=self.tokens.r_max,
-            alpha=self.tokens.alpha, fuse_pruned_tokens=self.tokens.fuse,
-        )
+
+
+def _key_record(section: Any) -> dict[str, Any]:
+    """Return a config section's fields as keys hash them (tuples as lists), without
+    keyed_when_set fields at their default."""
+    record = {}
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        if item.metadata.get(KEYED_WHEN_SET) and value == item.default:
+            continue
+        record[item.name] = list(value) if isinstance(value, tuple) else value
+    return record
 
 
 def _unknown_key_message(key: Any) -> str:
@@ -479,7 +479,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 
 __all__ = [
-    "CalibConfig", "CompressConfig", "DataConfig", "EvalConfig", "FinetuneConfig",
+    "CalibConfig", "DataConfig", "EvalConfig", "FinetuneConfig",
     "ModelConfig", "PrehabConfig", "PretrainConfig", "RecoverConfig", "RunConfig",
     "TRAIN_FROM_MIDDLE", "TTA_MODES", "TokensConfig", "TrialConfig", "known_keys", "parse_overrides",
 ]

@@ -34,6 +34,7 @@ class TrainJob:
     init_path: str | None = None          # saved model (compress.save_compressed) to start from
     init_weights: str | None = None       # backbone weights dir/HF id (finetune from pretrained)
     whitening_path: str | None = None     # input stats (whitened prehab, or whitened SVD for recover)
+    threads: int = 0                      # torch threads in this worker (0 = leave torch's default)
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -129,15 +130,9 @@ def build_stage_model(job: TrainJob) -> nn.Module:
     return model  # prehab trains every weight: the penalty acts on the backbone's linears
 
 
-def structure_plan(cfg: TrialConfig):
-    """Return the trial's compression plan without token pruning (heads -> MLP -> SVD only)."""
-    return dataclasses.replace(cfg.plan(), r_max=0.0)
-
-
 def compress_structure(model: nn.Module, cfg: TrialConfig, stats_ref: str | None, cache_root: str):
     """Return (compressed copy, report) after heads -> MLP -> SVD; token pruning is applied later."""
     from compress import compress_model, load_input_stats
 
-    plan = structure_plan(cfg)
     stats = load_input_stats(str(resolve_ref(stats_ref, cache_root))) if stats_ref else None
-    return compress_model(model, plan, calibration=stats)
+    return compress_model(model, cfg.compress, calibration=stats)

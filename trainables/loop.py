@@ -140,6 +140,8 @@ def shard_audit(train_loader, val_labels: torch.Tensor, world_size: int) -> dict
 def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], torch.Tensor] | None = None,
                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train the job's stage; return the history and the best epoch (weights are in checkpoints)."""
+    if job.threads:
+        torch.set_num_threads(job.threads)
     cfg = job.config
     settings = scale_learning_rates(job, stage_settings(job), session.world_size)
     torch.manual_seed(cfg.run.seed + 1000 * session.rank)
@@ -184,7 +186,7 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
         metrics = classification_metrics(labels.numpy(), probs.numpy())
         record = {"epoch": epoch, "train_loss": train_loss, "val_score": val_score(metrics),
                   **{f"val_{k}": v for k, v in metrics.items()}, "epoch_s": time.perf_counter() - started,
-                  "lr": settings.lr, "backbone_lr": settings.backbone_lr,
+                  "threads": torch.get_num_threads(), "lr": settings.lr, "backbone_lr": settings.backbone_lr,
                   **shard_audit(train_loader, labels, session.world_size)}
         if penalty is not None:
             record["penalty"] = penalty_value

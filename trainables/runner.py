@@ -9,6 +9,7 @@ storage picks up its snapshot).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -40,7 +41,7 @@ def make_penalty(job: TrainJob) -> Callable[[nn.Module], torch.Tensor] | None:
         if job.whitening_path is None:
             raise ValueError("prehab.space 'whitened' needs whitening statistics (whitening_path)")
         stats = load_input_stats(str(resolve_ref(job.whitening_path, job.cache_root)))
-    lam, kind, targets = cfg.prehab.lambda_, cfg.prehab.kind, cfg.compress.targets
+    lam, kind, targets = cfg.prehab.lambda_, cfg.prehab.kind, cfg.compress.svd_targets
 
     def penalty(model: nn.Module) -> torch.Tensor:
         return lam * lowrank_penalty(model, kind, whitening=stats, targets=targets)
@@ -113,9 +114,14 @@ def run_on_ray(job: TrainJob, *, run_name: str, storage_path: str, storage_files
         log.warning("finetune.workers=%d ignored on mps: one worker (torch.distributed has no MPS backend)",
                     cfg.finetune.workers)
     resources = {"CPU": cfg.finetune.cpus_per_worker}
+    threads = cfg.finetune.threads_per_worker
+    # Ray gives a worker floor(CPUs) OpenMP threads. More threads than reserved CPUs pay where
+    # the trial driver idles beside the worker (digits: 0.1 + 0.9 CPU on 2 cores); passive
+    # waiting keeps them from spinning against each other when the cores are busy elsewhere.
+    worker_env = {"env_vars": {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}} if threads else None
     trainer = TorchTrainer(
         _ray_worker,
-        train_loop_config={"job": job, "device": device.type},
+        train_loop_config={"job": dataclasses.replace(job, threads=threads), "device": device.type},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,
@@ -125,6 +131,7 @@ def run_on_ray(job: TrainJob, *, run_name: str, storage_path: str, storage_files
             callbacks=[] if storage_filesystem is not None else
             [EpochLog(str(Path(storage_path) / run_name / EPOCHS_FILE), run_name)],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            worker_runtime_env=worker_env,
             failure_config=ray.train.FailureConfig(max_failures=max_failures,
                                                    controller_failure_limit=3),
         ),

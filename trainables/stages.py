@@ -100,17 +100,17 @@ def features_key_config(cfg: TrialConfig, parent: str | None) -> dict[str, Any]:
 
 
 def whitening_key_config(cfg: TrialConfig) -> dict[str, Any]:
-    return {"calib": dataclasses.asdict(cfg.calib), "targets": list(cfg.compress.targets)}
+    return {"calib": dataclasses.asdict(cfg.calib), "targets": list(cfg.compress.svd_targets)}
 
 
 def prehab_key_config(cfg: TrialConfig) -> dict[str, Any]:
-    return {"prehab": dataclasses.asdict(cfg.prehab), "targets": list(cfg.compress.targets),
+    return {"prehab": dataclasses.asdict(cfg.prehab), "targets": list(cfg.compress.svd_targets),
             "batch_size": cfg.finetune.batch_size}
 
 
-def recover_key_config(cfg: TrialConfig, plan: dict[str, Any]) -> dict[str, Any]:
-    """`plan`: the structural compression plan the recovered model was compressed with."""
-    return {"recover": dataclasses.asdict(cfg.recover), "plan": plan}
+def recover_key_config(cfg: TrialConfig) -> dict[str, Any]:
+    """The recover section and the structural compression plan the recovered model was compressed with."""
+    return cfg.recover_key_fields()
 
 
 # ---------------------------------------------------------------------------- bookkeeping
@@ -292,7 +292,7 @@ def calibrate(run: TrialRun, of: StageOutput) -> StageOutput:
         model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir)).eval()
         loader = DataLoader(make_dataset(cfg, run.data_root, "train"), batch_size=cfg.calib.batch_size,
                             shuffle=False)
-        stats = collect_input_stats(model, iterate_batches(loader, cfg.calib.batches), targets=cfg.compress.targets)
+        stats = collect_input_stats(model, iterate_batches(loader, cfg.calib.batches), targets=cfg.compress.svd_targets)
         save_input_stats(stats, str(out / "stats.pt"))
 
     run.cached("whitening", key, compute)
@@ -324,9 +324,9 @@ def compress(run: TrialRun, model: StageOutput, stats: StageOutput):
     return compressed, report, before
 
 
-def recover(run: TrialRun, model: StageOutput, stats: StageOutput, plan: dict[str, Any]) -> nn.Module:
+def recover(run: TrialRun, model: StageOutput, stats: StageOutput) -> nn.Module:
     """Return the compressed model after a short LoRA fine-tune, merged back."""
-    key = run.key("recover", recover_key_config(run.cfg, plan), model.key)
+    key = run.key("recover", recover_key_config(run.cfg), model.key)
 
     def compute(out: Path) -> None:
         trained = run.train(run.job("recover", init_path=model.ref, whitening_path=stats.ref), key, out)

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -30,7 +30,6 @@ from trainables import stages
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig, parse_overrides
 from trainables.evaluate import Predictions, check_finite, cost_metrics, split_evaluation
-from trainables.job import structure_plan
 from trainables.report_keys import OUTCOME_KEY_ATTR, TRIAL_ERROR_KEY
 from trainables.sessions import pick_device
 from trainables.stages import StageOutput, TrialContext, TrialRun, data_root
@@ -116,7 +115,7 @@ def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) 
         stats = stages.calibrate(run, model)          # input statistics of the model to factorise
     compressed, report, params_before = stages.compress(run, model, stats)
     if cfg.recover.epochs > 0:
-        compressed = stages.recover(run, model, stats, structure_plan(cfg).to_dict())
+        compressed = stages.recover(run, model, stats)
     tokens = stages.prune_tokens(cfg, compressed)
     return TrialModel(model=compressed, cfg=cfg, data_root=run.data_root, data_fingerprint=run.fingerprint,
                       report=report, tokens=tokens, params_uncompressed=params_before, stages=run,
@@ -124,8 +123,12 @@ def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) 
 
 
 def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: TrialContext,
-                   objectives: tuple[str, ...] = OBJECTIVE_METRICS) -> None:
+                   objectives: tuple[str, ...] = OBJECTIVE_METRICS,
+                   to_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
     """Ray Tune function trainable: the preset `base` overlaid with the searcher's `config`.
+
+    `to_config` turns the searcher's values into config keys (search_spaces.config_values:
+    the spaces' switches become the values they stand for); None takes them as they are.
 
     A numerical failure (divergence, non-finite metrics) is deterministic, so it is reported,
     not raised: retrying would fail the same way. The report carries NaN objectives (Tune's
@@ -137,10 +140,10 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     """
     from ray import tune
 
-    flat = {**base, **config}
+    flat = {**base, **(to_config(config) if to_config else config)}
     tune_ctx = tune.get_context()
     cache = StageCache(context.results_dir)
-    key = outcome_key(TrialConfig.from_flat(flat).to_flat(), context.sweep, tune_ctx.get_trial_id())
+    key = outcome_key(TrialConfig.from_flat(flat).key_flat(), context.sweep, tune_ctx.get_trial_id())
     stored = cache.get("outcome", key)
     if stored is not None:
         # Tune reruns a trial it restored after a driver crash; Optuna may already hold

@@ -329,7 +329,8 @@ def _write_model_card(path: Path, settings: SweepSettings, cfg, metrics: dict[st
         f"- Parameters: {_fmt(sweep.get('params_uncompressed'))} before compression, {_fmt(sweep.get('params'))} "
         f"after (ratio {_fmt(sweep.get('params_ratio'))})",
         f"- What the surgery did (per layer in `structure.json`): {_surgery_line(built)}",
-        "- Trial settings: " + ", ".join(f"`{k}={v}`" for k, v in sorted(plan.items())), "",
+        "- Trial settings: " + ", ".join(f"`{k}={','.join(v) if isinstance(v, tuple) else v}`"
+                                         for k, v in sorted(plan.items())), "",
         "## Data", "", _data_line(cfg, metrics["data_fingerprint"]), "",
         "## Metrics", "",
         "Validation split as the sweep scored it; test split only when `--final-eval` ran. "

@@ -50,17 +50,21 @@ class TimedModel:
 
 
 def time_interleaved(models: Sequence[TimedModel], rounds: int, device: torch.device) -> dict[str, list[float]]:
-    """Return {label: per-round ms per image}: in each round every model is timed once, in order."""
+    """Return {label: per-round ms per image}: in each round every model is timed once, in order
+    (warm-up: the trial's eval.latency_warmup runs in the first round, one run in later rounds)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     threads_before = torch.get_num_threads()
     times: dict[str, list[float]] = {m.label: [] for m in models}
     try:
-        for _ in range(rounds):
+        for round_ in range(rounds):
             for m in models:
                 torch.set_num_threads(m.threads)
                 shape = (3, m.cfg.data.image_size, m.cfg.data.image_size)
-                result = measure_latency(m.model, shape, device=device, warmup=m.cfg.eval.latency_warmup,
+                # The trial's warm-up before a model's first round; later rounds need one pass to
+                # bring its weights back into cache after the other models ran.
+                warmup = m.cfg.eval.latency_warmup if round_ == 0 else min(1, m.cfg.eval.latency_warmup)
+                result = measure_latency(m.model, shape, device=device, warmup=warmup,
                                          repeats=m.cfg.eval.latency_repeats, batch_size=m.cfg.eval.latency_batch)
                 times[m.label].append(result.latency_ms)
     finally:
@@ -99,7 +103,7 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     from trainables.evaluate import as_deployed, timing_lock
     from trainables.sessions import pick_device
     from trainables.trial import TrialContext, build_model
-    from tune.reports import _atomic_write
+    from trainables.storage import atomic_write
     from tune.summary import _trial_flat_config, front_frame
 
     started = time.perf_counter()
@@ -133,7 +137,7 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     frame["build_s"] = round(built_s, 3)
     frame["pass_s"] = round(time.perf_counter() - started, 3)
     out = Path(settings.local_dir)
-    _atomic_write(out / RETIME_FILENAME, lambda temp: frame.to_csv(temp, index=False))
+    atomic_write(out / RETIME_FILENAME, lambda temp: frame.to_csv(temp, index=False))
     log.info("re-timed %d configs in %d rounds on %s in %.1f s (building them: %.1f s)", len(models), rounds,
              frame["device"].iloc[0], frame["pass_s"].iloc[0], built_s)
     return frame

@@ -28,14 +28,15 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
+# Only light modules here: --help and argument errors must not wait for torch, Ray or
+# Optuna (tests/tune/test_run_cli.py checks sys.modules); the rest is imported where used.
 from search_spaces import SEED_CONFIG, available_spaces  # noqa: E402
-from trainables.config import parse_overrides  # noqa: E402
 from tune.presets import PRESETS, get_preset  # noqa: E402
-from tune.study import SAMPLERS, STUDY_DB_FILENAME  # noqa: E402
 from tune.sweep import (  # noqa: E402
-    OBJECTIVE_CHOICES, SweepSettings, build_base, check_space, is_uri, parse_objectives,
-    read_settings, sweep_exists, tune_experiment_path, write_settings,
+    OBJECTIVE_CHOICES, SAMPLERS, STUDY_DB_FILENAME, SweepSettings, build_base, check_space, is_uri,
+    parse_objectives, read_settings, sweep_exists, tune_experiment_path, write_settings,
 )
 
 log = logging.getLogger("tune.run")
@@ -140,10 +141,6 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _given(args: argparse.Namespace) -> list[str]:
-    return [f"--{flag.replace('_', '-')}" for flag in _DEFINING_FLAGS if getattr(args, flag) is not None]
-
-
 def _results_dir(text: str) -> str:
     return text if is_uri(text) else str(Path(text).expanduser().resolve())
 
@@ -189,6 +186,8 @@ def _check_local_inputs(flat: dict, parser: argparse.ArgumentParser, *, results_
 
 def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SweepSettings:
     """Return the settings of a new sweep from the flags; every error ends in parser.error."""
+    from trainables.config import parse_overrides
+
     preset = get_preset(args.preset or "digits")
     smoke = _smoke(preset) if args.smoke else None
     space = args.space or (smoke["space"] if smoke else preset.space)
@@ -225,9 +224,7 @@ def _smoke(preset) -> dict:
 
 def _saved_settings(name: str, args: argparse.Namespace, parser: argparse.ArgumentParser,
                     flag: str) -> SweepSettings:
-    given = _given(args)
-    if given:
-        parser.error(f"{flag} takes the sweep's saved settings; drop {', '.join(given)}")
+    """Return sweep `name`'s saved settings; a defining flag given again must equal its saved value."""
     results_dir = _results_dir(args.results_dir)
     try:
         settings = read_settings(results_dir, name, args.storage)
@@ -236,7 +233,49 @@ def _saved_settings(name: str, args: argparse.Namespace, parser: argparse.Argume
     if settings is None:
         parser.error(f"{flag} {name}: no sweep named {name!r} under {results_dir} "
                      "(check --results-dir and the name)")
+    for option, saved, given in _defining_values(settings, args):
+        if given != saved:
+            parser.error(f"{flag} {name} takes the sweep's saved settings, and {option} differs: "
+                         f"saved {_shown(saved)}, given {_shown(given)}; drop {option} or give the saved value")
     return settings
+
+
+def _defining_values(settings: SweepSettings, args: argparse.Namespace) -> list[tuple[str, Any, Any]]:
+    """Return (flag, saved value, given value) for each defining flag given on the command line."""
+    saved = {"preset": settings.preset, "space": settings.space, "num_samples": settings.num_samples,
+             "max_concurrent": settings.max_concurrent, "sampler": settings.sampler, "seed": settings.seed,
+             "objectives": settings.objectives, "set": {k: str(v) for k, v in settings.overrides.items()}}
+    values = []
+    for name in _DEFINING_FLAGS:
+        given = getattr(args, name)
+        if given is None:
+            continue
+        saved_value = saved[name]
+        if name == "objectives":
+            try:
+                given = parse_objectives(given)
+            except ValueError:
+                pass  # shown as given
+        elif name == "set":
+            from trainables.config import parse_overrides
+
+            try:
+                given = {k: str(v) for k, v in parse_overrides(given).items()}
+            except ValueError:
+                given = list(given)
+            if args.smoke and isinstance(given, dict):
+                # --smoke adds overrides of its own: compare only what --set gives.
+                saved_value = {k: v for k, v in saved_value.items() if k in given}
+        values.append((f"--{name.replace('_', '-')}", saved_value, given))
+    return values
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple) and all(isinstance(item, tuple) for item in value):
+        return ",".join(f"{metric}:{mode}" for metric, mode in value)  # objectives
+    if isinstance(value, dict):
+        return " ".join(f"--set {k}={v}" for k, v in value.items()) or "no --set"
+    return str(value)
 
 
 def _open_storage(settings: SweepSettings, parser: argparse.ArgumentParser):
@@ -251,7 +290,7 @@ def _open_storage(settings: SweepSettings, parser: argparse.ArgumentParser):
 
 
 def _debug_trial(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from trainables.config import TrialConfig
+    from trainables.config import TrialConfig, parse_overrides
     from trainables.trial import TrialContext, format_metrics, run_trial
 
     preset = get_preset(args.preset or "digits")

@@ -19,6 +19,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from search_spaces import config_values
 from trainables.storage import atomic_write
 from tune.reports import reference_row, trials_frame
 
@@ -70,7 +71,7 @@ def _trial_config(trial: optuna.trial.FrozenTrial, base: dict[str, Any]) -> dict
     config = trial.user_attrs.get("config")
     if isinstance(config, str):
         config = json.loads(config)
-    return {**base, **(config or trial.params)}
+    return {**base, **config_values(config or trial.params)}
 
 
 def plot_spectra(before: dict, after: dict | None, title: str, path: Path) -> Path:
@@ -127,7 +128,7 @@ def write_spectra(study: optuna.Study, out_dir: Path, objectives, base: dict[str
         if not finetuned:
             log.info("trial %d records no model reference; no spectrum plot for the %s", trial.number, role)
             continue
-        targets = TrialConfig.from_flat(_trial_config(trial, base)).compress.targets
+        targets = TrialConfig.from_flat(_trial_config(trial, base)).compress.svd_targets
         try:
             before = normalised_spectra(load_compressed(str(resolve_ref(finetuned, results_dir))), targets)
             prehab = trial.user_attrs.get("model_ref_prehab")

@@ -28,12 +28,11 @@ from ray.tune.search.optuna import OptunaSearch
 # Set by trainables.trial.tune_trainable when a trial fails deterministically (no retry).
 from trainables.report_keys import TRIAL_ERROR_KEY
 from trainables.storage import is_uri
+from tune.sweep import SAMPLERS, STUDY_DB_FILENAME  # the sweep's settings and layout; re-exported here
 
 logger = logging.getLogger(__name__)
 
 MODES = ("max", "min")
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
-STUDY_DB_FILENAME = "optuna.db"
 
 # Tune's bookkeeping keys that carry nothing about the trial's outcome; the rest of a
 # result (secondary metrics, where and how long it ran) goes into user attributes.

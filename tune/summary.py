@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from search_spaces import config_values
 from tune.callbacks import PROGRESS_FILENAME, finished_trial_ids
 from tune.reports import markdown_table, front_table, reference_row, trials_frame, write_reports
 from tune.spectra import write_spectra
@@ -158,7 +159,7 @@ def _trial_flat_config(settings: SweepSettings, trial: optuna.trial.FrozenTrial)
     config = trial.user_attrs.get(CONFIG_ATTR)
     if isinstance(config, str):
         config = json.loads(config)
-    return {**settings.base, **(config or trial.params)}
+    return {**settings.base, **config_values(config or trial.params)}
 
 
 def final_eval(settings: SweepSettings, study: optuna.Study, *, show_progress: bool = False) -> pd.DataFrame:

@@ -24,16 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
-
-from search_spaces import available_spaces, load_space, seed_points
-from trainables.config import TrialConfig
 from trainables.storage import is_uri
 from tune.presets import Preset
 
 log = logging.getLogger(__name__)
 
+# optuna, torch (trainables.config) and Ray are imported where they are used, so the CLI's
+# --help and argument errors stay fast.
 SETTINGS_FILENAME = "sweep.json"
+STUDY_DB_FILENAME = "optuna.db"
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
 TUNE_DIRNAME = "tune"
 # Metrics every trial reports that make sense as objectives (trainables.trial.run_trial).
 OBJECTIVE_CHOICES = ("val_auroc", "params", "latency_ms", "gflops", "val_auprc", "val_accuracy",
@@ -56,19 +56,6 @@ def parse_objectives(text: str) -> tuple[tuple[str, str], ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"--objectives names a metric twice: {text!r}")
     return tuple(objectives)
-
-
-def searched_keys(space_name: str, draws: int = 32) -> set[str]:
-    """Return the flat keys space `space_name` sets (params and constants) over `draws` random draws."""
-    space = load_space(space_name)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    keys: set[str] = set()
-    for _ in range(draws):
-        trial = study.ask()
-        constants = space(trial) or {}
-        keys |= set(trial.params) | set(constants)
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    return keys
 
 
 @dataclass(frozen=True)
@@ -173,6 +160,9 @@ def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) ->
     Raises ValueError/TypeError naming the key for a bad override, and ValueError when an
     override sets a key the space searches (the searcher's value would silently win).
     """
+    from search_spaces import config_values, searched_keys, seed_points
+    from trainables.config import TrialConfig
+
     base = {**preset.trial, **overrides}
     typed = TrialConfig.from_flat(base).to_flat()
     base = {key: typed.get(key, value) for key, value in base.items()}  # "--set k=3" -> 3
@@ -186,7 +176,7 @@ def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) ->
         # values are defaults for whichever method runs, and a searched method varies.)
         TrialConfig.from_flat(base).check_applicable(overrides)
     for point in seed_points(space_name, base):
-        TrialConfig.from_flat({**base, **point})
+        TrialConfig.from_flat({**base, **config_values(point)})
     data = base.get("data.root")
     if data and not is_uri(str(data)):
         # Trials run with another working directory; relative data paths would break there.
@@ -196,12 +186,16 @@ def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) ->
 
 def check_space(name: str) -> None:
     """Raise ValueError naming the available spaces when `name` is not one of them."""
+    from search_spaces import available_spaces
+
     if name not in available_spaces():
         raise ValueError(f"--space: unknown search space {name!r}; available: {', '.join(available_spaces())}")
 
 
 def sweep_exists(results_dir: str, name: str, storage: optuna.storages.BaseStorage | None) -> bool:
     """Return True when `name` already has settings, a Tune experiment or an Optuna study."""
+    import optuna
+
     if read_settings(results_dir, name) is not None:
         return True
     from ray.tune import Tuner
@@ -254,17 +248,21 @@ def make_trainable(settings: SweepSettings):
 
     from trainables.trial import TrialContext, tune_trainable
 
+    from search_spaces import config_values
+
     context = TrialContext(results_dir=settings.results_dir, backend="ray", show_progress=False,
                            max_failures=settings.max_failures, sweep=settings.name)
     return tune.with_resources(
         tune.with_parameters(tune_trainable, base=dict(settings.base), context=context,
-                             objectives=tuple(name for name, _ in settings.objectives)),
+                             objectives=tuple(name for name, _ in settings.objectives),
+                             to_config=config_values),
         dict(settings.trial_resources),
     )
 
 
 def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage):
     """Return the SweepSearch on the sweep's study, the seed configuration queued first."""
+    from search_spaces import load_space, seed_points
     from tune.study import SweepSearch, make_sampler
 
     return SweepSearch(
@@ -291,6 +289,7 @@ def _callbacks(settings: SweepSettings, use_wandb: bool) -> list:
 def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, resume: bool,
              use_wandb: bool = False, dashboard: bool = False) -> list[int]:
     """Run (or continue) the Tune experiment to the end; return orphaned Optuna trials marked FAIL."""
+    import optuna
     from ray import tune
 
     from tune.stopping import INPUT_ERROR_FILENAME, InputMissing, StopOnMissingInput
@@ -338,7 +337,7 @@ def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, r
 
 
 __all__ = [
-    "OBJECTIVE_CHOICES", "SweepSettings", "build_base", "check_space", "make_searcher",
-    "make_trainable", "parse_objectives", "read_settings", "run_tune", "searched_keys",
+    "OBJECTIVE_CHOICES", "SAMPLERS", "STUDY_DB_FILENAME", "SweepSettings", "build_base", "check_space", "make_searcher",
+    "make_trainable", "parse_objectives", "read_settings", "run_tune",
     "sweep_exists", "tune_experiment_path", "write_settings",
 ]

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_vit import make_classifier, make_model  # noqa: E402
 
 from compress import (  # noqa: E402
-    REGULARIZERS, CompressionPlan, collect_input_stats, compress_model, load_compressed, lowrank_penalty,
-    save_compressed,
+    REGULARIZERS, CompressionPlan, TokenPlan, collect_input_stats, compress_model, load_compressed,
+    lowrank_penalty, save_compressed,
 )
 
 GOLDEN = Path(__file__).parent / "golden" / "compress_outputs.json"
@@ -30,6 +30,17 @@ PLANS = {
     "tokens": dict(tau_mlp=0.9, r_max=0.5, alpha=1.5),
     "tokens_fused": dict(r_max=0.6, alpha=1.0, fuse_pruned_tokens=True),
 }
+
+
+# The plans above were written when CompressionPlan also held token pruning; it is now
+# compress.TokenPlan, passed to compress_model as `tokens` (field name there -> here).
+TOKEN_FIELDS = {"r_max": "r_max", "alpha": "alpha", "fuse_pruned_tokens": "fuse"}
+
+
+def _plans(plan: dict) -> tuple[CompressionPlan, TokenPlan | None]:
+    tokens = {TOKEN_FIELDS[key]: value for key, value in plan.items() if key in TOKEN_FIELDS}
+    structure = {key: value for key, value in plan.items() if key not in TOKEN_FIELDS}
+    return CompressionPlan(**structure), (TokenPlan(**tokens) if tokens else None)
 
 
 def _pixels(seed: int, batch: int = 3) -> torch.Tensor:
@@ -59,7 +70,8 @@ def compute(tmp: Path) -> dict:
     for name, plan in PLANS.items():
         classifier = make_classifier()
         calibration = _calibration() if plan.get("svd_space") == "whitened" else None
-        compressed, report = compress_model(classifier, CompressionPlan(**plan), calibration)
+        structure, tokens = _plans(plan)
+        compressed, report = compress_model(classifier, structure, calibration, tokens=tokens)
         results[name] = _record(compressed, report)
         if name == "whitened_svd":
             save_compressed(compressed, tmp / "model")

@@ -7,6 +7,7 @@ from tiny_vit import make_model
 from compress import (
     CompressionPlan,
     LowRankLinear,
+    TokenPlan,
     compress_model,
     load_compressed,
     prune_attention_heads,
@@ -52,7 +53,7 @@ def test_dtype_survives_the_round_trip(pixels, tmp_path):
 
 
 def test_token_pruning_is_re_enabled_on_load(model, pixels, tmp_path):
-    compressed, _ = compress_model(model, CompressionPlan(tau_heads=0.8, r_max=0.5))
+    compressed, _ = compress_model(model, CompressionPlan(tau_heads=0.8), tokens=TokenPlan(r_max=0.5))
     loaded = load_compressed(save_compressed(compressed, tmp_path / "m"))
     assert torch.equal(loaded(pixels).last_hidden_state, compressed(pixels).last_hidden_state)
     assert loaded(pixels).last_hidden_state.shape[1] < model(pixels).last_hidden_state.shape[1]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_vit import make_model
 
-from compress import CompressionPlan, collect_input_stats, compress_model, count_params, keep_schedule
+from compress import CompressionPlan, TokenPlan, collect_input_stats, compress_model, count_params, keep_schedule
 
 
 @pytest.mark.parametrize(
@@ -13,10 +13,6 @@ from compress import CompressionPlan, collect_input_stats, compress_model, count
         ("tau_heads", 0.0, r"compress\.tau_heads must be in \(0, 1\], got 0\.0"),
         ("tau_mlp", 1.2, r"compress\.tau_mlp must be in \(0, 1\], got 1\.2"),
         ("tau_svd", -0.5, r"compress\.tau_svd must be in \(0, 1\], got -0\.5"),
-        ("r_max", 1.0, r"tokens\.r_max must be in \[0, 1\), got 1\.0"),
-        ("r_max", -0.1, r"tokens\.r_max must be in \[0, 1\), got -0\.1"),
-        ("alpha", 0.0, r"tokens\.alpha must be a finite number > 0, got 0\.0"),
-        ("alpha", -1.0, r"tokens\.alpha must be a finite number > 0"),
         ("svd_space", "fisher", r"compress\.svd_space must be one of raw, whitened, got 'fisher'"),
         ("svd_targets", ("q", "attn"), r"compress\.svd_targets must name roles among"),
     ],
@@ -26,14 +22,30 @@ def test_plan_rejects_out_of_range_values_naming_field_and_range(field, value, m
         CompressionPlan(**{field: value})
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("r_max", 1.0, r"tokens\.r_max must be in \[0, 1\), got 1\.0"),
+        ("r_max", -0.1, r"tokens\.r_max must be in \[0, 1\), got -0\.1"),
+        ("alpha", 0.0, r"tokens\.alpha must be a finite number > 0, got 0\.0"),
+        ("alpha", -1.0, r"tokens\.alpha must be a finite number > 0"),
+    ],
+)
+def test_token_plan_rejects_out_of_range_values_naming_field_and_range(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TokenPlan(**{field: value})
+
+
 def test_plan_rejects_non_numeric_tau():
     with pytest.raises(TypeError, match="compress.tau_heads must be a real number"):
         CompressionPlan(tau_heads="0.9")
 
 
 def test_plan_round_trips_through_a_dict():
-    plan = CompressionPlan(tau_heads=0.89, tau_svd=0.975, svd_space="whitened", svd_targets=["q", "up"], r_max=0.5)
+    plan = CompressionPlan(tau_heads=0.89, tau_svd=0.975, svd_space="whitened", svd_targets=["q", "up"])
     assert CompressionPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    tokens = TokenPlan(r_max=0.5, alpha=2.0, fuse=True)
+    assert TokenPlan.from_dict(json.loads(json.dumps(tokens.to_dict()))) == tokens
 
 
 def test_plan_from_dict_names_unknown_keys():
@@ -89,7 +101,7 @@ def test_calibration_values_must_be_input_stats(model):
 
 
 def test_token_pruning_follows_the_plan(model, pixels):
-    compressed, report = compress_model(model, CompressionPlan(r_max=0.5, alpha=1.2))
+    compressed, report = compress_model(model, CompressionPlan(), tokens=TokenPlan(r_max=0.5, alpha=1.2))
     assert report.tokens["schedule"] == keep_schedule(16, 2, 0.5, 1.2)
     assert compressed(pixels).last_hidden_state.shape[1] == 1 + 2 + report.tokens["schedule"][-1]
 

@@ -1,5 +1,6 @@
 import pytest
 
+from compress import CompressionPlan, TokenPlan
 from trainables.config import TrialConfig, known_keys, parse_overrides
 
 
@@ -15,7 +16,7 @@ def test_flat_round_trip():
 
 def test_every_known_key_is_accepted_with_its_default():
     flat = TrialConfig().to_flat()
-    assert set(flat) | {"prehab.enabled", "tokens.enabled"} == set(known_keys())
+    assert set(flat) == set(known_keys())
 
 
 def test_set_strings_are_typed():
@@ -29,11 +30,12 @@ def test_set_strings_are_typed():
     ("compress.tau_mlp", 1.2, r"compress.tau_mlp must be in \(0, 1\], got 1.2"),
     ("compress.tau_heads", 0.0, r"compress.tau_heads must be in \(0, 1\]"),
     ("tokens.r_max", 1.0, r"tokens.r_max must be in \[0, 1\)"),
-    ("tokens.alpha", 0.0, r"tokens.alpha must be > 0"),
+    ("tokens.alpha", 0.0, r"tokens.alpha must be a finite number > 0"),
     ("finetune.method", "qlora", "finetune.method must be one of head_only, lora, full"),
     ("prehab.lambda", -1.0, "prehab.lambda must be >= 0"),
     ("eval.latency_rounds", 0, "eval.latency_rounds must be >= 1"),
     ("eval.latency_pause_s", -0.5, "eval.latency_pause_s must be >= 0"),
+    ("finetune.threads_per_worker", -1, "finetune.threads_per_worker must be >= 0"),
 ])
 def test_out_of_range_values_name_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):
@@ -55,14 +57,15 @@ def test_set_without_equals_is_refused():
         parse_overrides(["finetune.epochs"])
 
 
-def test_prehab_switch_must_agree_with_lambda():
-    assert TrialConfig.from_flat({"prehab.enabled": True, "prehab.lambda": 0.01}).prehab.enabled
-    with pytest.raises(ValueError, match="contradicts"):
-        TrialConfig.from_flat({"prehab.enabled": False, "prehab.lambda": 0.01})
+def test_the_search_spaces_switches_are_not_config_keys():
+    # search_spaces turns prehab.enabled / tokens.enabled into values before a config is built.
+    with pytest.raises(ValueError, match="unknown config key 'prehab.enabled'"):
+        TrialConfig.from_flat({"prehab.enabled": True, "prehab.lambda": 0.01})
 
 
 def test_finetune_key_ignores_fields_that_do_not_change_weights():
-    full = TrialConfig.from_flat({"finetune.method": "full", "finetune.lora_rank": 4, "finetune.workers": 4})
+    full = TrialConfig.from_flat({"finetune.method": "full", "finetune.lora_rank": 4, "finetune.workers": 4,
+                                  "finetune.threads_per_worker": 2})
     same = TrialConfig.from_flat({"finetune.method": "full", "finetune.lora_rank": 32})
     assert full.finetune.key_fields() == same.finetune.key_fields()
     lora4 = TrialConfig.from_flat({"finetune.method": "lora", "finetune.lora_rank": 4})
@@ -70,10 +73,33 @@ def test_finetune_key_ignores_fields_that_do_not_change_weights():
     assert lora4.finetune.key_fields() != lora8.finetune.key_fields()
 
 
-def test_plan_carries_compression_and_token_settings():
-    plan = TrialConfig.from_flat({"compress.tau_svd": 0.9, "compress.svd_targets": "q,o",
-                                  "tokens.r_max": 0.5, "tokens.alpha": 2.0}).plan()
-    assert (plan.tau_svd, tuple(plan.svd_targets), plan.r_max, plan.alpha) == (0.9, ("q", "o"), 0.5, 2.0)
+def test_sections_are_the_compress_plans():
+    cfg = TrialConfig.from_flat({"compress.tau_svd": 0.9, "compress.svd_targets": "q,o",
+                                 "tokens.r_max": 0.5, "tokens.alpha": 2.0})
+    assert isinstance(cfg.compress, CompressionPlan) and isinstance(cfg.tokens, TokenPlan)
+    assert (cfg.compress.tau_svd, cfg.compress.svd_targets, cfg.tokens.r_max, cfg.tokens.alpha) == \
+        (0.9, ("q", "o"), 0.5, 2.0)
+
+
+@pytest.mark.parametrize("value", ["q,o", " q , o ", '["q", "o"]', ["q", "o"], ("q", "o")])
+def test_svd_targets_accept_a_list_or_a_comma_string(value):
+    assert TrialConfig.from_flat({"compress.svd_targets": value}).compress.svd_targets == ("q", "o")
+
+
+def test_to_flat_gives_targets_as_a_tuple_that_round_trips():
+    cfg = TrialConfig.from_flat(parse_overrides(["compress.svd_targets=q,down"]))
+    assert cfg.to_flat()["compress.svd_targets"] == ("q", "down")
+    assert TrialConfig.from_flat(cfg.to_flat()) == cfg
+
+
+@pytest.mark.parametrize("value,error,match", [
+    ("q,x", ValueError, r"compress.svd_targets must name roles among q, k, v, o, up, down, gate; got unknown \['x'\]"),
+    (3, TypeError, "compress.svd_targets must be a list of names"),
+    ("q,q", ValueError, "compress.svd_targets must not repeat a role"),
+])
+def test_bad_svd_targets_name_the_key(value, error, match):
+    with pytest.raises(error, match=match):
+        TrialConfig.from_flat({"compress.svd_targets": value})
 
 
 def test_train_from_epoch_middle_is_the_finetunes_middle_epoch():

@@ -27,8 +27,10 @@ def runs(tmp_path_factory):
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=False)
     try:
         out = {}
-        for workers, batch in ((1, 16), (2, 8)):
-            job = TrainJob("finetune", {**FLAT, "finetune.workers": workers, "finetune.batch_size": batch}, root)
+        # The one-worker run asks for 2 torch threads on its 0.9 CPU (what the digits preset does).
+        for workers, batch, threads in ((1, 16, 2), (2, 8, 0)):
+            job = TrainJob("finetune", {**FLAT, "finetune.workers": workers, "finetune.batch_size": batch,
+                                        "finetune.threads_per_worker": threads}, root)
             _, summary = run_on_ray(job, run_name=f"ddp-{workers}", storage_path=str(tmp / "train"))
             out[workers] = summary["history"]
         yield out
@@ -54,3 +56,9 @@ def test_two_workers_reach_the_one_worker_auroc(runs):
     one, two = runs[1][-1]["val_auroc"], runs[2][-1]["val_auroc"]
     assert one > 0.6 and two > 0.6, (one, two)   # both learned something
     assert abs(one - two) < 0.05, (one, two)
+
+
+def test_threads_per_worker_sets_the_workers_torch_threads(runs):
+    assert [r["threads"] for r in runs[1]] == [2, 2]     # finetune.threads_per_worker = 2
+    # Unset: Ray's default, floor(0.9 CPU) but at least 1, unless the environment fixes it.
+    assert [r["threads"] for r in runs[2]] == [int(os.environ.get("OMP_NUM_THREADS", 1))] * 2

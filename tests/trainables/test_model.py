@@ -107,12 +107,12 @@ def test_each_tap_sees_the_tokens_kept_at_its_depth(fuse):
 
 
 def test_svd_taps_model_saves_and_loads_with_token_pruning(tmp_path):
-    from compress import CompressionPlan, compress_model, load_compressed, save_compressed
+    from compress import CompressionPlan, TokenPlan, compress_model, load_compressed, save_compressed
 
     torch.manual_seed(0)
     model = build_classifier("digits-vit", num_classes=2, head="svd_taps").eval()
-    compressed, _ = compress_model(model, CompressionPlan(tau_heads=0.8, tau_mlp=0.9, tau_svd=0.9,
-                                                          r_max=0.5, alpha=1.0))
+    compressed, _ = compress_model(model, CompressionPlan(tau_heads=0.8, tau_mlp=0.9, tau_svd=0.9),
+                                   tokens=TokenPlan(r_max=0.5, alpha=1.0))
     for name, tensor in model.head.state_dict().items():  # compression leaves the head alone
         assert torch.equal(tensor, compressed.head.state_dict()[name]), name
     save_compressed(compressed, tmp_path / "m")

@@ -78,5 +78,5 @@ def test_stage_keys_are_unchanged(name, results, monkeypatch):
 
 
 def test_outcome_key_is_unchanged():
-    flat = TrialConfig.from_flat({"compress.tau_mlp": 0.9, "finetune.method": "lora"}).to_flat()
+    flat = TrialConfig.from_flat({"compress.tau_mlp": 0.9, "finetune.method": "lora"}).key_flat()
     assert outcome_key(flat, "sweep-1", "trial_00001") == PINNED_OUTCOME

@@ -5,6 +5,7 @@ import warnings
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 import trainables.trial
 from tune.presets import DEFAULT_OBJECTIVES, get_preset
@@ -55,3 +56,40 @@ def test_replicates_must_be_positive(tmp_path):
     settings, study = _study_and_settings(tmp_path)
     with pytest.raises(ValueError, match="replicates"):
         run_replicates(settings, study, replicates=0)
+
+
+# Small enough to train in seconds: 240 training images, one pretrain and one fine-tune epoch.
+TINY = {"data.train_limit": 240, "data.val_limit": 120, "pretrain.epochs": 1, "finetune.epochs": 1,
+        "eval.latency_repeats": 1, "eval.latency_rounds": 1,
+        "eval.latency_warmup": 0, "eval.latency_pause_s": 0.0, "calib.batches": 1}
+
+
+@pytest.mark.slow
+def test_replicates_retrain_with_each_seed_and_report_their_spread(tmp_path):
+    import dataclasses
+    import json
+
+    settings, study = _study_and_settings(tmp_path)
+    preset = get_preset("digits")
+    settings = dataclasses.replace(settings, base=build_base(preset, TINY, preset.space))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a sweep's trial actor; two threads spin against each other on a busy box
+    try:
+        frame = run_replicates(settings, study, replicates=2)
+    finally:
+        torch.set_num_threads(threads)
+
+    runs = frame[frame["replicate"] > 0]
+    assert list(runs["seed"]) == [1, 2]
+    assert runs["val_auroc_lo"].notna().all() and (runs["val_auroc_lo"] <= runs["val_auroc"]).all()
+    # Each seed trained its own pretrain and fine-tune: two cache entries per stage, different keys.
+    for stage in ("pretrain", "finetune"):
+        entries = [p for p in (tmp_path / "cache" / stage).iterdir() if p.is_dir()]
+        assert len(entries) == 2, (stage, entries)
+    histories = [json.loads((p / "history.json").read_text())
+                 for p in (tmp_path / "cache" / "finetune").iterdir() if p.is_dir()]
+    assert histories[0]["history"][0]["train_loss"] != histories[1]["history"][0]["train_loss"]
+    summary = spread(frame, "val_auroc").set_index("number")
+    assert summary.loc[0, "runs"] == 3
+    assert summary.loc[0, "val_auroc_sd"] == pytest.approx(frame["val_auroc"].astype(float).std())
+    assert "sd" in (tmp_path / "r" / "replicates.md").read_text()

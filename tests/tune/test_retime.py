@@ -57,3 +57,20 @@ def test_retiming_restores_the_thread_count():
 def test_rounds_must_be_positive():
     with pytest.raises(ValueError, match="rounds"):
         time_interleaved([], rounds=0, device=torch.device("cpu"))
+
+
+def test_only_a_models_first_round_pays_the_trials_full_warmup(monkeypatch):
+    import tune.retime as retime
+
+    real, warmups = retime.measure_latency, []
+
+    def recording(model, shape, **kwargs):
+        warmups.append(kwargs["warmup"])
+        return real(model, shape, **kwargs)
+
+    monkeypatch.setattr(retime, "measure_latency", recording)
+    cfg = TrialConfig.from_flat({"eval.latency_repeats": 2, "eval.latency_warmup": 3, "eval.latency_batch": 2})
+    entries = [TimedModel(label=f"m-{i}", number=i, role="front", model=_Sleepy(), cfg=cfg, threads=1)
+               for i in range(2)]
+    time_interleaved(entries, rounds=3, device=torch.device("cpu"))
+    assert warmups == [3, 3, 1, 1, 1, 1]

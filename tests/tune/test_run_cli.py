@@ -11,7 +11,8 @@ from trainables.config import TrialConfig
 from tune.presets import PRESETS
 from tune.run import main, make_parser
 from tune.study import make_storage
-from tune.sweep import build_base, parse_objectives, searched_keys
+from search_spaces import searched_keys
+from tune.sweep import build_base, parse_objectives
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = str(REPO / "tune" / "run.py")
@@ -37,9 +38,57 @@ def test_preset_validates_as_trial_config(name):
     TrialConfig.from_flat(build_base(preset, {}, preset.space))
 
 
-def test_resume_refuses_flags_that_define_a_sweep(tmp_path, capsys):
-    assert "--num-samples" in _error(capsys, "--results-dir", str(tmp_path), "--resume", "x",
-                                     "--num-samples", "3")
+def _saved_sweep(results: Path, name: str = "six"):
+    """Write sweep.json of a digits sweep of 6 trials with one --set, as a new sweep would."""
+    from tune.run import _new_settings
+    from tune.sweep import write_settings
+
+    parser = make_parser()
+    args = parser.parse_args(["--results-dir", str(results), "--name", name, "--num-samples", "6",
+                              "--space", "compress_only", "--set", "finetune.epochs=2"])
+    write_settings(_new_settings(args, parser))
+
+
+def test_resume_refuses_a_defining_flag_that_differs_naming_saved_and_given(tmp_path, capsys):
+    _saved_sweep(tmp_path)
+    line = _error(capsys, "--results-dir", str(tmp_path), "--num-samples", "3", "--resume", "six")
+    assert "--num-samples differs: saved 6, given 3" in line
+    line = _error(capsys, "--results-dir", str(tmp_path), "--set", "finetune.epochs=3", "--resume", "six")
+    assert "--set differs: saved --set finetune.epochs=2, given --set finetune.epochs=3" in line
+
+
+def test_resume_accepts_the_repeated_command_line(tmp_path):
+    from tune.run import _saved_settings
+
+    _saved_sweep(tmp_path)
+    parser = make_parser()
+    args = parser.parse_args(["--results-dir", str(tmp_path), "--num-samples", "6", "--space", "compress_only",
+                              "--set", "finetune.epochs=2", "--preset", "digits", "--seed", "0",
+                              "--resume", "six"])
+    settings = _saved_settings("six", args, parser, "--resume")
+    assert (settings.name, settings.num_samples, settings.space) == ("six", 6, "compress_only")
+
+
+_IMPORTS_AFTER = """
+import runpy, sys
+sys.argv = [{run!r}, *{args!r}]
+try:
+    runpy.run_path({run!r}, run_name="__main__")
+except SystemExit as stop:
+    code = stop.code
+heavy = sorted(m for m in ("torch", "transformers", "ray", "ray.train", "ray.tune", "optuna") if m in sys.modules)
+print(code, heavy)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["--help"], ["--num-samples", "0"], ["--report", "a", "--resume", "b"],
+                                  ["--preset", "nope"]])
+def test_help_and_argument_errors_import_no_torch_ray_or_optuna(args, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER.format(run=RUN, args=args)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    code, heavy = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert (code, heavy) == ("0" if args == ["--help"] else "2", "[]"), proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

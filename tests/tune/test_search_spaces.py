@@ -1,10 +1,13 @@
+import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
+from optuna.distributions import distribution_to_json
 
 import search_spaces
-from search_spaces import SEED_CONFIG, available_spaces, load_space, seed_points
+from search_spaces import SEED_CONFIG, available_spaces, config_values, load_space, seed_points
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -96,7 +99,7 @@ def test_every_default_space_draw_is_a_valid_trial_config():
     from trainables.config import TrialConfig
 
     for config in _sample_configs("default", 80):
-        cfg = TrialConfig.from_flat({k: v for k, v in config.items()})
+        cfg = TrialConfig.from_flat(config_values(config))
         if config.get("tokens.train_from_epoch") == "middle":
             assert cfg.tokens.train_from_epoch == cfg.finetune.epochs // 2 + 1
 
@@ -160,9 +163,90 @@ def test_default_space_proposes_both_heads_and_each_is_a_valid_trial_config():
     configs = _sample_configs("default", 30)
     assert {config["model.head"] for config in configs} == {"linear", "svd_taps"}
     taps = next(config for config in configs if config["model.head"] == "svd_taps")
-    assert TrialConfig.from_flat(taps).model.head == "svd_taps"
+    assert TrialConfig.from_flat(config_values(taps)).model.head == "svd_taps"
 
 
 def test_default_seed_point_uses_the_linear_head():
     (point,) = seed_points("default", {"finetune.method": "full"})
     assert point["model.head"] == "linear"
+
+
+# What the hand-written spaces did before they became tables (main 987b2d3): distributions,
+# the shapes of 300 random draws, seed points and 12 TPE draws. Stored studies resume only
+# if names and distributions stay the same.
+BEFORE = json.loads((Path(__file__).parent / "space_tables_before.json").read_text())
+# Rows added since, each a knob: draws of a space that gained one differ (more suggestions).
+ADDED = {"default": {"compress.svd_damping"}}
+PRESETS = [{}, {"finetune.method": "lora"}, {"finetune.method": "full", "tokens.r_max": 0.4, "tokens.alpha": 2.0},
+           {"finetune.method": "lora", "finetune.lora_rank": 16, "model.head": "svd_taps", "eval.tta": "flips",
+            "prehab.kind": "stable_rank", "tokens.train_from_epoch": "middle"}]
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_table_distributions_are_the_hand_written_spaces(name):
+    table = {key: json.loads(distribution_to_json(d)) for key, d in search_spaces.load_table(name).distributions().items()
+             if key not in ADDED.get(name, ())}
+    assert table == BEFORE[name]["distributions"]
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_table_space_draws_what_the_hand_written_space_drew(name):
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    shapes, dists = set(), {}
+    for _ in range(300):
+        trial = study.ask()
+        constants = load_space(name)(trial) or {}
+        added = ADDED.get(name, set())
+        dists.update({key: json.loads(distribution_to_json(d)) for key, d in trial.distributions.items()
+                      if key not in added})
+        shapes.add(json.dumps([sorted(set(trial.params) - added), sorted(constants.items())]))
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert sorted(json.loads(shape) for shape in shapes) == BEFORE[name]["shapes"]
+    assert dists == BEFORE[name]["distributions"]
+    if name in ADDED:
+        return
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=5))
+    draws = []
+    for index in range(12):
+        trial = study.ask()
+        constants = load_space(name)(trial) or {}
+        draws.append({**trial.params, **constants})
+        study.tell(trial, float(index % 3))
+    assert draws == BEFORE[name]["tpe_draws"]
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE))
+def test_derived_seed_points_are_the_hand_written_ones(name):
+    assert [seed_points(name, preset) for preset in PRESETS] == BEFORE[name]["seed_points"]
+    table = search_spaces.load_table(name)
+    assert [table.seed_point(seed) for seed, _ in BEFORE[name]["direct_seeds"]] == \
+        [point for _, point in BEFORE[name]["direct_seeds"]]
+
+
+@pytest.mark.parametrize("name", ["default", "compress_only", "seed_only"])
+def test_searched_keys_are_every_row_and_switch_constant(name):
+    sampled = set().union(*(c.keys() for c in _sample_configs(name, 40)))
+    assert search_spaces.searched_keys(name) == sampled
+
+
+def test_config_values_turn_switches_into_values():
+    assert config_values({"tokens.enabled": False, "prehab.enabled": True, "prehab.lambda": 0.01}) == \
+        {"tokens.r_max": 0.0, "tokens.alpha": 1.0, "prehab.lambda": 0.01}
+    assert config_values({"tokens.enabled": "true", "tokens.r_max": 0.5}) == {"tokens.r_max": 0.5}
+    with pytest.raises(ValueError, match="prehab.enabled=False contradicts prehab.lambda=0.01"):
+        config_values({"prehab.enabled": False, "prehab.lambda": 0.01})
+
+
+def test_a_knob_added_to_a_table_reaches_the_seed_point():
+    from search_spaces._table import Param, Table, categorical
+
+    table = Table((*search_spaces.load_table("default").rows, Param("compress.new_knob", categorical(1, 2), 2)))
+    assert table.seed_point(dict(SEED_CONFIG))["compress.new_knob"] == 2
+    assert "compress.new_knob" in table.searched_keys()
+
+
+def test_a_condition_on_a_later_row_is_refused():
+    from search_spaces._table import Param, Table, categorical
+
+    with pytest.raises(ValueError, match="b: condition on 'a', which is not an earlier row"):
+        Table((Param("b", categorical(1), when=("a", 1)), Param("a", categorical(1))))
