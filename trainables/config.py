@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from compress import REGULARIZERS, CompressionPlan, TokenPlan
-from compress.plan import KEYED_WHEN_SET
+from compress.plan import KEYED_WHEN_SET, keyed_when_set
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -125,7 +125,9 @@ class FinetuneConfig:
     grad_checkpointing: bool = False
     workers: int = 1                 # Ray Train workers: DDP on CUDA (nccl) or CPU (gloo); 1 on MPS; batch_size is per worker
     cpus_per_worker: float = 1.0
-    threads_per_worker: int = 0      # torch threads per Ray Train worker; 0 = Ray's default (floor of cpus_per_worker, >= 1)
+    # torch threads per Ray Train worker; 0 = Ray's default (floor of cpus_per_worker, >= 1); left out
+    # of the outcome key at 0, so outcomes stored before it existed still match
+    threads_per_worker: int = keyed_when_set(0)
     feature_cache: bool = True       # head_only: train the head on cached frozen-backbone features
     lr_scaling: str = "none"         # "linear": lr and backbone_lr x global batch / 256
     min_feature_std: float = 1e-4    # collapse watch: fail below this mean per-dimension std (0 = off)
