@@ -28,7 +28,7 @@ import torch
 from compress import load_compressed
 from search_spaces import SEED_CONFIG
 from trainables.config import TrialConfig
-from trainables.finetune import compress_structure
+from trainables.job import compress_structure
 from trainables.latency import measure_latency
 from trainables.trial import TrialContext, run_trial
 

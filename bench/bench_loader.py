@@ -65,7 +65,7 @@ def after_all_on_cpu(root: Path, size: int, augment: bool) -> float:
 def train_rate(size: int, method: str, batch: int, steps: int) -> float:
     """Return ViT-S/16 (random init) training img/s: forward, backward and AdamW step at `size` px."""
     from trainables.config import TrialConfig
-    from trainables.finetune import configure_method
+    from trainables.model import configure_method
     from trainables.model import build_classifier
 
     cfg = TrialConfig.from_flat({"finetune.method": method})

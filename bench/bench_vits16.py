@@ -15,7 +15,8 @@ import time
 import torch
 
 from trainables.config import TrialConfig
-from trainables.finetune import compress_structure, configure_method, finalize_model
+from trainables.job import compress_structure
+from trainables.model import configure_method, finalize_model
 from trainables.model import build_classifier
 from search_spaces import SEED_CONFIG
 

@@ -1,4 +1,19 @@
-"""Structural compression of ViTs: heads, MLP units, (whitened) truncated SVD, prehab regularizers, tokens."""
+"""Structural compression of ViTs: heads, MLP units, (whitened) truncated SVD, prehab regularizers, tokens.
+
+Model surgery only: imports neither Ray, Optuna, trainables nor tune.
+
+    plan          CompressionPlan and compress_model (heads -> MLP -> SVD -> tokens)
+    energy        the one selection rule (keep the fewest units reaching tau of the energy)
+    heads, mlp    head and MLP hidden-unit pruning; surgery (keep_heads/keep_units, shared with io)
+    svd, whitening, linear   truncated SVD (raw or whitened), input statistics, LowRankLinear
+    prehab        low-rank regularizers
+    tokens        token pruning's public switch; token_select (schedule, which tokens)
+    adapters/     where a model family keeps its layers, linears and heads (dinov3), and its
+                  token-pruning encoder (dinov3_tokens): the only modules that spell DINOv3 internals
+    classifier, svd_taps   the classifier and its svd_taps head
+    io, onnx_export        save/load a compressed model; ONNX export
+    checks, params, report, targets   argument checks, parameter counts, decisions, SVD target roles
+"""
 
 from compress.energy import keep_count
 from compress.heads import prune_attention_heads

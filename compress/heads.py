@@ -6,9 +6,10 @@ from torch import nn
 from compress.adapters import adapter_for
 from compress.checks import check_finite_weights, check_fraction
 from compress.energy import select_units
-from compress.linear import dense_weight, keep_inputs, keep_outputs
+from compress.linear import dense_weight
 from compress.params import count_params
 from compress.report import LayerDecision
+from compress.surgery import keep_heads
 
 
 def head_energies(output_weight: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
@@ -40,11 +41,7 @@ def prune_attention_heads(model: nn.Module, tau: float) -> list[LayerDecision]:
         params_before = count_params(layer)
         applied = kept.numel() < num_heads
         if applied:
-            channels = (kept[:, None] * head_dim + torch.arange(head_dim)).flatten()
-            for role in adapter.head_output_roles:
-                adapter.set_linear(layer, role, keep_outputs(adapter.linear(layer, role), channels))
-            adapter.set_linear(layer, adapter.head_input_role, keep_inputs(output_proj, channels))
-            adapter.set_head_count(layer, kept.numel())
+            keep_heads(adapter, layer, kept)
         decisions.append(
             LayerDecision(
                 method="heads",

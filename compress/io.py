@@ -13,7 +13,8 @@ from torch import nn
 
 from compress import tokens
 from compress.adapters import adapter_for, adapter_named
-from compress.linear import LowRankLinear, keep_inputs, keep_outputs, linear_bias
+from compress.linear import LowRankLinear, linear_bias
+from compress.surgery import keep_heads, keep_units
 
 logger = logging.getLogger(__name__)
 
@@ -151,23 +152,10 @@ def _layer_record(adapter, layer: nn.Module) -> dict[str, Any]:
 
 def _apply_layer_record(adapter, layer: nn.Module, record: dict[str, Any]) -> None:
     """Shape `layer` like the record: drop trailing heads/units, factorise the recorded linears."""
-    num_heads, head_dim = record["num_heads"], adapter.head_dim(layer)
-    if num_heads != adapter.head_count(layer):
-        channels = torch.arange(num_heads * head_dim)
-        for role in adapter.head_output_roles:
-            adapter.set_linear(layer, role, keep_outputs(adapter.linear(layer, role), channels))
-        role = adapter.head_input_role
-        adapter.set_linear(layer, role, keep_inputs(adapter.linear(layer, role), channels))
-        adapter.set_head_count(layer, num_heads)
-    width = record["mlp_width"]
-    if width != adapter.mlp_width(layer):
-        units = torch.arange(width)
-        for role in adapter.neuron_output_roles:
-            if (module := adapter.linear(layer, role)) is not None:
-                adapter.set_linear(layer, role, keep_outputs(module, units))
-        role = adapter.neuron_input_role
-        adapter.set_linear(layer, role, keep_inputs(adapter.linear(layer, role), units))
-        adapter.set_mlp_width(layer, width)
+    if record["num_heads"] != adapter.head_count(layer):
+        keep_heads(adapter, layer, torch.arange(record["num_heads"]))
+    if record["mlp_width"] != adapter.mlp_width(layer):
+        keep_units(adapter, layer, torch.arange(record["mlp_width"]))
     for role, rank in record["low_rank"].items():
         module = adapter.linear(layer, role)
         weight = module.weight

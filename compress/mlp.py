@@ -6,9 +6,10 @@ from torch import nn
 from compress.adapters import adapter_for
 from compress.checks import check_finite_weights, check_fraction
 from compress.energy import select_units
-from compress.linear import dense_weight, keep_inputs, keep_outputs
+from compress.linear import dense_weight
 from compress.params import count_params
 from compress.report import LayerDecision
+from compress.surgery import keep_units
 
 
 def neuron_energies(
@@ -54,13 +55,7 @@ def prune_mlp_neurons(model: nn.Module, tau: float) -> list[LayerDecision]:
         params_before = count_params(layer)
         applied = kept.numel() < width
         if applied:
-            for role in adapter.neuron_output_roles:
-                module = adapter.linear(layer, role)
-                if module is not None:
-                    adapter.set_linear(layer, role, keep_outputs(module, kept))
-            input_role = adapter.neuron_input_role
-            adapter.set_linear(layer, input_role, keep_inputs(adapter.linear(layer, input_role), kept))
-            adapter.set_mlp_width(layer, kept.numel())
+            keep_units(adapter, layer, kept)
         decisions.append(
             LayerDecision(
                 method="mlp",

@@ -1,11 +1,12 @@
-"""Image classification data in PCam's HDF5 layout: the reader, its fingerprint, the embedded digits set and the CLI.
+"""Image classification data in PCam's HDF5 layout: the reader, its fingerprint, the embedded
+digits set, and the trial's datasets (`make_dataset`).
 
 Layout (PCam, and the digits set written here in the same shape):
     <root>/<prefix>_split_<split>_x.h5      dataset "x": (N, H, W, 3) uint8
     <root>/<prefix>_split_<split>_y.h5      dataset "y": (N, 1, 1, 1) binary labels
     <root>/<prefix>_split_<split>_digit.h5  dataset "y": (N, 1, 1, 1) 0..9 (digits only)
 
-CLI:
+CLI (trainables.data_cli):
     python -m trainables.data download --root data/pcam
     python -m trainables.data digits --root DIR
     python -m trainables.data check --root DIR [--prefix digits]
@@ -13,7 +14,6 @@ CLI:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -21,16 +21,20 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from trainables.augment import histology_augment
+
+if TYPE_CHECKING:
+    from trainables.config import TrialConfig
 
 logger = logging.getLogger(__name__)
 
@@ -395,54 +399,37 @@ def ensure_digits(root: str | Path) -> Path:
     return root
 
 
-def _describe(root: Path, prefix: str) -> str:
-    lines = [f"{root} ({prefix})"]
-    for split in SPLITS:
-        dataset = HDF5ImageDataset(root, split, prefix=prefix)
-        positives = int(dataset.targets.sum())
-        lines.append(
-            f"  {split:5s}  n={len(dataset):7d}  size={dataset.native_size}  "
-            f"positive={positives / len(dataset):.3f}"
-        )
-    lines.append(f"  fingerprint {data_fingerprint(root, prefix)}")
-    return "\n".join(lines)
+if __name__ == "__main__":  # the data commands live in trainables.data_cli
+    from trainables.data_cli import main
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the data CLI (download, digits, check); return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m trainables.data", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    download = commands.add_parser("download", help="fetch, verify and unpack PCam from Zenodo")
-    download.add_argument("--root", type=Path, default=Path("data/pcam"))
-    download.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
-    download.add_argument(
-        "--checksums", type=Path, default=None,
-        help="md5sum-style file ('<md5>  <name>.h5.gz' per line) overriding the built-in and Zenodo checksums",
-    )
-    download.add_argument("--keep-archives", action="store_true", help="keep the .h5.gz files after unpacking")
-    digits = commands.add_parser("digits", help="write the embedded scikit-learn digits dataset")
-    digits.add_argument("--root", type=Path, required=True)
-    check = commands.add_parser("check", help="validate a dataset folder and print its sizes and fingerprint")
-    check.add_argument("--root", type=Path, required=True)
-    check.add_argument("--prefix", default=PCAM_PREFIX)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    try:
-        if args.command == "download":
-            from trainables.pcam_download import download_pcam
-
-            download_pcam(args.root, splits=args.splits, checksum_file=args.checksums, keep_archives=args.keep_archives)
-            print(_describe(args.root, PCAM_PREFIX))
-        elif args.command == "digits":
-            print(_describe(ensure_digits(args.root), DIGITS_PREFIX))
-        else:
-            print(_describe(args.root, args.prefix))
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())
+
+
+def dataset_prefix(cfg: TrialConfig) -> str:
+    """Return the HDF5 file prefix of the configured dataset."""
+    return DIGITS_PREFIX if cfg.data.dataset == "digits" else PCAM_PREFIX
+
+
+def make_dataset(cfg: TrialConfig, root: str, split: str, labels: str = "y", *, augment: bool = False,
+                 limit: int | None = None) -> HDF5ImageDataset:
+    """Return the configured split as a dataset (stain-normalised if configured, resized,
+    normalised, augmented if asked)."""
+    if limit is None:
+        limit = {"train": cfg.data.train_limit, "valid": cfg.data.val_limit,
+                 "test": cfg.data.test_limit}[split]
+    from trainables.stain import make_stain_normalizer
+
+    prefix = dataset_prefix(cfg)
+    return HDF5ImageDataset(
+        root, split, prefix=prefix, labels=labels, limit=limit or None,
+        image_size=cfg.data.image_size, augment=augment, normalize=cfg.data.normalize,
+        stain=make_stain_normalizer(cfg.data.stain_norm, split_path(root, "train", "x", prefix)),
+    )
+
+
+def iterate_batches(loader: DataLoader, count: int) -> Iterator[torch.Tensor]:
+    """Yield the pixels of the first `count` batches of a loader."""
+    for index, (x, _) in enumerate(loader):
+        if index >= count:
+            return
+        yield x

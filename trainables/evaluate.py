@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 from compress import count_params
 from trainables.bootstrap import metric_intervals
 from trainables.config import TrialConfig
-from trainables.finetune import make_dataset, predict
+from trainables.data import make_dataset
+from trainables.loop import predict
 from trainables.latency import count_gflops, measure_latency
 from trainables.metrics import TTA_TRANSFORMS, classification_metrics, tta_probs
 
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     from compress import load_compressed
-    from trainables.finetune import pick_device
+    from trainables.sessions import pick_device
 
     parser = argparse.ArgumentParser(
         prog="python -m trainables.evaluate",

@@ -130,7 +130,7 @@ def train_head_on_features(model: nn.Module, features_dir: Path, cfg: TrialConfi
     Batches, AdamW groups, warm-up + cosine schedule, clipping and best-epoch selection follow
     finetune.train_loop.
     """
-    from trainables.finetune import param_groups, val_score, warmup_cosine
+    from trainables.loop import param_groups, val_score, warmup_cosine
 
     model.head.load_state_dict(torch.load(features_dir / HEAD_INIT_FILE, map_location="cpu", weights_only=True))
     model = model.to(device)

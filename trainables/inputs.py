@@ -12,8 +12,9 @@ import socket
 from pathlib import Path
 
 from trainables.config import TrialConfig
+from trainables.report_keys import INPUT_ERROR_KEY
+from trainables.storage import is_uri
 
-INPUT_ERROR_KEY = "input_error"   # in a Tune report: a missing input, the sweep should stop
 
 
 class MissingInputError(FileNotFoundError):
@@ -74,7 +75,7 @@ def check_pcam(root: str) -> None:
 def check_inputs(cfg: TrialConfig, data_root: str) -> None:
     """Raise MissingInputError (one line, naming the path) when the PCam files under `data_root` or
     the model weights are missing or unreadable here; the embedded digits set is never missing."""
-    if cfg.data.dataset == "pcam" and not cfg.data.synthetic and "://" not in data_root:
+    if cfg.data.dataset == "pcam" and not cfg.data.synthetic and not is_uri(data_root):
         check_pcam(data_root)
     check_weights(cfg.model.weights, cfg.model.backbone)
 

@@ -1,4 +1,5 @@
-"""DINOv3 ViT backbones by name, and the classifier (backbone + head) every trial trains.
+"""DINOv3 ViT backbones by name, the classifier (backbone + head) every trial trains, and how a
+fine-tune method sets it up (frozen parts, PEFT LoRA adapters, merged back by `finalize_model`).
 
 Weights are loaded apart from the architecture: `build_classifier` takes a backbone name
 (which fixes the architecture) and, optionally, where its weights come from — a local
@@ -9,11 +10,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from torch import nn
 from transformers import AutoConfig, DINOv3ViTConfig, DINOv3ViTModel
 
 from compress.classifier import HEADS, POOLINGS, ViTClassifier
+
+if TYPE_CHECKING:
+    from trainables.config import TrialConfig
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +170,72 @@ def check_local_checkpoint(weights: str | Path, backbone: str) -> bool:
     _check_model_type(where, found)
     _check_architecture(where, found, backbone, backbone_config(backbone))
     return True
+
+
+def configure_method(model: nn.Module, cfg: TrialConfig) -> nn.Module:
+    """Return the model set up for the fine-tune method: frozen parts, LoRA adapters."""
+    ft = cfg.finetune
+    if ft.method == "full":
+        return model
+    if ft.method == "head_only":
+        for name, param in model.backbone.named_parameters():
+            param.requires_grad = ft.train_norms_biases and _is_norm_or_bias(name)
+        return model
+    alpha = ft.lora_alpha or 2.0 * ft.lora_rank
+    wrapped = wrap_lora(model, rank=ft.lora_rank, alpha=alpha, include_mlp=ft.lora_mlp)
+    if ft.train_norms_biases:
+        # PEFT froze every base weight; the notes' LoRA recipe may train norms and biases too.
+        for name, param in model.backbone.named_parameters():
+            if "lora_" not in name and _is_norm_or_bias(name):
+                param.requires_grad = True
+    return wrapped
+
+
+def _is_norm_or_bias(name: str) -> bool:
+    """Return whether a backbone parameter name is a bias or belongs to a LayerNorm."""
+    return name.endswith("bias") or ".norm" in name or name.startswith("norm.")
+
+
+def wrap_lora(model: nn.Module, *, rank: int, alpha: float, include_mlp: bool,
+              linear_names: list[str] | None = None) -> nn.Module:
+    """Return a PEFT LoRA model over the attention (and optionally MLP) linears; head trains."""
+    from peft import LoraConfig, get_peft_model
+
+    from compress.adapters import adapter_for
+
+    adapter = adapter_for(model)
+    roles = ("q", "k", "v", "o") + (("up", "down", "gate") if include_mlp else ())
+    targets = linear_names or [adapter.linear_attribute(role) for role in roles]
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets,
+                        modules_to_save=["head"])
+    peft_model = get_peft_model(model, config)
+    _freeze_tap_projections(peft_model)
+    return peft_model
+
+
+def _freeze_tap_projections(model: nn.Module) -> None:
+    """Keep SVD-taps projections frozen (PEFT unfreezes the whole head it copies): the detached
+    SVD gives them no gradient, and DDP would wait for one."""
+    from compress.svd_taps import SVDTapsHead
+
+    for module in model.modules():
+        if isinstance(module, SVDTapsHead):
+            module.projections.requires_grad_(False)
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Return module-name suffixes of every Linear in the backbone (compressed ones included)."""
+    names = {name.split(".")[-1] for name, mod in model.backbone.named_modules()
+             if isinstance(mod, nn.Linear)}
+    return sorted(names)
+
+
+def finalize_model(model: nn.Module) -> nn.Module:
+    """Return a plain model: LoRA merged into ordinary Linears, DDP unwrapped, frozen flags reset."""
+    model = getattr(model, "module", model)
+    if hasattr(model, "peft_config"):
+        model = model.merge_and_unload()
+    for param in model.parameters():
+        param.requires_grad = True
+    return model
+

@@ -32,7 +32,6 @@ from trainables.data import PCAM_PREFIX, SPLITS
 
 logger = logging.getLogger(__name__)
 
-ZENODO_RECORD = 2546921
 FILE_URL = "https://zenodo.org/records/2546921/files/{name}?download=1"
 RECORD_API_URL = "https://zenodo.org/api/records/2546921"
 SPLIT_SIZES = {"train": 262_144, "valid": 32_768, "test": 32_768}

@@ -3,7 +3,7 @@
 In-process (`backend="local"`) is what `--debug-trial` uses: breakpoints work, tqdm shows
 epochs and batches. On Ray (`backend="ray"`) the stage becomes a `TorchTrainer` run named
 `<stage>-<key>` on the sweep's storage, so a retried or restored trial resumes the same run
-from its last epoch checkpoint (RAY-NOTES: a new TorchTrainer with the same name and
+from its last epoch checkpoint (Ray Train 2.60: a new TorchTrainer with the same name and
 storage picks up its snapshot).
 """
 
@@ -20,12 +20,11 @@ import ray.train
 import torch
 from torch import nn
 
+from trainables.job import TrainJob
+from trainables.loop import best_model, train_loop
 from trainables.refs import resolve_ref
-
-from trainables.finetune import (
-    DIVERGED_FILE, LocalSession, Session, TrainJob, best_model, load_state, pick_device,
-    raise_if_diverged, train_loop,
-)
+from trainables.storage import EPOCHS_FILE
+from trainables.sessions import DIVERGED_FILE, LocalSession, RayTrainSession, pick_device, raise_if_diverged
 
 log = logging.getLogger(__name__)
 
@@ -48,42 +47,6 @@ def make_penalty(job: TrainJob) -> Callable[[nn.Module], torch.Tensor] | None:
         return lam * lowrank_penalty(model, kind, whitening=stats, targets=targets)
 
     return penalty
-
-
-class RayTrainSession(Session):
-    """A Ray Train worker: DDP across workers, checkpoints reported to Train's storage."""
-
-    def __init__(self, device: torch.device):
-        import ray.train
-
-        context = ray.train.get_context()
-        self.rank = context.get_world_rank()
-        self.world_size = context.get_world_size()
-        self.device = device
-
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        import ray.train.torch
-
-        # Passing the device keeps Train from choosing cuda:N on an Apple machine (RAY-NOTES).
-        return ray.train.torch.prepare_model(model, move_to_device=self.device)
-
-    def restore(self):
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as directory:
-            return load_state(Path(directory), self.device)
-
-    def save_checkpoint(self, directory, metrics):
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
-EPOCHS_FILE = "epochs.jsonl"
 
 
 class EpochLog(ray.train.UserCallback):
@@ -111,7 +74,7 @@ def _worker_device(kind: str) -> torch.device:
 def _ray_worker(config: dict) -> None:
     """train_loop_per_worker: rebuild the job, train it, report checkpoints every epoch."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    job = TrainJob(**config["job"])
+    job: TrainJob = config["job"]
     session = RayTrainSession(_worker_device(config["device"]))
     try:
         train_loop(job, session, make_penalty(job))
@@ -158,8 +121,7 @@ def run_on_ray(job: TrainJob, *, run_name: str, storage_path: str, storage_files
     worker_env = {"env_vars": {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}} if threads else None
     trainer = TorchTrainer(
         _ray_worker,
-        train_loop_config={"job": dataclasses.asdict(dataclasses.replace(job, threads=threads)),
-                           "device": device.type},
+        train_loop_config={"job": dataclasses.replace(job, threads=threads), "device": device.type},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,
@@ -190,7 +152,3 @@ def _cluster_device() -> torch.device:
         return torch.device("cuda")
     return pick_device("auto")
 
-
-def scratch_dir(prefix: str) -> Path:
-    """Return a fresh local temporary folder (the caller removes it)."""
-    return Path(tempfile.mkdtemp(prefix=prefix))

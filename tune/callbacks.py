@@ -19,8 +19,8 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from trainables.runner import EPOCHS_FILE
-from tune.study import TRIAL_ERROR_KEY
+from trainables.report_keys import TRIAL_ERROR_KEY
+from trainables.storage import epoch_files
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class ProgressLog(Callback):
         self._print_new_epochs()
 
     def _epoch_files(self) -> list[Path]:
-        return sorted((Path(self.record_path).parent.parent / "train").glob(f"*/{EPOCHS_FILE}"))
+        return epoch_files(Path(self.record_path).parent.parent)
 
     def _print_new_epochs(self) -> None:
         offsets = self.__dict__.setdefault("_epoch_offsets", {})

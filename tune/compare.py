@@ -19,7 +19,8 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from tune.reports import _atomic_write, _losses, front_hypervolume, markdown_table, pareto_front, trials_frame
+from trainables.storage import atomic_write
+from tune.reports import _losses, front_hypervolume, markdown_table, pareto_front, trials_frame
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _plot_difference(rectangles: np.ndarray, losses: dict[str, np.ndarray], x, y
     ax.grid(alpha=0.3)
     ax.autoscale_view()
     fig.tight_layout()
-    _atomic_write(path, lambda temp: fig.savefig(temp, format="png"))
+    atomic_write(path, lambda temp: fig.savefig(temp, format="png"))
     plt.close(fig)
 
 
@@ -91,7 +92,7 @@ def write_comparison(studies: dict[str, optuna.Study], objectives, reference_poi
     """Write compare.md, compare.csv and one eafdiff_<a>__<b>.png per pair of objectives; return them by name."""
     names = list(studies)
     table = compare_studies(studies, objectives, reference_point)
-    written = {"compare.csv": _atomic_write(out_dir / "compare.csv", lambda t: table.to_csv(t, index=False))}
+    written = {"compare.csv": atomic_write(out_dir / "compare.csv", lambda t: table.to_csv(t, index=False))}
     fronts = {name: pareto_front(_complete(study), objectives) for name, study in studies.items()}
     for x, y in combinations(objectives, 2):
         pair = [x, y]
@@ -107,5 +108,5 @@ def write_comparison(studies: dict[str, optuna.Study], objectives, reference_poi
             f"{reference_point} ({', '.join(f'{n} {m}' for n, m in objectives)}); the larger covers more. "
             "eafdiff_*.png: where, on each pair of objectives, one front attains what the other does not "
             "(moocore's empirical attainment function differences).\n\n" + markdown_table(table))
-    written["compare.md"] = _atomic_write(out_dir / "compare.md", lambda t: t.write_text(text))
+    written["compare.md"] = atomic_write(out_dir / "compare.md", lambda t: t.write_text(text))
     return written

@@ -185,7 +185,7 @@ def _preprocessing(cfg) -> dict[str, Any]:
 
 def _validation_pixels(cfg, data_root: str) -> torch.Tensor:
     """Return the first PARITY_IMAGES validation images as the model sees them."""
-    from trainables.finetune import make_dataset
+    from trainables.data import make_dataset
 
     dataset = make_dataset(cfg, data_root, "valid", limit=PARITY_IMAGES)
     return torch.stack([dataset[i][0] for i in range(len(dataset))])

@@ -33,7 +33,8 @@ def run_replicates(settings, study: optuna.Study, replicates: int, front_k: int 
     """Fine-tune the reference (and `front_k` front points) again with `replicates` new seeds; write and return
     replicates.csv (one row per run, the sweep's own run included as seed offset 0)."""
     from trainables.trial import TrialContext, run_trial
-    from tune.reports import _atomic_write, markdown_table
+    from trainables.storage import atomic_write
+    from tune.reports import markdown_table
     from tune.summary import _trial_flat_config, front_frame
 
     if replicates < 1 or front_k < 0:
@@ -61,9 +62,9 @@ def run_replicates(settings, study: optuna.Study, replicates: int, front_k: int 
                      objective, metrics[objective])
     frame = pd.DataFrame(rows)
     out = Path(settings.local_dir)
-    _atomic_write(out / REPLICATES_FILENAME, lambda temp: frame.to_csv(temp, index=False))
+    atomic_write(out / REPLICATES_FILENAME, lambda temp: frame.to_csv(temp, index=False))
     summary = spread(frame, objective)
-    _atomic_write(out / SUMMARY_FILENAME, lambda temp: temp.write_text(
+    atomic_write(out / SUMMARY_FILENAME, lambda temp: temp.write_text(
         f"# Seed-to-seed spread of sweep {settings.name!r}\n\n{replicates} new fine-tunes per config "
         f"(run.seed + 1 ... + {replicates}) beside the sweep's own run.\n\n" + markdown_table(summary)))
     return frame

@@ -9,8 +9,6 @@ turned into a loss (max objectives negated) so "smaller is better" everywhere.
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 from pathlib import Path
@@ -22,6 +20,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from trainables.storage import atomic_write
 from tune.verdicts import LATENCY_TIE_FRACTION, add_deltas, add_verdicts, headline
 
 logger = logging.getLogger(__name__)
@@ -261,20 +260,6 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write `path` via `write(temp_path)` then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    temp = Path(temp_name)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
-
-
 def _error_bars(frame: pd.DataFrame, name: str) -> np.ndarray | None:
     """Return matplotlib's (2, n) distances to the interval ends of column `name`, or None without an interval."""
     lo, hi = f"{name}_lo", f"{name}_hi"
@@ -315,7 +300,7 @@ def _plot_projection(
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic_write(path, lambda temp: fig.savefig(temp, format="png"))
+    atomic_write(path, lambda temp: fig.savefig(temp, format="png"))
     plt.close(fig)
 
 
@@ -331,7 +316,7 @@ def _plot_history(history: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("hypervolume")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic_write(path, lambda temp: fig.savefig(temp, format="png"))
+    atomic_write(path, lambda temp: fig.savefig(temp, format="png"))
     plt.close(fig)
 
 
@@ -362,7 +347,7 @@ def write_reports(
     df = trials_frame(study)
     complete = df[df["state"] == TrialState.COMPLETE.name] if len(df) else df
     written: dict[str, Path] = {}
-    written["trials.parquet"] = _atomic_write(
+    written["trials.parquet"] = atomic_write(
         out_dir / "trials.parquet", lambda temp: df.to_parquet(temp, engine="pyarrow", index=False)
     )
     if complete.empty:
@@ -382,7 +367,7 @@ def write_reports(
     param_names = sorted({name for trial in study.get_trials(deepcopy=False) for name in trial.params})
     extra = (["latency_ms_sweep"] if use_retimed else []) + param_names
     table = front_table(candidates, objectives, reference, extra_columns=extra, predictions=predictions)
-    written["pareto.csv"] = _atomic_write(
+    written["pareto.csv"] = atomic_write(
         out_dir / "pareto.csv", lambda temp: table.to_csv(temp, index=False)
     )
     if reference_point is None:
@@ -412,7 +397,7 @@ def write_reports(
     if use_retimed:
         lines.append("latency_ms of the reference and the front comes from the re-timing pass (interleaved rounds "
                      "in one process, retime.csv); the in-sweep value is latency_ms_sweep.")
-    written["pareto.md"] = _atomic_write(
+    written["pareto.md"] = atomic_write(
         out_dir / "pareto.md",
         lambda temp: temp.write_text(title + "\n".join(lines) + "\n\n" + markdown_table(_display(table, objectives))),
     )
@@ -422,7 +407,7 @@ def write_reports(
             "hypervolume": hypervolume_history(complete, objectives, reference_point),
         }
     )
-    written["hypervolume.csv"] = _atomic_write(
+    written["hypervolume.csv"] = atomic_write(
         out_dir / "hypervolume.csv", lambda temp: history.to_csv(temp, index=False)
     )
     _plot_history(history, out_dir / "hypervolume.png")

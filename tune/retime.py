@@ -101,9 +101,9 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     wall seconds (`pass_s`) and the device it ran on.
     """
     from trainables.evaluate import as_deployed, timing_lock
-    from trainables.finetune import pick_device
+    from trainables.sessions import pick_device
     from trainables.trial import TrialContext, build_model
-    from tune.reports import _atomic_write
+    from trainables.storage import atomic_write
     from tune.summary import _trial_flat_config, front_frame
 
     started = time.perf_counter()
@@ -137,7 +137,7 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     frame["build_s"] = round(built_s, 3)
     frame["pass_s"] = round(time.perf_counter() - started, 3)
     out = Path(settings.local_dir)
-    _atomic_write(out / RETIME_FILENAME, lambda temp: frame.to_csv(temp, index=False))
+    atomic_write(out / RETIME_FILENAME, lambda temp: frame.to_csv(temp, index=False))
     log.info("re-timed %d configs in %d rounds on %s in %.1f s (building them: %.1f s)", len(models), rounds,
              frame["device"].iloc[0], frame["pass_s"].iloc[0], built_s)
     return frame

@@ -20,7 +20,8 @@ import torch
 from optuna.trial import TrialState
 
 from search_spaces import config_values
-from tune.reports import _atomic_write, reference_row, trials_frame
+from trainables.storage import atomic_write
+from tune.reports import reference_row, trials_frame
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def plot_spectra(before: dict, after: dict | None, title: str, path: Path) -> Pa
     axes.flat[0].legend(fontsize=6)
     fig.suptitle(title + ("" if after is None else " (solid: fine-tuned, dashed: after prehab)"), fontsize=9)
     fig.tight_layout()
-    _atomic_write(path, lambda temp: fig.savefig(temp, format="png"))
+    atomic_write(path, lambda temp: fig.savefig(temp, format="png"))
     plt.close(fig)
     return path
 

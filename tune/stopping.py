@@ -8,12 +8,12 @@ the sweep and leaves the one-line reason in a file for the driver to print.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ray.tune import Stopper
 
-from trainables.inputs import INPUT_ERROR_KEY
+from trainables.report_keys import INPUT_ERROR_KEY
+from trainables.storage import atomic_write
 
 INPUT_ERROR_FILENAME = "input_error.txt"
 
@@ -33,10 +33,7 @@ class StopOnMissingInput(Stopper):
         line = result.get(INPUT_ERROR_KEY)
         if line and not self.stopped:
             self.stopped = True
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            aside = f"{self.path}.tmp"
-            Path(aside).write_text(f"{line}\n")
-            os.replace(aside, self.path)
+            atomic_write(Path(self.path), lambda temp: temp.write_text(f"{line}\n"))
         return bool(line)
 
     def stop_all(self) -> bool:

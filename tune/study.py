@@ -25,6 +25,9 @@ from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+# Set by trainables.trial.tune_trainable when a trial fails deterministically (no retry).
+from trainables.report_keys import TRIAL_ERROR_KEY
+from trainables.storage import is_uri
 from tune.sweep import SAMPLERS, STUDY_DB_FILENAME  # the sweep's settings and layout; re-exported here
 
 logger = logging.getLogger(__name__)
@@ -54,8 +57,6 @@ _TUNE_BOOKKEEPING_KEYS = frozenset(
 )
 TUNE_TRIAL_ID_ATTR = "tune_trial_id"
 FAIL_REASON_ATTR = "fail_reason"
-# Set by trainables.trial.tune_trainable when a trial fails deterministically (no retry).
-TRIAL_ERROR_KEY = "trial_error"
 CONFIG_ATTR = "config"
 # Test hook (tests/faults/test_driver_kill.py): when set, the driver SIGKILLs itself right
 # after Optuna is told a COMPLETE trial, before Tune's experiment checkpoint records that
@@ -67,13 +68,9 @@ class StorageUnavailableError(ValueError):
     """The Optuna storage URL cannot be opened (bad URL, unreachable server, bad path)."""
 
 
-def _is_uri(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
 def default_storage_url(results_dir: str | Path, name: str) -> str:
     """Return the SQLite URL of the sweep's study: ``sqlite:///<results_dir>/<name>/optuna.db``."""
-    if _is_uri(results_dir):
+    if is_uri(results_dir):
         raise ValueError(
             f"results_dir {str(results_dir)!r} is not a local folder, so the study's SQLite "
             "file cannot live there; pass an Optuna RDB URL as the storage "
@@ -119,9 +116,7 @@ def make_storage(
         ) from exc
 
 
-def make_sampler(
-    name: str, seed: int | None, population_size: int | None = None
-) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """Return the seeded Optuna sampler called `name` (tpe, nsga2, gp or random)."""
     if name == "tpe":
         # multivariate + group model the conditional parameters (LoRA rank, lambda)
@@ -133,8 +128,7 @@ def make_sampler(
                 seed=seed, multivariate=True, group=True, constant_liar=True
             )
     if name == "nsga2":
-        kwargs = {} if population_size is None else {"population_size": population_size}
-        return optuna.samplers.NSGAIISampler(seed=seed, **kwargs)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     if name == "random":

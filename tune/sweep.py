@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainables.storage import is_uri
 from tune.presets import Preset
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,6 @@ TUNE_DIRNAME = "tune"
 OBJECTIVE_CHOICES = ("val_auroc", "params", "latency_ms", "gflops", "val_auprc", "val_accuracy",
                      "val_ece", "val_nll", "val_brier", "params_ratio", "throughput_img_s")
 _LOCAL_FALLBACK_DIR = "results"
-
-
-def is_uri(path: str) -> bool:
-    """Return True when `path` is a pyarrow.fs URI such as s3://bucket/prefix."""
-    return "://" in path
 
 
 def parse_objectives(text: str) -> tuple[tuple[str, str], ...]:
@@ -300,7 +296,7 @@ def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, r
     from tune.study import close_orphans
 
     # Checkpoint the experiment after every event: with the default period a killed
-    # driver left Optuna trials that Tune re-ran on resume (RAY-NOTES). A kill between
+    # driver left Optuna trials that Tune re-ran on resume (Ray 2.60). A kill between
     # Optuna's tell and the next checkpoint still reruns one; tune_trainable then reports
     # the outcome it stored the first time, so Optuna and Tune agree.
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"

@@ -30,6 +30,10 @@ class DINOv3Adapter:
     head_input_role = "o"
     neuron_output_roles = ("up", "gate")
     neuron_input_role = "down"
+    # Parameter names (substrings) an optimiser should not decay: vectors and tokens, LayerScale.
+    no_decay_parameter_names = ("bias", "norm", "cls_token", "register_tokens", "mask_token", "lambda1")
+    # Parameters a classifier's forward never uses (mask_token is for masked-image pretraining).
+    unused_parameter_names = ("mask_token",)
 
     def layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """Return (qualified name, layer) for every DINOv3ViTLayer in `model`, in forward order."""
@@ -38,6 +42,10 @@ class DINOv3Adapter:
     def linear_path(self, role: str) -> str:
         """Return the dotted path of the `role` linear inside a layer, e.g. 'attention.q_proj'."""
         return ".".join(_LINEAR_PATHS[role])
+
+    def linear_attribute(self, role: str) -> str:
+        """Return the attribute name of the `role` linear, e.g. 'q_proj' (what PEFT's target_modules match)."""
+        return _LINEAR_PATHS[role][1]
 
     def linear(self, layer: nn.Module, role: str) -> nn.Module | None:
         """Return the `role` linear of `layer`, or None when this layer has none (gate in a plain MLP)."""

@@ -19,7 +19,7 @@ import pytest
 from _faultkit import log_lines, registered_epoch
 
 from trainables.data import ensure_digits
-from trainables.finetune import TrainJob
+from trainables.job import TrainJob
 from trainables.runner import run_on_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-import trainables.cache as cache_mod
+import trainables.cache.keys as cache_mod
 from trainables.cache import MANIFEST_NAME, StageCache, stage_key
 
 WORKER = Path(__file__).with_name("_cache_worker.py")
@@ -383,7 +383,7 @@ def test_owner_dying_after_it_was_seen_alive_is_noticed_at_once(tmp_path):
     import subprocess
     import sys
 
-    from trainables.cache import _StaleWatch
+    from trainables.cache.leases import StaleWatch as _StaleWatch
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     raw = json.dumps({"host": socket.gethostname(), "pid": child.pid, "token": "t"}).encode()
@@ -399,7 +399,7 @@ def test_zombie_owner_counts_as_dead():
     import subprocess
     import sys
 
-    from trainables.cache import _pid_is_dead
+    from trainables.cache.leases import pid_is_dead as _pid_is_dead
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     while True:  # let it exit without reaping it: a zombie until wait()

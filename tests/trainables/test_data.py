@@ -310,13 +310,3 @@ def test_ensure_digits_refuses_a_foreign_nonempty_folder(tmp_path):
     (target / "digits_split_train_x.h5").write_bytes(b"half")
     with pytest.raises(DataFileError, match="not hold a complete digits dataset"):
         ensure_digits(target)
-
-
-def test_cli_check_prints_the_fingerprint(digits_root, capsys):
-    assert data.main(["check", "--root", str(digits_root), "--prefix", DIGITS_PREFIX]) == 0
-    assert data_fingerprint(digits_root, DIGITS_PREFIX) in capsys.readouterr().out
-
-
-def test_cli_reports_a_missing_split_without_traceback(tmp_path, capsys):
-    assert data.main(["check", "--root", str(tmp_path)]) == 1
-    assert "run: python -m trainables.data download" in capsys.readouterr().err

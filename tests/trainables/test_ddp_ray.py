@@ -5,7 +5,7 @@ import os
 import pytest
 
 from trainables.data import ensure_digits
-from trainables.finetune import TrainJob
+from trainables.job import TrainJob
 from trainables.runner import run_on_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

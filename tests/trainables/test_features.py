@@ -9,7 +9,7 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.features import FeatureCollapse, check_collapse, feature_std
-from trainables.finetune import TrainJob, scale_learning_rates, stage_settings
+from trainables.job import TrainJob, scale_learning_rates, stage_settings
 from trainables.trial import TRIAL_ERROR_KEY, TrialContext, run_trial, tune_trainable
 
 TINY = {
@@ -36,10 +36,10 @@ def test_collapsed_features_raise_and_spread_ones_pass():
 def test_linear_lr_scaling_uses_the_global_batch():
     cfg = {"finetune.lr_scaling": "linear", "finetune.batch_size": 64, "finetune.lr": 1e-3,
            "finetune.backbone_lr": 1e-4}
-    job = TrainJob(stage="finetune", trial=cfg, data_root="")
+    job = TrainJob(stage="finetune", config=cfg, data_root="")
     scaled = scale_learning_rates(job, stage_settings(job), world_size=8)
     assert scaled.lr == pytest.approx(2e-3) and scaled.backbone_lr == pytest.approx(2e-4)
-    plain = TrainJob(stage="finetune", trial={"finetune.lr": 1e-3}, data_root="")
+    plain = TrainJob(stage="finetune", config={"finetune.lr": 1e-3}, data_root="")
     assert scale_learning_rates(plain, stage_settings(plain), world_size=8).lr == 1e-3
     keyed = TrialConfig.from_flat({**cfg, "finetune.workers": 4}).finetune.key_fields()
     assert keyed["workers"] == 4 and "workers" not in TrialConfig().finetune.key_fields()

@@ -125,7 +125,7 @@ def test_svd_taps_model_saves_and_loads_with_token_pruning(tmp_path):
 
 
 def test_lora_trains_the_svd_taps_classifier_not_its_projections():
-    from trainables.finetune import wrap_lora
+    from trainables.model import wrap_lora
 
     model = wrap_lora(build_classifier("digits-vit", num_classes=2, head="svd_taps"), rank=2, alpha=4,
                       include_mlp=False)
@@ -138,3 +138,20 @@ def test_lora_trains_the_svd_taps_classifier_not_its_projections():
 def test_unknown_head_lists_the_choices():
     with pytest.raises(ValueError, match="model.head must be one of linear, svd_taps"):
         build_classifier("digits-vit", num_classes=2, head="mlp")
+
+
+def test_lora_merge_leaves_outputs_unchanged():
+    from trainables.model import finalize_model, wrap_lora
+
+    torch.manual_seed(0)
+    model = wrap_lora(build_classifier("digits-vit", 2), rank=4, alpha=8, include_mlp=True)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)  # B starts at zero: make the adapters matter
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        adapted = model.eval()(x)
+        merged_model = finalize_model(model).eval()
+        merged = merged_model(x)
+    assert not any("lora" in name for name, _ in merged_model.named_parameters())
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)

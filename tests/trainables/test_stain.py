@@ -85,7 +85,7 @@ def test_loader_workers_normalise_and_count(stain_root):
 
 
 def test_stain_norm_keys_the_data_only_when_on():
-    from trainables.trial import _data_key
+    from trainables.stages import data_key_config as _data_key
 
     assert "stain_norm" not in _data_key(TrialConfig())
     assert _data_key(TrialConfig.from_flat({"data.stain_norm": "macenko"}))["stain_norm"] == "macenko"

@@ -96,8 +96,7 @@ def test_tpe_models_conditional_params_jointly_and_lies_for_running_trials():
     assert (sampler._multivariate, sampler._group, sampler._constant_liar) == (True, True, True)
 
 
-def test_nsga2_takes_the_population_size_or_keeps_optunas_default():
-    assert make_sampler("nsga2", seed=1, population_size=12).population_size == 12
+def test_nsga2_keeps_optunas_default_population():
     default = optuna.samplers.NSGAIISampler().population_size
     assert make_sampler("nsga2", seed=1).population_size == default
 

@@ -3,13 +3,11 @@ import math
 import pytest
 import torch
 
-from trainables.config import TrialConfig
 from trainables.data import ensure_digits
-from trainables.finetune import (
-    LocalSession, TrainJob, best_model, build_stage_model, finalize_model, param_groups, stage_settings,
-    train_loop, warmup_cosine, wrap_lora,
-)
+from trainables.job import TrainJob, build_stage_model, stage_settings
+from trainables.loop import best_model, param_groups, train_loop, warmup_cosine
 from trainables.model import build_classifier
+from trainables.sessions import LocalSession
 
 TINY = {"data.train_limit": 256, "data.val_limit": 128, "finetune.batch_size": 32,
         "pretrain.batch_size": 32}
@@ -21,7 +19,7 @@ def digits_root(tmp_path_factory):
 
 
 def first_batch_loss(job: TrainJob, model: torch.nn.Module) -> float:
-    from trainables.finetune import make_dataset
+    from trainables.data import make_dataset
 
     cfg = job.config
     dataset = make_dataset(cfg, job.data_root, "train", stage_settings(job).labels)
@@ -43,36 +41,6 @@ def test_each_method_lowers_the_training_loss(method, digits_root, tmp_path):
     train_loop(job, session)
     trained, _ = best_model(job, session.checkpoint_dir)
     assert first_batch_loss(job, trained) < 0.95 * before
-
-
-def test_head_only_trains_only_the_head():
-    cfg_flat = {"finetune.method": "head_only"}
-    job = TrainJob("finetune", cfg_flat, "unused")
-    model = build_stage_model(job)
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"head.weight", "head.bias"}
-
-
-def test_head_only_with_norms_and_biases():
-    job = TrainJob("finetune", {"finetune.method": "head_only", "finetune.train_norms_biases": True}, "unused")
-    trainable = [name for name, p in build_stage_model(job).named_parameters() if p.requires_grad]
-    assert any("norm1" in n for n in trainable) and any(n.endswith("q_proj.bias") for n in trainable)
-    assert not any(n.endswith("q_proj.weight") for n in trainable)
-
-
-def test_lora_merge_leaves_outputs_unchanged():
-    torch.manual_seed(0)
-    model = wrap_lora(build_classifier("digits-vit", 2), rank=4, alpha=8, include_mlp=True)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.05)  # B starts at zero: make the adapters matter
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad():
-        adapted = model.eval()(x)
-        merged_model = finalize_model(model).eval()
-        merged = merged_model(x)
-    assert not any("lora" in name for name, _ in merged_model.named_parameters())
-    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
 
 
 def test_full_method_separates_learning_rates_and_skips_decay_on_norms():
@@ -117,36 +85,9 @@ def test_non_finite_loss_fails_the_stage(digits_root, tmp_path):
         train_loop(job, session, penalty=lambda model: torch.tensor(math.nan))
 
 
-def test_pretrain_uses_the_ten_digit_classes():
-    job = TrainJob("pretrain", {}, "unused")
-    assert stage_settings(job).labels == "digit" and build_stage_model(job).head.out_features == 10
-
-
-def test_unknown_stage_is_refused():
-    with pytest.raises(ValueError, match="stage must be one of"):
-        TrainJob("distill", {}, "x")
-
-
-def test_stage_config_is_validated_when_read():
-    with pytest.raises(ValueError, match="finetune.method"):
-        TrainJob("finetune", {"finetune.method": "bogus"}, "x").config
-    assert isinstance(TrainJob("finetune", {}, "x").config, TrialConfig)
-
-
-def test_lora_trains_norms_and_biases_when_asked():
-    flat = {"finetune.method": "lora", "finetune.train_norms_biases": True, "finetune.lora_mlp": True}
-    trainable = [n for n, p in build_stage_model(TrainJob("finetune", flat, "unused")).named_parameters()
-                 if p.requires_grad]
-    assert any("norm1" in n for n in trainable) and any(n.endswith("q_proj.base_layer.bias") for n in trainable)
-    assert any("up_proj.lora_A" in n for n in trainable)
-    assert not any(n.endswith("base_layer.weight") for n in trainable)
-    plain = build_stage_model(TrainJob("finetune", {"finetune.method": "lora"}, "unused"))
-    assert not any("norm1" in n for n, p in plain.named_parameters() if p.requires_grad)
-
-
 @pytest.mark.slow
 def test_training_time_pruning_starts_at_its_epoch(digits_root, tmp_path, monkeypatch):
-    import trainables.finetune as finetune
+    import trainables.loop as loop
     from compress import keep_schedule
 
     flat = {"data.train_limit": 64, "data.val_limit": 64, "finetune.batch_size": 32, "finetune.epochs": 2,
@@ -162,7 +103,7 @@ def test_training_time_pruning_starts_at_its_epoch(digits_root, tmp_path, monkey
         built["model"] = model
         return model
 
-    monkeypatch.setattr(finetune, "build_stage_model", build_with_hooks)
+    monkeypatch.setattr(loop, "build_stage_model", build_with_hooks)
     job = TrainJob("finetune", flat, digits_root)
     train_loop(job, LocalSession(tmp_path, torch.device("cpu"), show_progress=False),
                on_epoch=lambda record: seen.append([]))

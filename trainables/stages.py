@@ -1,0 +1,343 @@
+"""The stages of one trial, each a function of the frozen `TrialConfig` and its parent's output.
+
+A training stage (pretrain, finetune, features, whitening, prehab, recover) is content
+addressed: its cache key hashes what determines its result, written out once per stage
+below (`*_key_config`), its parent's key and the data fingerprint. Each stage function
+returns a `StageOutput`: a `cache:` reference to its result and that key, which the next
+stage takes as its parent. The in-process stages (compress, tokens) return models.
+`TrialRun` is the bookkeeping they share: the cache, the data, hits and seconds per stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+from torch import nn
+
+from compress import (
+    collect_input_stats, count_params, enable_token_pruning, load_compressed, save_compressed, save_input_stats,
+)
+from trainables.cache import StageCache, stage_key
+from trainables.config import TrialConfig
+from trainables.data import data_fingerprint, dataset_prefix, ensure_digits, iterate_batches, make_dataset
+from trainables.features import (
+    FEATURE_SPLITS, check_collapse, pooled_feature_std, read_collapse, record_collapse,
+    train_head_on_features, write_feature_cache,
+)
+from trainables.job import TrainJob, build_stage_model, compress_structure, scale_learning_rates, stage_settings
+from trainables.loop import autocast_dtype
+from trainables.model import finalize_model
+from trainables.refs import cache_ref, resolve_ref
+from trainables.sessions import pick_device
+from trainables.storage import local_scratch, train_storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """Where a trial runs and stores things; not part of any training stage's cache key."""
+
+    results_dir: str = "results"      # local folder or pyarrow.fs URI: cache + Train runs
+    backend: str = "local"            # "local": this process; "ray": training stages on Ray Train
+    show_progress: bool = True        # tqdm bars (local backend)
+    max_failures: int = 2             # Ray Train worker-group restarts per training stage
+    cache_wait_s: float | None = None # give up waiting for another trial's stage after this
+    sweep: str = ""                   # the sweep's name: with the Tune trial id, keys stored outcomes
+
+    def __post_init__(self):
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+
+
+class StageOutput(NamedTuple):
+    """A stage's result as the next stage sees it: a reference (cache:<stage>/<key>/<path>, a
+    folder or a Hugging Face id) and the key that names it (None for weights given by the user)."""
+
+    ref: str | None
+    key: str | None
+
+
+# ---------------------------------------------------------------------------- cache keys
+
+
+def data_key_config(cfg: TrialConfig) -> dict[str, Any]:
+    """Return what of the data section changes a trained stage."""
+    d = cfg.data
+    key = {"dataset": d.dataset, "image_size": d.image_size, "train_limit": d.train_limit,
+           "val_limit": d.val_limit, "normalize": d.normalize}
+    if d.stain_norm != "none":  # absent when off, so keys written before it existed stay valid
+        key["stain_norm"] = d.stain_norm
+    return key
+
+
+def pretrain_key_config(cfg: TrialConfig) -> dict[str, Any]:
+    return {"model": cfg.model.backbone, "pooling": cfg.model.pooling,
+            "pretrain": dataclasses.asdict(cfg.pretrain), "data": data_key_config(cfg), "seed": cfg.run.seed}
+
+
+def finetune_key_config(cfg: TrialConfig) -> dict[str, Any]:
+    return {"model": cfg.model.key_fields(), **cfg.finetune_key_fields(), "data": data_key_config(cfg),
+            "seed": cfg.run.seed}
+
+
+def features_key_config(cfg: TrialConfig, parent: str | None) -> dict[str, Any]:
+    """What the head inputs depend on: backbone weights (parent), data, image size, pooling, head
+    type, and the seed where it initialises the backbone or the tap projections."""
+    config = {"data": data_key_config(cfg), "backbone": cfg.model.backbone, "pooling": cfg.model.pooling,
+              "head": cfg.model.head, "precision": cfg.finetune.precision}
+    if parent is None or cfg.model.head != "linear":
+        config["seed"] = cfg.run.seed
+    return config
+
+
+def whitening_key_config(cfg: TrialConfig) -> dict[str, Any]:
+    return {"calib": dataclasses.asdict(cfg.calib), "targets": list(cfg.compress.svd_targets)}
+
+
+def prehab_key_config(cfg: TrialConfig) -> dict[str, Any]:
+    return {"prehab": dataclasses.asdict(cfg.prehab), "targets": list(cfg.compress.svd_targets),
+            "batch_size": cfg.finetune.batch_size}
+
+
+def recover_key_config(cfg: TrialConfig) -> dict[str, Any]:
+    """The recover section and the structural compression plan the recovered model was compressed with."""
+    return cfg.recover_key_fields()
+
+
+# ---------------------------------------------------------------------------- bookkeeping
+
+
+@dataclass
+class TrialRun:
+    """What the stages of one trial share: its config, context, data, cache, hits and seconds."""
+
+    cfg: TrialConfig
+    ctx: TrialContext
+    data_root: str
+    fingerprint: str
+    cache: StageCache
+    hits: dict[str, bool] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)   # recorded with the metrics
+
+    @classmethod
+    def start(cls, cfg: TrialConfig, ctx: TrialContext) -> "TrialRun":
+        """Return the run of a trial: its data written where needed and fingerprinted."""
+        root = data_root(cfg, ctx)
+        return cls(cfg=cfg, ctx=ctx, data_root=root, fingerprint=data_fingerprint(root, dataset_prefix(cfg)),
+                   cache=StageCache(ctx.results_dir, wait_timeout_s=ctx.cache_wait_s))
+
+    @property
+    def device(self):
+        return pick_device(self.cfg.run.device)
+
+    def key(self, stage: str, config: dict[str, Any], parent: str | None) -> str:
+        return stage_key(stage, config, parent, self.fingerprint)
+
+    def job(self, stage: str, **refs: str | None) -> TrainJob:
+        return TrainJob(stage=stage, config=self.cfg, data_root=self.data_root,
+                        cache_root=self.ctx.results_dir, **refs)
+
+    def cached(self, stage: str, key: str, compute: Callable[[Path], None]) -> Path:
+        """Return the local folder of the stage's cache entry, computing it if missing."""
+        result = self.cache.get_or_compute(stage, key, compute, log=log)
+        self.hits[stage] = result.hit
+        self.seconds[stage] = result.seconds
+        log.info("%s %s: %s in %.1f s", stage, key, "cache hit" if result.hit else "computed", result.seconds)
+        return result.path
+
+    def timed(self, stage: str, work: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        value = work()
+        self.seconds[stage] = time.perf_counter() - started
+        return value
+
+    def train(self, job: TrainJob, key: str, out: Path) -> nn.Module:
+        """Run a training stage (locally or on Ray Train); write its history.json into `out`
+        and return its best plain model."""
+        from trainables.runner import run_local, run_on_ray
+
+        started = time.perf_counter()
+        try:
+            if self.ctx.backend == "local":
+                # Kept until the entry is published, so an interrupted debug run resumes its epochs.
+                work_dir = local_scratch(self.ctx.results_dir, Path(tempfile.gettempdir())) / "train-local" / \
+                    f"{job.stage}-{key}"
+                model, summary = run_local(job, work_dir, show_progress=self.ctx.show_progress)
+                shutil.rmtree(work_dir, ignore_errors=True)
+            else:
+                storage_path, filesystem = train_storage(self.ctx.results_dir)
+                model, summary = run_on_ray(job, run_name=f"{job.stage}-{key}", storage_path=storage_path,
+                                            storage_filesystem=filesystem, max_failures=self.ctx.max_failures)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"{job.stage} stage diverged: {err}") from err
+        summary["seconds"] = time.perf_counter() - started
+        (out / "history.json").write_text(json.dumps(summary, indent=1))
+        return model
+
+    def loader(self, split: str):
+        """Return an unshuffled, unaugmented loader over a split at the evaluation batch size."""
+        from torch.utils.data import DataLoader
+
+        return DataLoader(make_dataset(self.cfg, self.data_root, split), batch_size=self.cfg.eval.batch_size,
+                          shuffle=False, num_workers=self.cfg.data.loader_workers)
+
+
+def data_root(cfg: TrialConfig, ctx: TrialContext) -> str:
+    """Return the local data folder; the embedded digits set is written there on first use."""
+    base = local_scratch(ctx.results_dir, Path(tempfile.gettempdir()) / "vitsweep")
+    if cfg.data.dataset == "pcam":
+        if cfg.data.synthetic:
+            # Written on the node that needs it: on a cluster no other node's disk is visible.
+            from trainables.synthetic import ensure_synthetic_pcam
+
+            return str(ensure_synthetic_pcam(base / "data" / "pcam-synthetic"))
+        return cfg.data.root or "data/pcam"
+    if cfg.data.root:
+        return str(ensure_digits(cfg.data.root))
+    return str(ensure_digits(base / "data" / "digits"))
+
+
+# ---------------------------------------------------------------------------- the stages
+
+
+def pretrain(run: TrialRun) -> StageOutput:
+    """Return the backbone weights to fine-tune: model.weights, or (embedded preset) a backbone
+    pretrained here on the 10 digit classes; (None, None) for a random init."""
+    cfg = run.cfg
+    if cfg.model.weights or cfg.pretrain.epochs == 0:
+        return StageOutput(cfg.model.weights or None, cfg.model.weights or None)
+    key = run.key("pretrain", pretrain_key_config(cfg), None)
+
+    def compute(out: Path) -> None:
+        model = run.train(run.job("pretrain"), key, out)
+        model.backbone.save_pretrained(out / "backbone")
+
+    run.cached("pretrain", key, compute)
+    return StageOutput(cache_ref("pretrain", key, "backbone"), key)
+
+
+def finetune(run: TrialRun, weights: StageOutput) -> StageOutput:
+    """Return the fine-tuned model; head_only trains on cached frozen-backbone features unless
+    finetune.feature_cache is off or tokens are pruned while training."""
+    cfg = run.cfg
+    key = run.key("finetune", finetune_key_config(cfg), weights.key)
+
+    def compute(out: Path) -> None:
+        job = run.job("finetune", init_weights=weights.ref)
+        # Pruning tokens while training changes the backbone's features epoch by epoch.
+        if cfg.finetune.uses_feature_cache and cfg.tokens.train_from_epoch == 0:
+            model = _finetune_on_features(run, job, weights.key, out)
+        else:
+            model = run.train(job, key, out)
+            record_collapse(out, pooled_feature_std(model, run.loader("valid"), run.device))
+        save_compressed(model, out / "model")
+
+    entry = run.cached("finetune", key, compute)
+    tuned = StageOutput(cache_ref("finetune", key, "model"), key)
+    run.facts["model_ref_finetune"] = tuned.ref  # the reports' spectrum diagnostics
+    # The collapse watch: the fine-tune's feature spread, recorded with the metrics.
+    spread = read_collapse(entry)
+    if spread is None:  # an entry written before the collapse watch
+        spread = pooled_feature_std(load_compressed(entry / "model"), run.loader("valid"), run.device)
+    check_collapse(spread, cfg.finetune.min_feature_std)
+    run.facts["feature_std"] = spread
+    return tuned
+
+
+def _finetune_on_features(run: TrialRun, job: TrainJob, parent: str | None, out: Path) -> nn.Module:
+    """Train a head_only fine-tune on cached features (computed once per backbone, data and head)
+    in this process; write history.json and collapse.json into `out`; return the model."""
+    import torch
+
+    cfg, device = run.cfg, run.device
+    started = time.perf_counter()
+    key = run.key("features", features_key_config(cfg, parent), parent)
+
+    def build() -> nn.Module:
+        torch.manual_seed(cfg.run.seed)
+        return build_stage_model(job)
+
+    def compute(features_out: Path) -> None:
+        amp = autocast_dtype(cfg.finetune.precision, device)
+        write_feature_cache(features_out, build(), {split: run.loader(split) for split in FEATURE_SPLITS},
+                            device, amp)
+
+    features_dir = run.cached("features", key, compute)
+    settings = scale_learning_rates(job, stage_settings(job), world_size=1)
+    model, summary = train_head_on_features(build(), features_dir, cfg, settings, device)
+    record_collapse(out, summary.pop("feature_std"))
+    summary["seconds"] = time.perf_counter() - started
+    (out / "history.json").write_text(json.dumps(summary, indent=1))
+    return finalize_model(model)
+
+
+def calibrate(run: TrialRun, of: StageOutput) -> StageOutput:
+    """Return the input statistics (whitening) of a model's SVD targets over calibration batches."""
+    cfg = run.cfg
+    key = run.key("whitening", whitening_key_config(cfg), of.key)
+
+    def compute(out: Path) -> None:
+        from torch.utils.data import DataLoader
+
+        model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir)).eval()
+        loader = DataLoader(make_dataset(cfg, run.data_root, "train"), batch_size=cfg.calib.batch_size,
+                            shuffle=False)
+        stats = collect_input_stats(model, iterate_batches(loader, cfg.calib.batches), targets=cfg.compress.svd_targets)
+        save_input_stats(stats, str(out / "stats.pt"))
+
+    run.cached("whitening", key, compute)
+    return StageOutput(cache_ref("whitening", key, "stats.pt"), key)
+
+
+def prehab(run: TrialRun, tuned: StageOutput) -> StageOutput:
+    """Return the model after a short run of task loss + lambda * low-rank surrogate."""
+    cfg = run.cfg
+    stats = calibrate(run, tuned) if cfg.prehab.space == "whitened" else StageOutput(None, None)
+    key = run.key("prehab", prehab_key_config(cfg), tuned.key)
+
+    def compute(out: Path) -> None:
+        trained = run.train(run.job("prehab", init_path=tuned.ref, whitening_path=stats.ref), key, out)
+        save_compressed(trained, out / "model")
+
+    run.cached("prehab", key, compute)
+    regularised = StageOutput(cache_ref("prehab", key, "model"), key)
+    run.facts["model_ref_prehab"] = regularised.ref
+    return regularised
+
+
+def compress(run: TrialRun, model: StageOutput, stats: StageOutput):
+    """Return (the model after heads -> MLP -> SVD, its report, its parameter count before)."""
+    base = load_compressed(resolve_ref(model.ref, run.ctx.results_dir))
+    before = count_params(base)
+    compressed, report = run.timed("compress", lambda: compress_structure(base, run.cfg, stats.ref,
+                                                                          run.ctx.results_dir))
+    return compressed, report, before
+
+
+def recover(run: TrialRun, model: StageOutput, stats: StageOutput) -> nn.Module:
+    """Return the compressed model after a short LoRA fine-tune, merged back."""
+    key = run.key("recover", recover_key_config(run.cfg), model.key)
+
+    def compute(out: Path) -> None:
+        trained = run.train(run.job("recover", init_path=model.ref, whitening_path=stats.ref), key, out)
+        save_compressed(trained, out / "model")
+
+    return load_compressed(run.cached("recover", key, compute) / "model")
+
+
+def prune_tokens(cfg: TrialConfig, model: nn.Module) -> dict[str, Any] | None:
+    """Switch on inference-time token pruning (tokens.r_max > 0); return its summary, else None."""
+    if cfg.tokens.r_max == 0:
+        return None
+    return enable_token_pruning(model, cfg.tokens.r_max, cfg.tokens.alpha, fuse=cfg.tokens.fuse)
+
