@@ -10,9 +10,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,13 +17,12 @@ import optuna
 import pytest
 import torch
 
+from _digits_sweep import run_cli
 from compress import CompressionPlan, compress_model, load_compressed, save_compressed
 from trainables.evaluate import check_finite
 from trainables.model import build_classifier
 from trainables.trial import TrialContext, run_trial
 
-REPO = Path(__file__).resolve().parents[1]
-RUN = str(REPO / "tune" / "run.py")
 # One tiny trial: the seed case fills the pretrain/finetune cache the other cases start from.
 TINY = {"pretrain.epochs": 1, "finetune.epochs": 1, "data.train_limit": 200, "data.val_limit": 100,
         "eval.latency_repeats": 2, "eval.latency_rounds": 1, "calib.batches": 2}
@@ -117,19 +113,6 @@ def test_non_finite_metric_fails_naming_the_metric():
 # ------------------------------------------------------------------ through the sweep
 
 
-def _run_cli(args, env, timeout=400):
-    proc = subprocess.Popen([sys.executable, RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=REPO.parent, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever Ray left in the CLI's process group
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
 @pytest.fixture(scope="module")
 def nan_sweep(results):
     """A one-trial digits sweep whose fine-tune diverges; returns (process, sweep folder)."""
@@ -137,7 +120,7 @@ def nan_sweep(results):
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     sets = [arg for key, value in {**TINY, **DIVERGING}.items() for arg in ("--set", f"{key}={value}")]
-    proc = _run_cli(["--results-dir", str(results), "--name", "diverging", "--num-samples", "1", *sets], env)
+    proc = run_cli(env, "--results-dir", str(results), "--name", "diverging", "--num-samples", "1", *sets, timeout=400)
     shutil.rmtree(ray_tmp, ignore_errors=True)
     return proc, results / "diverging"
 
