@@ -9,6 +9,7 @@ import fcntl
 import logging
 import math
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,12 +109,37 @@ def timing_lock_path(device: torch.device) -> Path:
     return Path(tempfile.gettempdir()) / f"vitsweep-latency-{device.type}.lock"
 
 
+TIMING_LOCK_WAIT_S = 900.0        # longer than any trial's timing; beyond it the holder is stuck
+_LOCK_POLL_S = 0.05
+_LOCK_LOG_EVERY_S = 60.0
+
+
 @contextlib.contextmanager
-def timing_lock(device: torch.device):
+def timing_lock(device: torch.device, wait_s: float = TIMING_LOCK_WAIT_S):
     """Hold a host-wide lock for this device while timing, so concurrent trials on one machine
-    take turns instead of timing each other's load."""
-    with open(timing_lock_path(device), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    take turns instead of timing each other's load.
+
+    Waiting is logged (once, then every minute); after `wait_s` seconds TimeoutError names the
+    lock file, since a process that holds it that long is stuck rather than timing.
+    """
+    path = timing_lock_path(device)
+    with open(path, "a") as handle:
+        started = time.monotonic()
+        next_log = started
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if now - started >= wait_s:
+                    raise TimeoutError(
+                        f"waited {now - started:.0f} s for the latency timing lock {path}, held by another process "
+                        f"on this host; find it with `fuser {path}` and stop it if it is stuck") from None
+                if now >= next_log:
+                    log.info("waiting for the latency timing lock %s (another process on this host is timing)", path)
+                    next_log = now + _LOCK_LOG_EVERY_S
+                time.sleep(_LOCK_POLL_S)
         try:
             yield
         finally:

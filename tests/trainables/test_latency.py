@@ -250,6 +250,19 @@ def test_timing_lock_is_a_host_wide_file_lock():
     assert not _lock_is_held(device)
 
 
+def test_timing_lock_held_elsewhere_times_out_naming_the_file(caplog):
+    device = torch.device("cpu")
+    with open(timing_lock_path(device), "a") as other:  # another open file: flock excludes it
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with caplog.at_level(logging.INFO, logger="trainables.evaluate"):
+            with pytest.raises(TimeoutError, match="vitsweep-latency-cpu.lock"):
+                with timing_lock(device, wait_s=0.2):
+                    pytest.fail("the lock was taken while another file held it")
+    assert "waiting for the latency timing lock" in caplog.text
+    with timing_lock(device, wait_s=0.2):  # released: taken at once
+        assert _lock_is_held(device)
+
+
 def test_cost_metrics_times_latency_inside_the_timing_lock(monkeypatch):
     held = []
 
