@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from compress.onnx_export import onnx_session, run_onnx
 from search_spaces import SEED_CONFIG
+from trainables.config import TrialConfig
 from trainables.trial import TrialContext, build_trial_model, run_trial
 from tune import export as export_module
 from tune.run import main as run_main
@@ -105,7 +106,9 @@ def test_exported_model_loads_in_a_fresh_process_without_trainables_to_the_sweep
     structure = json.loads((exported / "structure.json").read_text())
     assert structure["token_pruning"]["schedule"] == in_sweep.tokens["schedule"]
     assert [layer["num_heads"] for layer in structure["layers"]] == [d.kept for d in in_sweep.report.heads]
-    assert json.loads((exported / "config.json").read_text()) == in_sweep.cfg.to_flat()
+    exported_config = json.loads((exported / "config.json").read_text())
+    assert exported_config == json.loads(json.dumps(in_sweep.cfg.to_flat()))  # tuples are JSON lists
+    assert TrialConfig.from_flat(exported_config) == in_sweep.cfg
     session = onnx_session(exported / "model.onnx")
     for batch in (1, 5):  # the batch dimension is dynamic
         assert run_onnx(session, pixels[:batch]).shape == (batch, 2)
