@@ -31,11 +31,6 @@ def uniform(low: float, high: float) -> FloatDistribution:
     return FloatDistribution(low, high)
 
 
-def log_uniform(low: float, high: float) -> FloatDistribution:
-    """Return a log-uniform float distribution on [low, high]."""
-    return FloatDistribution(low, high, log=True)
-
-
 @dataclass(frozen=True)
 class Param:
     """One searched key: its distribution, reference value and condition."""

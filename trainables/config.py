@@ -14,7 +14,7 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from compress import REGULARIZERS, CompressionPlan, TokenPlan
 from compress.plan import KEYED_WHEN_SET, keyed_when_set
@@ -424,12 +424,8 @@ class TrialConfig:
     def key_flat(self) -> dict[str, Any]:
         """Return the flat config as cache keys spell it: lists as comma strings, knobs added
         since keys were stored (compress.plan.keyed_when_set) left out at their default."""
-        flat = {}
-        for section in _SECTIONS:
-            renamed_back = {v: k for (s, k), v in _RENAMED.items() if s == section}
-            for name, value in _key_record(getattr(self, section)).items():
-                flat[f"{section}.{renamed_back.get(name, name)}"] = ",".join(value) if isinstance(value, list) else value
-        return flat
+        return {key: ",".join(value) if isinstance(value, list) else value
+                for key, value in self._flat(_key_record).items()}
 
     def check_applicable(self, keys) -> None:
         """Raise ValueError when one of `keys` (flat keys someone set) does not apply to the fine-tune method."""
@@ -441,10 +437,14 @@ class TrialConfig:
 
     def to_flat(self) -> dict[str, Any]:
         """Return the flat dotted-key dict that `from_flat` turns back into this config."""
+        return self._flat(dataclasses.asdict)
+
+    def _flat(self, record: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        """Return {section.key: value} over every section's `record` (flat names, e.g. prehab.lambda)."""
         flat = {}
         for section in _SECTIONS:
             renamed_back = {v: k for (s, k), v in _RENAMED.items() if s == section}
-            for name, value in dataclasses.asdict(getattr(self, section)).items():
+            for name, value in record(getattr(self, section)).items():
                 flat[f"{section}.{renamed_back.get(name, name)}"] = value
         return flat
 
