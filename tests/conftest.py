@@ -7,14 +7,18 @@ end-to-end sweep tests (tests/tune/test_sweep.py) check its study and reports, t
 hygiene tests (tests/test_hygiene.py) search everything it wrote for the tokens, and the
 job-flow test (tests/tune/test_cluster.py) reuses its stage cache. One sweep instead of three
 saves a Ray start, two Ray Train stages and the W&B runs each time (see README "Tests").
+
+Every module is checked for Ray processes it leaves behind (`no_ray_process_left_behind`).
 """
 
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from _digits_sweep import SWEEP_SECRETS, TINY_SWEEP, run_cli
@@ -25,6 +29,46 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# A Ray process's command line: a worker or agent retitles itself "ray::Name"; raylet,
+# gcs_server and the dashboard run from Ray's package folder.
+RAY_PROCESS_MARKS = ("ray::", "/site-packages/ray/")
+LEFT_BEHIND_GRACE_S = 15  # what ray.shutdown() and a head's teardown may take to finish
+
+
+def _ray_processes() -> dict[int, tuple[int, str]]:
+    """Every Ray process on the machine: pid -> (parent pid, command line)."""
+    found = {}
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        line = " ".join(proc.info["cmdline"] or ())
+        if any(mark in line for mark in RAY_PROCESS_MARKS):
+            found[proc.info["pid"]] = (proc.info["ppid"], line.split("  ")[0][:100])
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_process_left_behind():
+    """Fail a module that leaves an orphaned Ray process running, and kill it.
+
+    Orphaned (its parent gone, adopted by init) and started during the module: a Ray the
+    module forgot to shut down, or an agent its raylet's teardown missed. One such dashboard
+    agent spun a core for the rest of the session and made later tests up to 4x slower.
+    Session fixtures' own Ray processes are children of this process until they shut down.
+    """
+    before = set(_ray_processes())
+    yield
+    deadline = time.monotonic() + LEFT_BEHIND_GRACE_S
+    while True:
+        left = {pid: line for pid, (ppid, line) in _ray_processes().items() if ppid == 1 and pid not in before}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for pid in left:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not left, f"this module left Ray processes running (killed now): {sorted(left.items())}"
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,14 @@ trial, before Tune's experiment checkpoint records that trial as finished: the c
 which Tune reruns a trial Optuna already holds. The cluster lives on, as it would when a
 head-node job dies. `--resume` must finish the sweep so that the Optuna study and Tune's
 own trial results agree trial for trial: no duplicates, none RUNNING, and the rerun trial
-reports the outcome stored the first time (`outcome_replayed`), not a new measurement.
+reports the outcome stored the first time (`outcome_replayed`), not a new measurement. Its
+console prints only what happens after the resume, not the first run's epochs again.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 
 import optuna
@@ -20,6 +22,7 @@ import pytest
 from _faultkit import (
     TINY, cli_sets, kill_group, load_study, start_cli, tune_results, wait_cli,
 )
+from trainables.storage import epoch_files
 from tune.study import FAIL_REASON_ATTR, KILL_AFTER_TELL_ENV, TUNE_TRIAL_ID_ATTR
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -46,12 +49,19 @@ def resumed(fault_cluster, tmp_path_factory):
         proc.wait()
     told = {t.user_attrs[TUNE_TRIAL_ID_ATTR]: t.values for t in load_study(results, NAME).trials
             if t.state == State.COMPLETE}
+    epochs_before = _epoch_records(results)
     # The re-timing pass at the end is not what this tests (tests/tune/test_sweep.py checks it).
     again = start_cli(fault_cluster, "--results-dir", str(results), "--resume", NAME, "--no-retime",
                       log=logs / "resume.log")
     rc = wait_cli(again, 240)
     return {"first_rc": first_rc, "first_log": (logs / "first.log").read_text(errors="replace"),
-            "told": told, "rc": rc, "log": (logs / "resume.log").read_text(errors="replace")}
+            "told": told, "rc": rc, "log": (logs / "resume.log").read_text(errors="replace"),
+            "epochs_before": epochs_before, "epochs_after": _epoch_records(results)}
+
+
+def _epoch_records(results) -> int:
+    """Return how many epochs all Ray Train runs under the results root have logged."""
+    return sum(len(path.read_text().splitlines()) for path in epoch_files(results))
 
 
 def test_driver_killed_itself_right_after_the_first_tell(resumed):
@@ -95,3 +105,10 @@ def test_trial_told_before_the_kill_replays_its_stored_outcome(fault_cluster, re
     assert reported[told_id]["outcome_replayed"] is True
     assert [reported[told_id][name] for name in OBJECTIVES] == told_values
 
+
+def test_resume_console_prints_only_epochs_trained_after_the_resume(resumed):
+    # Every Ray Train run of the shared results root logged its epochs before the resume; a
+    # resume that printed them again (as it once did) would show more lines than it trained.
+    assert resumed["epochs_before"] > 0
+    printed = [line for line in resumed["log"].splitlines() if re.match(r"\s+\w+ \S+ epoch \d+\b", line)]
+    assert len(printed) == resumed["epochs_after"] - resumed["epochs_before"], resumed["log"][-3000:]

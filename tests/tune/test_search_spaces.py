@@ -212,7 +212,12 @@ def test_table_space_draws_what_the_hand_written_space_drew(name):
         constants = load_space(name)(trial) or {}
         draws.append({**trial.params, **constants})
         study.tell(trial, float(index % 3))
-    assert draws == BEFORE[name]["tpe_draws"]
+    # TPE's float arithmetic (numpy, scipy) differs in the last bits between CPUs (seen: Xeon vs EPYC).
+    assert [_rounded(draw) for draw in draws] == [_rounded(draw) for draw in BEFORE[name]["tpe_draws"]]
+
+
+def _rounded(draw: dict) -> dict:
+    return {key: round(value, 12) if isinstance(value, float) else value for key, value in draw.items()}
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
