@@ -20,7 +20,7 @@ import optuna
 import pytest
 
 from _faultkit import (
-    TINY, cli_sets, kill_group, load_study, start_cli, tune_results, wait_cli,
+    TINY, cli_sets, kill_group, load_study, log_lines, start_cli, tune_results, wait_cli,
 )
 from trainables.storage import epoch_files
 from tune.study import FAIL_REASON_ATTR, KILL_AFTER_TELL_ENV, TUNE_TRIAL_ID_ATTR
@@ -61,7 +61,7 @@ def resumed(fault_cluster, tmp_path_factory):
 
 def _epoch_records(results) -> int:
     """Return how many epochs all Ray Train runs under the results root have logged."""
-    return sum(len(path.read_text().splitlines()) for path in epoch_files(results))
+    return sum(len(log_lines(path)) for path in epoch_files(results))
 
 
 def test_driver_killed_itself_right_after_the_first_tell(resumed):
