@@ -17,15 +17,15 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-import ray.train
 import torch
 from torch import nn
 
 from trainables.job import TrainJob
 from trainables.loop import best_model, train_loop
 from trainables.refs import resolve_ref
-from trainables.storage import EPOCHS_FILE
 from trainables.sessions import DIVERGED_FILE, LocalSession, RayTrainSession, pick_device, raise_if_diverged
+from trainables.storage import EPOCHS_FILE
+from trainables.train_entry import EpochLog, ray_worker, worker_config
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +65,6 @@ def make_penalty(job: TrainJob) -> Callable[[nn.Module], torch.Tensor] | None:
     return penalty
 
 
-class EpochLog(ray.train.UserCallback):
-    """Train callback: append each epoch's metrics to <run folder>/epochs.jsonl, so the sweep's
-    progress view (which hides worker output) can show fine-tune progress as it happens."""
-
-    def __init__(self, path: str, run_name: str):
-        self.path, self.run_name = path, run_name
-
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        record = {"run": self.run_name, **(metrics[0] if metrics else {})}
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, default=str) + "\n")
-
-
 def _worker_device(kind: str) -> torch.device:
     if kind == "cuda":
         import ray.train.torch
@@ -87,11 +73,11 @@ def _worker_device(kind: str) -> torch.device:
     return torch.device(kind)
 
 
-def _ray_worker(config: dict) -> None:
-    """train_loop_per_worker: rebuild the job, train it, report checkpoints every epoch."""
+def train_on_worker(job: TrainJob, device: str) -> None:
+    """Train `job` on this Ray Train worker (trainables.train_entry.ray_worker calls it), reporting
+    a checkpoint every epoch."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    job: TrainJob = config["job"]
-    session = RayTrainSession(_worker_device(config["device"]))
+    session = RayTrainSession(_worker_device(device))
     try:
         train_loop(job, session, make_penalty(job))
     except FloatingPointError as err:
@@ -136,8 +122,8 @@ def run_on_ray(job: TrainJob, *, run_name: str, storage_path: str, storage_files
     # waiting keeps them from spinning against each other when the cores are busy elsewhere.
     worker_env = {"env_vars": {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}} if threads else None
     trainer = TorchTrainer(
-        _ray_worker,
-        train_loop_config={"job": dataclasses.replace(job, threads=threads), "device": device.type},
+        ray_worker,
+        train_loop_config=worker_config(dataclasses.replace(job, threads=threads), device.type),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources,

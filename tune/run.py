@@ -135,7 +135,8 @@ def make_parser() -> argparse.ArgumentParser:
                         help="run the preset's real code path (architecture, image size, Ray Train "
                              "fine-tune, compression, evaluation, reports) in minutes: generated "
                              "PCam-layout data, random-init weights, 2 trials, space compress_only; "
-                             "what to run right after `ray up`")
+                             "what to run right after `ray up`. With --debug-trial: its seed trial in "
+                             "this process")
     parser.add_argument("--ray-dashboard", action="store_true",
                         help="start the Ray dashboard on 127.0.0.1 (local Ray only)")
     return parser
@@ -294,13 +295,14 @@ def _debug_trial(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from trainables.trial import TrialContext, format_metrics, run_trial
 
     preset = get_preset(args.preset or "digits")
-    space = args.space or preset.space
+    smoke = _smoke(preset) if args.smoke else None
+    space = args.space or (smoke["space"] if smoke else preset.space)
     try:
         check_space(space)
         overrides = parse_overrides(args.set or [])
-        # The seed configuration (flat keys, not the space's switch parameters), then --set:
-        # here overriding a searched key is the point.
-        flat = {**preset.trial, **SEED_CONFIG, **overrides}
+        # The seed configuration (flat keys, not the space's switch parameters), then what
+        # --smoke shrinks, then --set: here overriding a searched key is the point.
+        flat = {**preset.trial, **SEED_CONFIG, **(smoke["overrides"] if smoke else {}), **overrides}
         TrialConfig.from_flat(flat).check_applicable(overrides)
     except (TypeError, ValueError) as err:
         parser.error(str(err))

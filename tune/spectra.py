@@ -123,6 +123,16 @@ def write_spectra(study: optuna.Study, out_dir: Path, objectives, base: dict[str
     from trainables.refs import resolve_ref
 
     written: dict[str, Path] = {}
+    computed: dict[tuple[str, tuple[str, ...]], dict] = {}
+
+    def spectra_of(ref: str, targets) -> dict:
+        # The reference and the best-AUROC trial often share a fine-tune (every trial of a
+        # compress_only sweep does): its SVDs are computed once.
+        key = (ref, tuple(targets))
+        if key not in computed:
+            computed[key] = normalised_spectra(load_compressed(str(resolve_ref(ref, results_dir))), targets)
+        return computed[key]
+
     for role, trial in chosen_trials(study, objectives).items():
         finetuned = trial.user_attrs.get("model_ref_finetune")
         if not finetuned:
@@ -130,10 +140,9 @@ def write_spectra(study: optuna.Study, out_dir: Path, objectives, base: dict[str
             continue
         targets = TrialConfig.from_flat(_trial_config(trial, base)).compress.svd_targets
         try:
-            before = normalised_spectra(load_compressed(str(resolve_ref(finetuned, results_dir))), targets)
+            before = spectra_of(finetuned, targets)
             prehab = trial.user_attrs.get("model_ref_prehab")
-            after = (normalised_spectra(load_compressed(str(resolve_ref(prehab, results_dir))), targets)
-                     if prehab else None)
+            after = spectra_of(prehab, targets) if prehab else None
         except FileNotFoundError as err:
             log.info("no spectrum plot for the %s (trial %d): %s", role, trial.number, err)
             continue

@@ -160,7 +160,7 @@ def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) ->
     Raises ValueError/TypeError naming the key for a bad override, and ValueError when an
     override sets a key the space searches (the searcher's value would silently win).
     """
-    from search_spaces import config_values, searched_keys, seed_points
+    from search_spaces import config_values, searched_keys
     from trainables.config import TrialConfig
 
     base = {**preset.trial, **overrides}
@@ -175,13 +175,30 @@ def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) ->
         # With the method fixed, a --set option it does not use is a contradiction. (Preset
         # values are defaults for whichever method runs, and a searched method varies.)
         TrialConfig.from_flat(base).check_applicable(overrides)
-    for point in seed_points(space_name, base):
+    for point in seed_config_points(space_name, base):
         TrialConfig.from_flat({**base, **config_values(point)})
     data = base.get("data.root")
     if data and not is_uri(str(data)):
         # Trials run with another working directory; relative data paths would break there.
         base["data.root"] = str(Path(data).expanduser().resolve())
     return base
+
+
+def seed_config_points(space_name: str, base: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Return the seed point of a sweep over `space_name` on the trial config `base`.
+
+    A row without a reference value ("the preset's", as `finetune.method`) that `base` leaves
+    out takes the trial config's default, which is what the preset's own trial runs with: left
+    out, Optuna would sample it and the reference trial would be a random configuration (digits
+    on the default space drew a LoRA fine-tune for it while the preset fine-tunes in full).
+    """
+    from search_spaces import load_table, seed_points
+    from trainables.config import TrialConfig
+
+    defaults = TrialConfig.from_flat(dict(base)).to_flat()
+    open_rows = {row.name: defaults[row.name] for row in load_table(space_name).rows
+                 if row.reference is None and row.off is None and row.name not in base and row.name in defaults}
+    return seed_points(space_name, {**open_rows, **base})
 
 
 def check_space(name: str) -> None:
@@ -262,7 +279,7 @@ def make_trainable(settings: SweepSettings):
 
 def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage):
     """Return the SweepSearch on the sweep's study, the seed configuration queued first."""
-    from search_spaces import load_space, seed_points
+    from search_spaces import load_space
     from tune.study import SweepSearch, make_sampler
 
     return SweepSearch(
@@ -272,7 +289,7 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
         storage=storage,
         study_name=settings.name,
         sampler=make_sampler(settings.sampler, settings.seed),
-        points_to_evaluate=seed_points(settings.space, settings.base),
+        points_to_evaluate=seed_config_points(settings.space, settings.base),
     )
 
 

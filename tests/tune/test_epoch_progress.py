@@ -4,7 +4,8 @@ import io
 import json
 import pickle
 
-from trainables.runner import EPOCHS_FILE, EpochLog
+from trainables.storage import EPOCHS_FILE
+from trainables.train_entry import EpochLog
 from tune.callbacks import ProgressLog
 
 

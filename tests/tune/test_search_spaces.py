@@ -147,6 +147,22 @@ def test_default_seed_point_takes_method_from_preset():
     assert point["finetune.method"] == "lora" and point["finetune.lora_rank"] == 8
 
 
+@pytest.mark.parametrize("preset", ["digits", "pcam-local"])
+def test_a_sweeps_reference_trial_fine_tunes_as_its_preset_does(preset):
+    # The digits preset leaves finetune.method at the trial config's default: the reference trial
+    # must take that default, not a method Optuna samples for it.
+    from trainables.config import TrialConfig
+    from tune.presets import PRESETS as PRESET_TABLE
+    from tune.sweep import build_base, seed_config_points
+
+    base = build_base(PRESET_TABLE[preset], {}, "default")
+    (point,) = seed_config_points("default", base)
+    config = TrialConfig.from_flat(base)
+    assert point["finetune.method"] == config.finetune.method
+    if config.finetune.method == "lora":
+        assert (point["finetune.lora_rank"], point["finetune.lora_mlp"]) == (8, False)
+
+
 def test_seed_values_win_over_preset_values():
     (point,) = seed_points("compress_only", {"compress.tau_heads": 0.5})
     assert point["compress.tau_heads"] == 0.89

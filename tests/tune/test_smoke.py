@@ -28,6 +28,34 @@ def test_smoke_keeps_the_presets_architecture_and_image_size(name, monkeypatch):
     assert base["finetune.min_feature_std"] == 0.0  # random-init features are near-constant
 
 
+def test_on_one_machine_the_smoke_workers_share_every_core(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    overrides = smoke_overrides(PRESETS["pcam-local"])
+    # One trial at a time, its driver idle while the worker trains: the worker takes all 8 cores.
+    assert overrides["finetune.workers"] == 1 and overrides["finetune.threads_per_worker"] == 8
+    assert overrides["finetune.cpus_per_worker"] == 7.0  # what it reserves: all but the driver's CPU
+
+
+def test_debug_trial_with_smoke_runs_the_smoke_config_with_set_on_top(monkeypatch, tmp_path):
+    import trainables.trial
+    from tune.run import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ran = {}
+
+    def fake_run_trial(flat, context):
+        ran.update(flat)
+        return {"val_auroc": 0.5}
+
+    monkeypatch.setattr(trainables.trial, "run_trial", fake_run_trial)
+    assert main(["--preset", "pcam-a100", "--smoke", "--debug-trial", "--results-dir", str(tmp_path),
+                 "--set", "data.train_limit=16"]) == 0
+    smoke = smoke_overrides(PRESETS["pcam-a100"])
+    assert ran["data.synthetic"] is True and ran["model.weights"] == "" and ran["data.image_size"] == 224
+    assert ran["data.val_limit"] == smoke["data.val_limit"] and str(ran["data.train_limit"]) == "16"
+
+
 def test_attached_to_a_cluster_smoke_keeps_the_presets_workers(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert "finetune.workers" not in smoke_overrides(PRESETS["pcam-a100"])
@@ -48,13 +76,14 @@ def test_smoke_sweep_runs_and_reports(name, tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def _half_the_images(name):
-    """Return `--set` arguments halving the smoke run's images per split (the model, image size
-    and every stage stay the smoke run's: the test checks the code path, which image counts do not change)."""
+def _quarter_the_images(name):
+    """Return `--set` arguments that give the smoke run a quarter of its images per split, 16 at
+    least (the model, image size and every stage stay the smoke run's: the test checks the code
+    path, which image counts do not change)."""
     overrides = smoke_overrides(PRESETS[name])
     args = []
     for key in ("data.train_limit", "data.val_limit"):
-        args += ["--set", f"{key}={max(16, overrides[key] // 2)}"]
+        args += ["--set", f"{key}={max(16, overrides[key] // 4)}"]
     return args
 
 
@@ -62,7 +91,7 @@ def _run_smoke(name, tmp_path, env):
     # --no-retime: the pass that rebuilds and re-times both ViT-S/16 models (about 30 s here) is
     # the digits sweep's code path too, and tests/tune/test_sweep.py checks it there.
     proc = subprocess.run([sys.executable, RUN, "--preset", name, "--smoke", "--name", "smoke", "--no-retime",
-                           "--results-dir", str(tmp_path / "results"), *_half_the_images(name)],
+                           "--results-dir", str(tmp_path / "results"), *_quarter_the_images(name)],
                           capture_output=True, text=True, timeout=880, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = tmp_path / "results" / "smoke"

@@ -32,7 +32,16 @@ def _add_trial(study, values, attrs, enqueue=False):
 
 
 @pytest.mark.slow  # renders two figures of every SVD target in every layer
-def test_reference_and_best_auroc_plots_are_written(tmp_path):
+def test_reference_and_best_auroc_plots_are_written(tmp_path, monkeypatch):
+    import tune.spectra
+
+    computed = []
+
+    def counted(model, roles):
+        computed.append(model)
+        return normalised_spectra(model, roles)
+
+    monkeypatch.setattr(tune.spectra, "normalised_spectra", counted)
     torch.manual_seed(0)
     finetuned, after = tmp_path / "finetuned", tmp_path / "prehab"
     save_compressed(build_classifier("digits-vit", 2), finetuned)
@@ -47,6 +56,8 @@ def test_reference_and_best_auroc_plots_are_written(tmp_path):
     for path in written.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "out").glob(".*.tmp"))
+    # Both chosen trials share one fine-tune: its spectra are computed once, the prehab model's once.
+    assert len(computed) == 2
 
 
 def test_missing_cache_entry_skips_the_plot(tmp_path):

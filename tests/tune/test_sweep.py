@@ -314,18 +314,19 @@ def test_debug_trial_prints_metrics(results, env, sweep4):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_default_space_sweep_completes_with_the_notes_recipes(results, env, sweep4):
-    # sweep4's pretrain is a cache hit. The seed trial fine-tunes with LoRA on q,k,v,o + MLP (the
-    # space's seed point); with sampler seed 20 the one sampled trial takes most other recipes at
-    # once: a full fine-tune pruned from its middle epoch, the svd_taps head, whitened prehab,
-    # token pruning and 8-view TTA. Two trials so cover what three random ones did, with fewer
-    # Ray Train stages, both at once: TPE's first draws are random, so the sampled trial's
-    # recipes do not depend on the seed trial finishing first.
+    # The seed trial is the preset's own configuration (a full fine-tune, as the digits preset
+    # does), so sweep4's pretrain and fine-tune are both cache hits for it. With sampler seed 57
+    # the one sampled trial takes most other recipes at once: a full fine-tune pruned from its
+    # middle epoch, the svd_taps head, whitened prehab, token pruning and 8-view TTA. Both run at
+    # once: TPE's first draws are random, so the sampled trial's recipes do not depend on the
+    # seed trial finishing first.
     # --no-retime: sweep4 checks the re-timing pass; here it would only rebuild the two models.
-    proc = _cli(env, "--results-dir", str(results), "--name", "dflt", "--num-samples", "2", "--seed", "20",
+    proc = _cli(env, "--results-dir", str(results), "--name", "dflt", "--num-samples", "2", "--seed", "57",
                 "--max-concurrent", "2", "--space", "default", "--no-retime", *TINY[2:], timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _study(results, "dflt").trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert trials[0].params["finetune.method"] == "full" and trials[0].user_attrs["cache_hit_finetune"] is True
     assert all(t.params["eval.tta"] in ("none", "flips", "dihedral") for t in trials)
     sampled = trials[1].params
     recipes = {"finetune.method": "full", "model.head": "svd_taps", "tokens.enabled": True,
