@@ -46,7 +46,7 @@ def sample() -> None:
 
 
 def fit(storage: str, name: str) -> str:
-    times = os.path.join(storage, name)
+    times = os.path.join(storage, f"{name}.times")
     TorchTrainer(loop, train_loop_config={"times": times}, scaling_config=ray.train.ScalingConfig(num_workers=1),
                  run_config=ray.train.RunConfig(name=name, storage_path=storage)).fit()
     return times
