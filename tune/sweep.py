@@ -195,9 +195,9 @@ def seed_config_points(space_name: str, base: Mapping[str, Any]) -> list[dict[st
     from search_spaces import load_table, seed_points
     from trainables.config import TrialConfig
 
-    defaults = TrialConfig.from_flat(dict(base)).to_flat()
+    defaults = TrialConfig.from_flat(dict(base)).to_flat()  # switches are not config keys
     open_rows = {row.name: defaults[row.name] for row in load_table(space_name).rows
-                 if row.reference is None and row.off is None and row.name not in base and row.name in defaults}
+                 if row.reference is None and row.name in defaults}
     return seed_points(space_name, {**open_rows, **base})
 
 
