@@ -107,8 +107,9 @@ def test_trial_told_before_the_kill_replays_its_stored_outcome(fault_cluster, re
 
 
 def test_resume_console_prints_only_epochs_trained_after_the_resume(resumed):
-    # Every Ray Train run of the shared results root logged its epochs before the resume; a
-    # resume that printed them again (as it once did) would show more lines than it trained.
+    # Every Ray Train run of the shared results root logged its epochs before the resume (at least
+    # test_ddp_worker_kill's fine-tune: the fault modules run in file order); a resume that printed
+    # them again (as it once did) would show more lines than it trained.
     assert resumed["epochs_before"] > 0
     printed = [line for line in resumed["log"].splitlines() if re.match(r"\s+\w+ \S+ epoch \d+\b", line)]
     assert len(printed) == resumed["epochs_after"] - resumed["epochs_before"], resumed["log"][-3000:]
