@@ -40,15 +40,21 @@ def start_cli(env: dict, *args: str, cwd: Path = REPO.parent) -> StartedCli:
     return StartedCli(proc, out, err)
 
 
+def stop_cli(started: StartedCli) -> None:
+    """SIGKILL a started CLI's process group (the CLI if still running, and what is left of its Ray)."""
+    try:
+        os.killpg(started.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    started.proc.wait()
+
+
 def finish_cli(started: StartedCli, timeout: float = 540) -> subprocess.CompletedProcess:
     """Wait for a started CLI, kill what is left of its process group (its Ray), return its outcome."""
     try:
         started.proc.wait(timeout=timeout)
     finally:
-        try:
-            os.killpg(started.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_cli(started)
     texts = []
     for handle in (started.out, started.err):
         handle.seek(0)

@@ -2,11 +2,10 @@
 
 import os
 import shutil
-import signal
 import tempfile
 
 import pytest
-from _digits_sweep import finish_cli, start_cli
+from _digits_sweep import finish_cli, start_cli, stop_cli
 
 from tune.presets import PRESETS
 from tune.smoke import smoke_overrides
@@ -64,8 +63,8 @@ def smoke_runs(tmp_path_factory):
     """Run both presets' smoke sweeps at once; return {preset: (CompletedProcess, results folder)}.
 
     Each run is mostly a chain of process starts and imports (CLI, Ray, trial actor, Train
-    controller, worker) that keeps one core of two busy: the pair at once took 105 s where one
-    after the other took 143 s (2-core AMD EPYC VM, 2026-12-02).
+    controller, worker) that keeps one core of two busy: the pair at once took 106 s where one
+    after the other took 149 s (2-core AMD EPYC VM, 2026-12-02; bench/RESULTS.md, "Test suite").
     """
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_API_KEY")}
     base.update(RAY_USAGE_STATS_ENABLED="0", WANDB_MODE="offline")
@@ -83,9 +82,7 @@ def smoke_runs(tmp_path_factory):
         return {name: (finish_cli(run, timeout=880), results) for name, (run, results) in started.items()}
     finally:
         for run, _ in started.values():  # one timed out or failed: take the other's process group down too
-            if run.proc.poll() is None:
-                os.killpg(run.proc.pid, signal.SIGKILL)
-                run.proc.wait()
+            stop_cli(run)
         for ray_tmp in ray_tmps:
             shutil.rmtree(ray_tmp, ignore_errors=True)
 
