@@ -101,8 +101,12 @@ def run_local(job: TrainJob, work_dir: Path, *, show_progress: bool = True,
 
 
 def run_on_ray(job: TrainJob, *, run_name: str, storage_path: str, storage_filesystem=None,
-               max_failures: int = 2) -> tuple[nn.Module, dict]:
-    """Train the job on a TorchTrainer (N workers: DDP over nccl on CUDA, gloo on CPU); return (best model, history)."""
+               epochs_path: str | None = None, max_failures: int = 2) -> tuple[nn.Module, dict]:
+    """Train the job on a TorchTrainer (N workers: DDP over nccl on CUDA, gloo on CPU); return (best model, history).
+
+    Each epoch is logged for the sweep's console: in the run's epochs.jsonl on local storage, or
+    as objects under `epochs_path` on `storage_filesystem` (none logged when that is None).
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -130,8 +134,7 @@ def run_on_ray(job: TrainJob, *, run_name: str, storage_path: str, storage_files
             accelerator_type=(cfg.finetune.accelerator_type or None) if use_gpu else None),
         run_config=ray.train.RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-            callbacks=[] if storage_filesystem is not None else
-            [EpochLog(str(Path(storage_path) / run_name / EPOCHS_FILE), run_name)],
+            callbacks=_epoch_logs(run_name, storage_path, storage_filesystem, epochs_path),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             worker_runtime_env=worker_env,
             failure_config=ray.train.FailureConfig(max_failures=max_failures,
@@ -145,6 +148,12 @@ def run_on_ray(job: TrainJob, *, run_name: str, storage_path: str, storage_files
     with result.checkpoint.as_directory() as directory:
         raise_if_diverged(Path(directory))
         return best_model(job, Path(directory))
+
+
+def _epoch_logs(run_name: str, storage_path: str, storage_filesystem, epochs_path: str | None) -> list:
+    if storage_filesystem is None:
+        return [EpochLog(str(Path(storage_path) / run_name / EPOCHS_FILE), run_name)]
+    return [EpochLog(epochs_path, run_name, storage_filesystem)] if epochs_path else []
 
 
 def _cluster_device() -> torch.device:

@@ -37,7 +37,7 @@ from trainables.loop import autocast_dtype
 from trainables.model import finalize_model
 from trainables.refs import cache_ref, resolve_ref
 from trainables.sessions import pick_device
-from trainables.storage import local_scratch, train_storage
+from trainables.storage import local_scratch, remote_epochs_path, train_storage
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,9 @@ class TrialRun:
             else:
                 storage_path, filesystem = train_storage(self.ctx.results_dir)
                 model, summary = run_on_ray(job, run_name=f"{job.stage}-{key}", storage_path=storage_path,
-                                            storage_filesystem=filesystem, max_failures=self.ctx.max_failures)
+                                            storage_filesystem=filesystem,
+                                            epochs_path=remote_epochs_path(self.ctx.results_dir, self.ctx.sweep),
+                                            max_failures=self.ctx.max_failures)
         except FloatingPointError as err:
             raise FloatingPointError(f"{job.stage} stage diverged: {err}") from err
         summary["seconds"] = time.perf_counter() - started

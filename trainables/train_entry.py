@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +22,28 @@ import ray.train
 
 
 class EpochLog(ray.train.UserCallback):
-    """Train callback: append each epoch's metrics to <run folder>/epochs.jsonl, so the sweep's
-    progress view (which hides worker output) can show fine-tune progress as it happens."""
+    """Train callback: record each epoch's metrics where the sweep's progress view (which hides
+    worker output) reads them, so it can show fine-tune progress as it happens.
 
-    def __init__(self, path: str, run_name: str):
-        self.path, self.run_name = path, run_name
+    Without `filesystem`, `path` is a local file and each epoch is a line appended to it (the
+    run's epochs.jsonl). With one (an object store, which cannot append), `path` is a folder
+    on it and each epoch is an object of its own, named so that names sort by time.
+    """
+
+    def __init__(self, path: str, run_name: str, filesystem=None):
+        self.path, self.run_name, self.filesystem = path, run_name, filesystem
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         record = {"run": self.run_name, **(metrics[0] if metrics else {})}
+        line = json.dumps(record, default=str) + "\n"
+        if self.filesystem is not None:
+            name = f"{time.time_ns():020d}-{self.run_name}-{uuid.uuid4().hex[:8]}.json"
+            with self.filesystem.open_output_stream(f"{self.path}/{name}") as handle:
+                handle.write(line.encode("utf-8"))
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, default=str) + "\n")
+            handle.write(line)
 
 
 def worker_config(job: Any, device: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from trainables import stages
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig, parse_overrides
 from trainables.evaluate import Predictions, check_finite, cost_metrics, split_evaluation
-from trainables.report_keys import OUTCOME_KEY_ATTR, TRIAL_ERROR_KEY
+from trainables.report_keys import NODE_ID_KEY, OUTCOME_KEY_ATTR, TRIAL_ERROR_KEY
 from trainables.sessions import pick_device
 from trainables.stages import StageOutput, TrialContext, TrialRun, data_root
 
@@ -138,6 +138,7 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     its validation predictions are stored beside them (probs.npy, labels.npy) and the
     report carries the entry's key as `outcome_key`.
     """
+    import ray
     from ray import tune
 
     flat = {**base, **(to_config(config) if to_config else config)}
@@ -171,6 +172,8 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
         log.error("trial failed: %s", err)
         tune.report({**{name: math.nan for name in objectives}, TRIAL_ERROR_KEY: str(err)})
         return
+    # Which Ray node measured it: on a cluster, where its latency and its cache hits came from.
+    metrics[NODE_ID_KEY] = ray.get_runtime_context().get_node_id()
 
     def store(out: Path) -> None:
         (out / "metrics.json").write_text(json.dumps(metrics))

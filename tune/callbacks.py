@@ -20,11 +20,12 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from trainables.report_keys import TRIAL_ERROR_KEY
-from trainables.storage import epoch_files
+from trainables.storage import EPOCHS_DIR, epoch_files, results_location
 
 log = logging.getLogger(__name__)
 
 PROGRESS_FILENAME = "progress.jsonl"
+REMOTE_POLL_S = 2.0   # how often the console lists an object store for new epochs
 WANDB_PROJECT = "vitsweep"
 
 
@@ -61,22 +62,30 @@ class ProgressLog(Callback):
     """Print one line per finished or failed trial and record it in a JSON-lines file."""
 
     def __init__(self, record_path: str, total: int, objectives: Sequence[str],
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, *, remote_epochs: tuple[str, str] | None = None):
         self.record_path = record_path
         self.total = total
         self.objectives = list(objectives)
         self._stream = stream
+        # (results root URI, sweep name) when results live on an object store: the Ray Train
+        # runs write one object per epoch under <results>/<sweep>/epochs/ (trainables.storage).
+        self.remote_epochs = remote_epochs
         self.done = 0
         self.failed = 0
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_stream"] = None  # sys.stdout does not pickle; Tune pickles its callbacks
-        state.pop("_epoch_offsets", None)  # where this driver's console is; setup() starts anew
+        for name in ("_epoch_offsets", "_epoch_objects", "_epoch_polled"):
+            state.pop(name, None)  # where this driver's console is; setup() starts anew
         return state
 
     def setup(self, **info) -> None:
-        """Skip the epochs already on disk, so a resumed (or later) sweep prints only its own."""
+        """Skip the epochs already recorded, so a resumed (or later) sweep prints only its own."""
+        if self.remote_epochs:
+            self._epoch_objects = set(self._epoch_object_paths())
+            self._epoch_polled = time.monotonic()
+            return
         self._epoch_offsets = {str(path): path.stat().st_size for path in self._epoch_files()}
 
     def _print(self, line: str) -> None:
@@ -93,7 +102,7 @@ class ProgressLog(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         """Print and record a finished trial (a reported numerical failure counts as failed)."""
-        self._print_new_epochs()
+        self._print_new_epochs(force=True)
         result = trial.last_result or {}
         reason = result.get(TRIAL_ERROR_KEY)
         if reason:
@@ -121,7 +130,35 @@ class ProgressLog(Callback):
     def _epoch_files(self) -> list[Path]:
         return epoch_files(Path(self.record_path).parent.parent)
 
-    def _print_new_epochs(self) -> None:
+    def _epoch_object_paths(self) -> list[str]:
+        import pyarrow.fs
+
+        results_dir, sweep = self.remote_epochs
+        location = results_location(results_dir)
+        selector = pyarrow.fs.FileSelector(location.path(sweep, EPOCHS_DIR), allow_not_found=True)
+        return sorted(info.path for info in location.fs.get_file_info(selector)
+                      if info.type == pyarrow.fs.FileType.File)
+
+    def _print_new_remote_epochs(self, force: bool) -> None:
+        # One listing of the sweep's epoch folder per poll; at most every REMOTE_POLL_S (Tune
+        # calls on_step_end many times a second).
+        now = time.monotonic()
+        if not force and now - self.__dict__.get("_epoch_polled", 0.0) < REMOTE_POLL_S:
+            return
+        self._epoch_polled = now
+        seen = self.__dict__.setdefault("_epoch_objects", set())
+        fs = results_location(self.remote_epochs[0]).fs
+        for path in self._epoch_object_paths():
+            if path in seen:
+                continue
+            seen.add(path)
+            with fs.open_input_stream(path) as handle:
+                self._print(format_epoch_line(json.loads(handle.read().decode("utf-8"))))
+
+    def _print_new_epochs(self, force: bool = False) -> None:
+        if self.remote_epochs:
+            self._print_new_remote_epochs(force)
+            return
         offsets = self.__dict__.setdefault("_epoch_offsets", {})
         for path in self._epoch_files():
             with open(path, encoding="utf-8") as handle:

@@ -142,6 +142,16 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_results_uri(text: str, parser: argparse.ArgumentParser) -> None:
+    """Exit 2 with one line unless the object store behind --results-dir opens and has its bucket."""
+    from trainables.storage import check_results_location, results_location
+
+    try:
+        check_results_location(results_location(text))
+    except ValueError as err:
+        parser.error(str(err))
+
+
 def _results_dir(text: str) -> str:
     return text if is_uri(text) else str(Path(text).expanduser().resolve())
 
@@ -445,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     export_only = [f"--{name}" for name in ("trial", "out", "onnx") if getattr(args, name)]
     if export_only and not args.export:
         parser.error(f"{', '.join(export_only)}: only valid with --export NAME")
+    if is_uri(args.results_dir):
+        _check_results_uri(args.results_dir, parser)
     if args.export:
         return _export(args, parser)
     if args.debug_trial:

@@ -21,6 +21,7 @@ from tune.callbacks import PROGRESS_FILENAME, finished_trial_ids
 from tune.reports import markdown_table, front_table, reference_row, trials_frame, write_reports
 from tune.spectra import write_spectra
 from tune.study import CONFIG_ATTR, dashboard_command, verify_study
+from trainables.storage import results_location
 from tune.sweep import SweepSettings, is_uri
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,15 @@ def reference_point(study: optuna.Study, objectives) -> dict[str, float]:
     return point
 
 
-def _copy_to_uri(local_dir: Path, uri: str, names) -> None:
+def _copy_to_results(local_dir: Path, settings: SweepSettings, names) -> None:
+    """Copy the named report files from the driver's folder to <results>/<sweep>/ on the object store."""
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
-    fs.create_dir(root, recursive=True)
+    location = results_location(settings.results_dir)
+    location.fs.create_dir(location.path(settings.name), recursive=True)
     for name in names:
-        pyarrow.fs.copy_files(str(local_dir / name), f"{root}/{name}",
-                              source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+        pyarrow.fs.copy_files(str(local_dir / name), location.path(settings.name, name),
+                              source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=location.fs)
 
 
 def predictions_loader(settings: SweepSettings):
@@ -120,7 +122,7 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
                                  settings.results_dir))
     if is_uri(settings.results_dir):
         extra = [n for n in ("retime.csv", "replicates.csv", "replicates.md") if (settings.local_dir / n).is_file()]
-        _copy_to_uri(settings.local_dir, settings.sweep_dir, [*written, *extra])
+        _copy_to_results(settings.local_dir, settings, [*written, *extra])
     return written
 
 
@@ -197,5 +199,5 @@ def final_eval(settings: SweepSettings, study: optuna.Study, *, show_progress: b
         "configs and the reference, scored once on test (the search used valid).\n\n"
         + markdown_table(frame), encoding="utf-8")
     if is_uri(settings.results_dir):
-        _copy_to_uri(out, settings.sweep_dir, ["final_eval.csv", "final_eval.md"])
+        _copy_to_results(out, settings, ["final_eval.csv", "final_eval.md"])
     return frame

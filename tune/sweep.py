@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.storage import is_uri
+from trainables.storage import is_uri, results_location
 from tune.presets import Preset
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ class SweepSettings:
 
     @property
     def sweep_dir(self) -> str:
-        """Return <results>/<name> (a local path or URI)."""
-        return f"{self.results_dir.rstrip('/')}/{self.name}"
+        """Return <results>/<name> as a person reads it (a local path, or s3://... without the URI's query)."""
+        return results_location(self.results_dir).show(self.name)
 
     @property
     def local_dir(self) -> Path:
@@ -126,31 +126,23 @@ def _has_password(url: str) -> bool:
         return False
 
 
-def _fs_and_path(uri_or_path: str):
-    """Return (pyarrow filesystem, path on it) for a local path or URI."""
-    import pyarrow.fs
-
-    if is_uri(uri_or_path):
-        return pyarrow.fs.FileSystem.from_uri(uri_or_path)
-    return pyarrow.fs.LocalFileSystem(), uri_or_path
-
-
 def read_settings(results_dir: str, name: str, storage_url: str | None = None) -> SweepSettings | None:
     """Return the saved settings of sweep `name` under `results_dir`, or None if there is none."""
     import pyarrow.fs
 
-    fs, root = _fs_and_path(f"{results_dir.rstrip('/')}/{name}/{SETTINGS_FILENAME}")
-    if fs.get_file_info(root).type != pyarrow.fs.FileType.File:
+    location = results_location(results_dir)
+    path = location.path(name, SETTINGS_FILENAME)
+    if location.fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
-    with fs.open_input_stream(root) as handle:
+    with location.fs.open_input_stream(path) as handle:
         return SweepSettings.from_json(handle.read().decode("utf-8"), storage_url)
 
 
 def write_settings(settings: SweepSettings) -> None:
     """Write sweep.json into <results>/<name>/."""
-    fs, root = _fs_and_path(f"{settings.sweep_dir}/{SETTINGS_FILENAME}")
-    fs.create_dir(root.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(root) as handle:
+    location = results_location(settings.results_dir)
+    location.fs.create_dir(location.path(settings.name), recursive=True)
+    with location.fs.open_output_stream(location.path(settings.name, SETTINGS_FILENAME)) as handle:
         handle.write(settings.to_json().encode("utf-8"))
 
 
@@ -225,9 +217,9 @@ def sweep_exists(results_dir: str, name: str, storage: optuna.storages.BaseStora
 
 def tune_experiment_path(results_dir: str, name: str):
     """Return (path, filesystem or None) of the sweep's Tune experiment folder."""
-    if is_uri(results_dir):
-        fs, root = _fs_and_path(results_dir)
-        return f"{root.rstrip('/')}/{name}/{TUNE_DIRNAME}", fs
+    location = results_location(results_dir)
+    if location.remote:
+        return location.path(name, TUNE_DIRNAME), location.fs
     return str(Path(results_dir) / name / TUNE_DIRNAME), None
 
 
@@ -296,8 +288,9 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
 def _callbacks(settings: SweepSettings, use_wandb: bool) -> list:
     from tune.callbacks import PROGRESS_FILENAME, ProgressLog, wandb_callback
 
+    remote = (settings.results_dir, settings.name) if is_uri(settings.results_dir) else None
     callbacks = [ProgressLog(str(settings.local_dir / PROGRESS_FILENAME), settings.num_samples,
-                             settings.metric_names)]
+                             settings.metric_names, remote_epochs=remote)]
     if use_wandb:
         callbacks.append(wandb_callback(settings.name, settings.local_dir))
     return callbacks

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -18,7 +19,7 @@ import pyarrow.fs as pafs
 from trainables.cache.keys import check_key, check_stage
 from trainables.cache.leases import Lease, StaleWatch, owner_text
 from trainables.cache.stores import MANIFEST_NAME, ArrowStore, LocalStore, build_manifest, parse_manifest
-from trainables.storage import is_uri
+from trainables.storage import is_uri, results_location
 
 logger = logging.getLogger("trainables.cache")
 
@@ -32,6 +33,19 @@ class CacheResult:
     seconds: float
     waited_s: float
 
+
+
+def _node_tag() -> str:
+    """Return "node-<id>" inside a Ray node's processes, else "local": where remote entries are copied.
+
+    On a cluster every node has its own disk anyway; on one machine (several raylets, as the
+    tests run them) a per-node scratch folder keeps one node from reading another's copy, so a
+    hit on another node really comes from the object store.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return "local"
+    return f"node-{ray.get_runtime_context().get_node_id()[:12]}"
 
 
 class StageCache:
@@ -71,7 +85,8 @@ class StageCache:
         root = os.fspath(root)
         if filesystem is None:
             if is_uri(root):
-                filesystem, root = pafs.FileSystem.from_uri(root)
+                location = results_location(root)
+                filesystem, root = location.fs, location.base
             else:
                 filesystem = pafs.LocalFileSystem()
         if isinstance(filesystem, pafs.LocalFileSystem):
@@ -80,7 +95,7 @@ class StageCache:
         else:
             if scratch_dir is None:
                 tag = hashlib.sha256(f"{filesystem.type_name}:{root}".encode()).hexdigest()[:12]
-                scratch_dir = Path(tempfile.gettempdir()) / "vitsweep-cache" / tag
+                scratch_dir = Path(tempfile.gettempdir()) / "vitsweep-cache" / tag / _node_tag()
             self._store = ArrowStore(filesystem, root, Path(scratch_dir))
         self.root = root
 

@@ -289,12 +289,18 @@ class ArrowStore:
         return None
 
     def _install(self, staging: Path, local: Path, raw_manifest: bytes) -> Path:
-        """Move a verified local copy into place; another process may have beaten us to it."""
+        """Move a verified local copy into place, replacing whatever copy is there unless it is whole.
+
+        Another process may have installed the same entry meanwhile: its copy is kept only when
+        it carries this manifest and its files match it; a damaged copy (the reason this one was
+        downloaded) is swapped out, never returned.
+        """
         try:
             os.rename(staging, local)
         except OSError:
             current = local / MANIFEST_NAME
-            if current.is_file() and current.read_bytes() == raw_manifest:
+            if current.is_file() and current.read_bytes() == raw_manifest \
+                    and check_local_files(local, parse_manifest(raw_manifest)) is None:
                 return local
             old = local.with_name(f"{local.name}.old-{uuid.uuid4().hex}")
             os.rename(local, old)
