@@ -29,6 +29,9 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Object-store clients in every process the suite starts (Ray's included) never look for real
+# credentials: with none, the AWS SDK would ask the EC2 metadata address, which is not a test host.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 # A Ray process's command line: a worker or agent retitles itself "ray::Name"; raylet,
 # gcs_server and the dashboard run from Ray's package folder.
@@ -69,6 +72,43 @@ def no_ray_process_left_behind():
         except psutil.NoSuchProcess:
             pass
     assert not left, f"this module left Ray processes running (killed now): {sorted(left.items())}"
+
+
+S3_BUCKET = "vitsweep-results"
+S3_ENV = {"AWS_ACCESS_KEY_ID": "vitsweep-test", "AWS_SECRET_ACCESS_KEY": "vitsweep-test",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """Run an S3 API server (moto) on a free loopback port with the bucket `vitsweep-results`.
+
+    Yields (endpoint "127.0.0.1:PORT", bucket, uri(prefix) -> an s3:// URI carrying the endpoint in
+    its query). While it runs, this process's environment holds dummy credentials and
+    AWS_ENDPOINT_URL, so every process started meanwhile (the CLI, Ray's raylets and workers)
+    reaches it. A test takes a prefix of its own; the server forgets everything when it stops.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"{host}:{port}"
+    saved = {key: os.environ.get(key) for key in (*S3_ENV, "AWS_ENDPOINT_URL")}
+    os.environ.update(S3_ENV, AWS_ENDPOINT_URL=f"http://{endpoint}")
+    boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1").create_bucket(Bucket=S3_BUCKET)
+    try:
+        yield SimpleNamespace(
+            endpoint=endpoint, bucket=S3_BUCKET,
+            uri=lambda prefix: f"s3://{S3_BUCKET}/{prefix}?endpoint_override={endpoint}&scheme=http")
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

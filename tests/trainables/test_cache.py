@@ -23,11 +23,13 @@ KEY = stage_key(STAGE, {"lr": 1e-4}, None, "digits-v1")
 class Backend:
     """One storage flavour: where entries live and how a test reaches them behind the cache."""
 
-    def __init__(self, kind: str, tmp: Path):
+    def __init__(self, kind: str, tmp: Path, s3=None):
         self.kind = kind
         self.tmp = tmp
         if kind == "local":
             self.fs, self.root = pafs.LocalFileSystem(), str(tmp / "store")
+        elif kind == "s3":  # the S3 API server of tests/conftest.py; a prefix per test
+            self.fs, self.root = pafs.FileSystem.from_uri(s3.uri(f"cache-tests/{tmp.name}"))
         elif kind == "subtree":
             self.fs, self.root = pafs.SubTreeFileSystem(str(tmp), pafs.LocalFileSystem()), "store"
         else:
@@ -57,9 +59,10 @@ class Backend:
         return self.fs.get_file_info(full_path).type != pafs.FileType.NotFound
 
 
-@pytest.fixture(params=["local", "subtree", "mock"])
+@pytest.fixture(params=["local", "s3", "subtree", "mock"])
 def backend(request, tmp_path):
-    return Backend(request.param, tmp_path)
+    s3 = request.getfixturevalue("s3_server") if request.param == "s3" else None
+    return Backend(request.param, tmp_path, s3)
 
 
 def counting_compute(calls: list, payload: bytes = b"weights" * 100, sleep_s: float = 0.0):
@@ -158,6 +161,25 @@ def test_remote_entry_is_returned_from_local_scratch(kind, tmp_path):
     scratch = tmp_path / "reader-scratch"
     loaded = backend.make(scratch_dir=scratch).get(STAGE, KEY)
     assert loaded.is_relative_to(scratch) and (loaded / "weights.bin").is_file()
+
+
+@pytest.mark.parametrize("kind", ["s3", "subtree"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damaged_scratch_copy_is_replaced_by_a_verified_download(kind, damage, tmp_path, request):
+    s3 = request.getfixturevalue("s3_server") if kind == "s3" else None
+    backend = Backend(kind, tmp_path, s3)
+    payload = os.urandom(5000)
+    backend.make().get_or_compute(STAGE, KEY, counting_compute([], payload))
+    scratch = tmp_path / "reader-scratch"
+    copy = backend.make(scratch_dir=scratch).get(STAGE, KEY) / "weights.bin"
+    if damage == "flip":
+        copy.write_bytes(bytes([copy.read_bytes()[0] ^ 0xFF]) + copy.read_bytes()[1:])
+    elif damage == "truncate":
+        copy.write_bytes(copy.read_bytes()[:-1])
+    else:
+        copy.unlink()
+    loaded = backend.make(scratch_dir=scratch).get(STAGE, KEY)
+    assert (loaded / "weights.bin").read_bytes() == payload
 
 
 def test_file_uri_root_is_used_in_place(tmp_path):
@@ -340,17 +362,19 @@ def test_two_threads_compute_once(backend):
     assert sorted(r.hit for r in results) == [False, True]
 
 
-def spawn_worker(tmp_path: Path, kind: str, count_file: Path, compute_s: float):
-    args = [sys.executable, str(WORKER), str(tmp_path), kind, STAGE, KEY]
+def spawn_worker(tmp_path: Path, kind: str, count_file: Path, compute_s: float, s3=None):
+    base = s3.uri(f"cache-tests/{tmp_path.name}") if kind == "s3" else str(tmp_path)
+    args = [sys.executable, str(WORKER), base, kind, STAGE, KEY]
     args += [str(count_file), str(compute_s)]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("kind", ["local", "subtree"])
+@pytest.mark.parametrize("kind", ["local", "s3"])
 @pytest.mark.slow
-def test_two_processes_compute_once(kind, tmp_path):
+def test_two_processes_compute_once(kind, tmp_path, request):
+    s3 = request.getfixturevalue("s3_server") if kind == "s3" else None
     count_file = tmp_path / "computes.txt"
-    procs = [spawn_worker(tmp_path, kind, count_file, compute_s=1.5) for _ in range(2)]
+    procs = [spawn_worker(tmp_path, kind, count_file, compute_s=1.5, s3=s3) for _ in range(2)]
     outs = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=30)
@@ -360,23 +384,25 @@ def test_two_processes_compute_once(kind, tmp_path):
     assert sorted(o["hit"] for o in outs) == [False, True] and {o["size"] for o in outs} == {1000}
 
 
-@pytest.mark.parametrize("kind", ["local", "subtree"])
+@pytest.mark.parametrize("kind", ["local", "s3"])
 @pytest.mark.slow
-def test_writer_killed_mid_compute_is_recomputed(kind, tmp_path):
+def test_writer_killed_mid_compute_is_recomputed(kind, tmp_path, request):
+    s3 = request.getfixturevalue("s3_server") if kind == "s3" else None
     count_file = tmp_path / "computes.txt"
-    writer = spawn_worker(tmp_path, kind, count_file, compute_s=60)
+    writer = spawn_worker(tmp_path, kind, count_file, compute_s=60, s3=s3)
     deadline = time.monotonic() + 20
     while not (count_file.exists() and count_file.read_text()):
         assert time.monotonic() < deadline and writer.poll() is None, "writer never computed"
         time.sleep(0.02)
     writer.send_signal(signal.SIGKILL)
     writer.wait()
-    backend = Backend(kind, tmp_path)
+    backend = Backend(kind, tmp_path, s3)
     assert backend.make().get(STAGE, KEY) is None
     calls = []
     result = backend.make(lease_s=0.5).get_or_compute(STAGE, KEY, counting_compute(calls))
     assert result.hit is False and len(calls) == 1
     assert not list((tmp_path / "store" / "cache" / STAGE).glob("*.staging-*"))
+    assert backend.read("weights.bin") == b"weights" * 100  # the new entry, on the store
 
 
 def test_owner_dying_after_it_was_seen_alive_is_noticed_at_once(tmp_path):
