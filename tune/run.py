@@ -25,6 +25,7 @@ elif _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
@@ -248,7 +249,9 @@ def _saved_settings(name: str, args: argparse.Namespace, parser: argparse.Argume
         if given != saved:
             parser.error(f"{flag} {name} takes the sweep's saved settings, and {option} differs: "
                          f"saved {_shown(saved)}, given {_shown(given)}; drop {option} or give the saved value")
-    return settings
+    # Where the sweep was found is where it is: a results folder moved since, or an object store
+    # reached through another endpoint form (URI query or AWS_ENDPOINT_URL), is read from there.
+    return dataclasses.replace(settings, results_dir=results_dir)
 
 
 def _defining_values(settings: SweepSettings, args: argparse.Namespace) -> list[tuple[str, Any, Any]]:

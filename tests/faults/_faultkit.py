@@ -19,6 +19,8 @@ import optuna
 import psutil
 import pytest
 
+from trainables.storage import results_location
+
 REPO = Path(__file__).resolve().parents[2]
 RUN = str(REPO / "tune" / "run.py")
 WORKER_CPUS = 2
@@ -149,9 +151,9 @@ def wait_cli(proc: subprocess.Popen, timeout_s: float) -> int:
         proc.wait()
 
 
-def load_study(results: Path, name: str) -> optuna.Study:
-    """Return the sweep's Optuna study from its default SQLite storage."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{results / name / 'optuna.db'}")
+def load_study(results: Path, name: str, url: str | None = None) -> optuna.Study:
+    """Return the sweep's Optuna study from `url`, or from its default SQLite storage under `results`."""
+    storage = optuna.storages.RDBStorage(url or f"sqlite:///{results / name / 'optuna.db'}")
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -179,11 +181,19 @@ def tune_failures(results: Path, name: str) -> dict[str, int]:
     return failures
 
 
-def tune_results(results: Path, name: str) -> dict[str, dict]:
-    """Return {Tune trial id: its last reported result} from the trials' result.json files."""
+def tune_results(results: Path | str, name: str) -> dict[str, dict]:
+    """Return {Tune trial id: its last reported result} from the trials' result.json files
+    (`results` a local folder or an object-store URI)."""
+    import pyarrow.fs
+
+    location = results_location(str(results))
+    selector = pyarrow.fs.FileSelector(location.path(name, "tune"), recursive=True, allow_not_found=True)
     found = {}
-    for path in (results / name / "tune").glob("*/result.json"):
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
+    for info in location.fs.get_file_info(selector):
+        if info.base_name != "result.json":
+            continue
+        with location.fs.open_input_stream(info.path) as handle:
+            lines = [line for line in handle.read().decode().splitlines() if line.strip()]
         if lines:
             last = json.loads(lines[-1])
             found[last["trial_id"]] = last

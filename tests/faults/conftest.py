@@ -27,8 +27,11 @@ _open: list = []  # the running cluster's teardown, while one runs
 
 
 @pytest.fixture(scope="session")
-def fault_cluster(tmp_path_factory):
+def fault_cluster(tmp_path_factory, s3_server):
     """Yield a head + 2 worker raylets; shut them down and kill what they left behind.
+
+    Started after the S3 API server, so every raylet and worker has its endpoint and credentials
+    in the environment (tests/conftest.py s3_server): sweeps may keep their results there.
 
     Session-scoped so all fault modules share it, but shut down as soon as the fault tests are
     over (pytest_runtest_teardown below): an idle 3-raylet cluster would otherwise keep polling

@@ -1,67 +1,95 @@
-"""The sweep driver SIGKILLed mid-sweep on the multi-node cluster, then `--resume`.
+"""The cluster path for real: a sweep on two Ray nodes with its results on an S3 API server, its
+driver SIGKILLed mid-sweep, then `--resume`, `--export` and what the bucket holds.
 
-The CLI attaches to the cluster (RAY_ADDRESS), runs 4 trials 2 at once and kills itself
-(test hook tune.study.KILL_AFTER_TELL_ENV) right after Optuna is told its first COMPLETE
-trial, before Tune's experiment checkpoint records that trial as finished: the crash after
-which Tune reruns a trial Optuna already holds. The cluster lives on, as it would when a
-head-node job dies. `--resume` must finish the sweep so that the Optuna study and Tune's
+The CLI attaches to the multi-node cluster (RAY_ADDRESS) with `--results-dir s3://...?
+endpoint_override=...&scheme=http` (the suite's moto server) and an Optuna SQLite file on the
+head's disk, as on a cluster: the stage cache, Ray Train runs, Tune's experiment and the reports
+all live in the bucket. It runs 4 trials 2 at once and kills itself (test hook
+tune.study.KILL_AFTER_TELL_ENV) right after Optuna is told its first COMPLETE trial, before
+Tune's experiment checkpoint records that trial as finished: the crash after which Tune reruns a
+trial Optuna already holds. `--resume` must finish the sweep so that the Optuna study and Tune's
 own trial results agree trial for trial: no duplicates, none RUNNING, and the rerun trial
-reports the outcome stored the first time (`outcome_replayed`), not a new measurement. Its
-console prints only what happens after the resume, not the first run's epochs again.
+reports the outcome stored the first time (`outcome_replayed`), not a new measurement.
+
+Each worker node copies remote cache entries to a scratch folder of its own (trainables.cache),
+so a trial on the node that did not compute the fine-tune reads it from the bucket. This module
+replaces the same scenario on local disk (the local resume path runs in tests/tune).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import signal
+import tempfile
+from pathlib import Path
 
 import optuna
+import pandas as pd
+import pyarrow.fs
 import pytest
 
 from _faultkit import (
-    TINY, cli_sets, kill_group, load_study, log_lines, start_cli, tune_results, wait_cli,
+    TINY, cli_sets, kill_group, load_study, start_cli, tune_results, wait_cli,
 )
-from trainables.storage import epoch_files
+from trainables.cache import StageCache
+from trainables.report_keys import NODE_ID_KEY, OUTCOME_KEY_ATTR
+from trainables.storage import EPOCHS_DIR, results_location
 from tune.study import FAIL_REASON_ATTR, KILL_AFTER_TELL_ENV, TUNE_TRIAL_ID_ATTR
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(400)]
 
 NAME, SAMPLES = "killed", 4
-# The configuration of test_cache_writer_kill: its fine-tune is a cache hit when that ran first.
 CONFIG = {**TINY, "finetune.epochs": 2, "finetune.lr": 1e-3}
 OBJECTIVES = ("val_auroc", "params", "latency_ms")
+EPOCH_LINE = re.compile(r"\s+\w+ \S+ epoch \d+\b")
 State = optuna.trial.TrialState
 
 
 @pytest.fixture(scope="module")
-def resumed(fault_cluster, tmp_path_factory):
+def resumed(fault_cluster, s3_server, tmp_path_factory):
     """Let the driver kill itself after its first tell, resume; return what each run left."""
     fault_cluster.ensure_workers(2)
-    results, logs = fault_cluster.results, tmp_path_factory.mktemp("driver-kill")
-    proc = start_cli(fault_cluster, "--results-dir", str(results), "--name", NAME, "--num-samples",
-                     str(SAMPLES), "--max-concurrent", "2", *cli_sets(CONFIG), log=logs / "first.log",
-                     env={KILL_AFTER_TELL_ENV: "1"})
+    logs = tmp_path_factory.mktemp("driver-kill")
+    results, storage = s3_server.uri("driver-kill"), f"sqlite:///{logs / 'optuna.db'}"
+    proc = start_cli(fault_cluster, "--results-dir", results, "--storage", storage, "--name", NAME,
+                     "--num-samples", str(SAMPLES), "--max-concurrent", "2", *cli_sets(CONFIG),
+                     log=logs / "first.log", env={KILL_AFTER_TELL_ENV: "1"})
     try:
-        first_rc = proc.wait(timeout=240)
+        first_rc = proc.wait(timeout=300)
     finally:
         kill_group(proc)  # whatever the driver started dies with it, as in a crash
         proc.wait()
-    told = {t.user_attrs[TUNE_TRIAL_ID_ATTR]: t.values for t in load_study(results, NAME).trials
+    told = {t.user_attrs[TUNE_TRIAL_ID_ATTR]: t.values for t in load_study(None, NAME, storage).trials
             if t.state == State.COMPLETE}
-    epochs_before = _epoch_records(results)
+    epochs_before = _epoch_objects(results)
     # The re-timing pass at the end is not what this tests (tests/tune/test_sweep.py checks it).
-    again = start_cli(fault_cluster, "--results-dir", str(results), "--resume", NAME, "--no-retime",
+    again = start_cli(fault_cluster, "--results-dir", results, "--resume", NAME, "--no-retime",
                       log=logs / "resume.log")
-    rc = wait_cli(again, 240)
+    rc = wait_cli(again, 300)
     return {"first_rc": first_rc, "first_log": (logs / "first.log").read_text(errors="replace"),
             "told": told, "rc": rc, "log": (logs / "resume.log").read_text(errors="replace"),
-            "epochs_before": epochs_before, "epochs_after": _epoch_records(results)}
+            "epochs_before": epochs_before, "epochs_after": _epoch_objects(results),
+            "results": results, "storage": storage, "reports": fault_cluster.results / "results" / NAME,
+            "nodes": {node.node_id for node in fault_cluster.cluster.worker_nodes}}
 
 
-def _epoch_records(results) -> int:
-    """Return how many epochs all Ray Train runs under the results root have logged."""
-    return sum(len(log_lines(path)) for path in epoch_files(results))
+def _epoch_objects(results: str) -> int:
+    """Return how many Ray Train epochs the sweep's runs logged in the bucket."""
+    location = results_location(results)
+    selector = pyarrow.fs.FileSelector(location.path(NAME, EPOCHS_DIR), allow_not_found=True)
+    return len(location.fs.get_file_info(selector))
+
+
+def _read(results: str, *parts: str) -> bytes:
+    location = results_location(results)
+    with location.fs.open_input_stream(location.path(*parts)) as handle:
+        return handle.read()
+
+
+def _complete(resumed) -> list:
+    return [t for t in load_study(None, NAME, resumed["storage"]).trials if t.state == State.COMPLETE]
 
 
 def test_driver_killed_itself_right_after_the_first_tell(resumed):
@@ -73,43 +101,88 @@ def test_resume_exits_cleanly(resumed):
     assert resumed["rc"] == 0, resumed["log"][-3000:]
 
 
-def test_study_ends_with_num_samples_complete_and_none_running(fault_cluster, resumed):
-    trials = load_study(fault_cluster.results, NAME).trials
+def test_study_ends_with_num_samples_complete_and_none_running(resumed):
+    trials = load_study(None, NAME, resumed["storage"]).trials
     assert sum(t.state == State.COMPLETE for t in trials) == SAMPLES
     assert not [t.number for t in trials if t.state == State.RUNNING]
 
 
-def test_trials_not_complete_are_failed_with_a_reason(fault_cluster, resumed):
-    others = [t for t in load_study(fault_cluster.results, NAME).trials if t.state != State.COMPLETE]
+def test_trials_not_complete_are_failed_with_a_reason(resumed):
+    others = [t for t in load_study(None, NAME, resumed["storage"]).trials if t.state != State.COMPLETE]
     assert all(t.state == State.FAIL and t.user_attrs.get(FAIL_REASON_ATTR) for t in others)
 
 
-def test_no_duplicate_trials(fault_cluster, resumed):
-    complete = [t for t in load_study(fault_cluster.results, NAME).trials if t.state == State.COMPLETE]
+def test_no_duplicate_trials(resumed):
+    complete = _complete(resumed)
     assert len({t.user_attrs[TUNE_TRIAL_ID_ATTR] for t in complete}) == len(complete)
     assert len({json.dumps(t.params, sort_keys=True) for t in complete}) == len(complete)
 
 
-def test_optuna_and_tune_agree_trial_for_trial(fault_cluster, resumed):
-    complete = {t.user_attrs[TUNE_TRIAL_ID_ATTR]: t for t in load_study(fault_cluster.results, NAME).trials
-                if t.state == State.COMPLETE}
-    reported = {tid: r for tid, r in tune_results(fault_cluster.results, NAME).items() if "val_auroc" in r}
+def test_optuna_and_tune_agree_trial_for_trial(resumed):
+    complete = {t.user_attrs[TUNE_TRIAL_ID_ATTR]: t for t in _complete(resumed)}
+    reported = {tid: r for tid, r in tune_results(resumed["results"], NAME).items() if "val_auroc" in r}
     assert sorted(reported) == sorted(complete)
     for tid, trial in complete.items():
         assert trial.values == [reported[tid][name] for name in OBJECTIVES], tid
 
 
-def test_trial_told_before_the_kill_replays_its_stored_outcome(fault_cluster, resumed):
-    reported = tune_results(fault_cluster.results, NAME)
+def test_trial_told_before_the_kill_replays_its_stored_outcome(resumed):
+    reported = tune_results(resumed["results"], NAME)
     ((told_id, told_values),) = resumed["told"].items()
     assert reported[told_id]["outcome_replayed"] is True
     assert [reported[told_id][name] for name in OBJECTIVES] == told_values
 
 
-def test_resume_console_prints_only_epochs_trained_after_the_resume(resumed):
-    # Every Ray Train run of the shared results root logged its epochs before the resume (at least
-    # test_ddp_worker_kill's fine-tune: the fault modules run in file order); a resume that printed
-    # them again (as it once did) would show more lines than it trained.
+def test_first_run_console_printed_every_epoch_its_train_runs_logged(resumed):
+    # Results on S3: the runs' epochs reach the console through the bucket (trainables.storage).
+    printed = [line for line in resumed["first_log"].splitlines() if EPOCH_LINE.match(line)]
     assert resumed["epochs_before"] > 0
-    printed = [line for line in resumed["log"].splitlines() if re.match(r"\s+\w+ \S+ epoch \d+\b", line)]
+    assert len(printed) == resumed["epochs_before"], resumed["first_log"][-3000:]
+
+
+def test_resume_console_prints_only_epochs_trained_after_the_resume(resumed):
+    printed = [line for line in resumed["log"].splitlines() if EPOCH_LINE.match(line)]
     assert len(printed) == resumed["epochs_after"] - resumed["epochs_before"], resumed["log"][-3000:]
+
+
+def test_trials_ran_on_both_worker_nodes(resumed):
+    assert {t.user_attrs[NODE_ID_KEY] for t in _complete(resumed)} == resumed["nodes"]
+
+
+def test_a_fine_tune_computed_on_one_node_is_a_cache_hit_on_the_other(resumed):
+    complete = _complete(resumed)
+    computed = {t.user_attrs[NODE_ID_KEY] for t in complete if t.user_attrs["cache_hit_finetune"] is False}
+    hits = {t.user_attrs[NODE_ID_KEY] for t in complete if t.user_attrs["cache_hit_finetune"] is True}
+    assert len(computed) == 1 and hits - computed, (computed, hits)
+    # ...and came from the bucket: the other node's own scratch folder holds a downloaded copy.
+    (other,) = hits - computed
+    finetune = next(t for t in complete if t.user_attrs[NODE_ID_KEY] == other)
+    copies = Path(tempfile.gettempdir()).glob(f"vitsweep-cache/*/node-{other[:12]}/**/cache/finetune/*/_MANIFEST.json")
+    assert list(copies), f"no scratch copy of a fine-tune on node {other} (trial {finetune.number})"
+
+
+def test_every_trials_outcome_is_read_back_from_the_bucket(resumed):
+    cache = StageCache(resumed["results"])
+    for trial in _complete(resumed):
+        entry = cache.get("outcome", trial.user_attrs[OUTCOME_KEY_ATTR])
+        metrics = json.loads((entry / "metrics.json").read_text())
+        assert [metrics[name] for name in OBJECTIVES] == trial.values, trial.number
+
+
+def test_reports_in_the_bucket_equal_the_drivers(resumed):
+    for name in ("pareto.csv", "pareto.md"):
+        assert _read(resumed["results"], NAME, name) == (resumed["reports"] / name).read_bytes(), name
+    table = pd.read_parquet(io.BytesIO(_read(resumed["results"], NAME, "trials.parquet")))
+    assert sorted(table.loc[table["state"] == "COMPLETE", "number"]) == sorted(t.number for t in _complete(resumed))
+
+
+def test_export_reads_the_sweep_from_the_bucket_through_aws_endpoint_url(resumed, s3_server, tmp_path):
+    from compress import load_compressed
+    from tune.run import main
+
+    plain = f"s3://{s3_server.bucket}/driver-kill"  # the endpoint comes from AWS_ENDPOINT_URL
+    rc = main(["--export", NAME, "--trial", "reference", "--results-dir", plain,
+               "--storage", resumed["storage"], "--out", str(tmp_path / "ref")])
+    reference = next(t for t in _complete(resumed) if t.number == 0)
+    model = load_compressed(tmp_path / "ref")
+    assert rc == 0 and sum(p.numel() for p in model.parameters()) == reference.values[1]
