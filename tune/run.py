@@ -459,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     if export_only and not args.export:
         parser.error(f"{', '.join(export_only)}: only valid with --export NAME")
     if is_uri(args.results_dir):
+        if not (args.storage or modes):
+            parser.error(f"--results-dir {args.results_dir} is not a local folder, so the study "
+                         "cannot be SQLite there: pass --storage (an Optuna RDB URL)")
         _check_results_uri(args.results_dir, parser)
     if args.export:
         return _export(args, parser)
@@ -497,9 +500,6 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("--wandb on --resume: W&B logging follows the original run's setting")
     else:
         settings = _new_settings(args, parser)
-        if is_uri(settings.results_dir) and not settings.storage_url:
-            parser.error(f"--results-dir {settings.results_dir} is not a local folder, so the study "
-                         "cannot be SQLite there: pass --storage (an Optuna RDB URL)")
         try:
             exists = sweep_exists(settings.results_dir, settings.name, None)
         except OSError as err:

@@ -55,3 +55,31 @@ def test_resumed_sweep_prints_only_epochs_after_its_start(tmp_path):
         "      finetune aaaaaaaa epoch 3 train_loss 0.5000 val_score 0.9000 (1.0 s)",
         "      finetune cccccccc epoch 1 train_loss 0.5000 val_score 0.9000 (1.0 s)",
     ]
+
+
+def test_epochs_of_runs_on_an_object_store_are_printed_once_in_order(s3_server, monkeypatch, tmp_path):
+    # Results on S3: the Train runs write one object per epoch under <results>/<sweep>/epochs/,
+    # and the console lists that folder (at most every REMOTE_POLL_S; 0 here).
+    import tune.callbacks
+    from trainables.storage import remote_epochs_path, results_location
+
+    monkeypatch.setattr(tune.callbacks, "REMOTE_POLL_S", 0.0)
+    results = s3_server.uri(f"epochs/{tmp_path.name}")
+    folder, fs = remote_epochs_path(results, "sw"), results_location(results).fs
+    earlier = EpochLog(folder, "pretrain-bbbbbbbbbbbbbbbbbbbb", fs)
+    _epoch(earlier, 0)  # before this driver started: not printed again
+    out = io.StringIO()
+    progress = pickle.loads(pickle.dumps(ProgressLog(str(tmp_path / "progress.jsonl"), 4, ["val_auroc"],
+                                                     remote_epochs=(results, "sw"))))
+    progress._stream = out
+    progress.setup(total_num_samples=4)
+    run = EpochLog(folder, "finetune-aaaaaaaaaaaaaaaaaaaa", fs)
+    _epoch(run, 0)
+    progress.on_step_end(0, [])
+    _epoch(run, 1)
+    progress.on_step_end(1, [])
+    progress.on_step_end(2, [])
+    assert out.getvalue().splitlines() == [
+        "      finetune aaaaaaaa epoch 1 train_loss 0.5000 val_score 0.9000 (1.0 s)",
+        "      finetune aaaaaaaa epoch 2 train_loss 0.5000 val_score 0.9000 (1.0 s)",
+    ]

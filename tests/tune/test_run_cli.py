@@ -166,3 +166,20 @@ def test_searched_keys_of_default_space_cover_its_conditional_params():
 def test_build_base_types_override_values():
     base = build_base(PRESETS["digits"], {"finetune.epochs": "2"}, "compress_only")
     assert base["finetune.epochs"] == 2
+
+
+@pytest.mark.parametrize("problem", [
+    "missing bucket", pytest.param("wrong endpoint", marks=pytest.mark.slow),  # the S3 client retries ~6 s
+    "unknown option"])
+def test_an_object_store_results_dir_that_cannot_be_used_is_one_line_and_nothing_written(
+        problem, s3_server, tmp_path, capsys):
+    uri = {"missing bucket": f"s3://no-such-bucket/x?endpoint_override={s3_server.endpoint}&scheme=http",
+           # nothing listens on port 9 (discard) of the loopback address
+           "wrong endpoint": "s3://vitsweep-results/x?endpoint_override=127.0.0.1:9&scheme=http",
+           "unknown option": f"{s3_server.uri('x')}&colour=red"}[problem]
+    db = tmp_path / "optuna.db"
+    line = _error(capsys, "--results-dir", uri, "--storage", f"sqlite:///{db}", "--name", "s")
+    assert line.startswith(f"python tune/run.py: error: --results-dir {uri!r}: ")
+    assert {"missing bucket": "bucket 'no-such-bucket' does not exist", "wrong endpoint": "cannot reach",
+            "unknown option": "pyarrow cannot open it"}[problem] in line
+    assert not db.exists() and not any(tmp_path.iterdir())
