@@ -25,7 +25,7 @@ from trainables.cache import MANIFEST_NAME, StageCache
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(240)]
 
 TRIAL = Path(__file__).with_name("_trial_proc.py")
-# Shared with test_driver_kill, whose trials are then cache hits when it runs after this test.
+# The fine-tune of test_driver_kill's sweep, computed here on local disk (that sweep's results are on S3).
 CONFIG = {**TINY, "finetune.epochs": 2, "finetune.lr": 1e-3}
 READER_WAIT_S = 45  # a dead same-host owner should be noticed within one poll (2 s)
 

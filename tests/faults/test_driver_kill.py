@@ -13,7 +13,8 @@ reports the outcome stored the first time (`outcome_replayed`), not a new measur
 
 Each worker node copies remote cache entries to a scratch folder of its own (trainables.cache),
 so a trial on the node that did not compute the fine-tune reads it from the bucket. This module
-replaces the same scenario on local disk (the local resume path runs in tests/tune).
+replaced the same scenario on local disk: resume differs there only in the paths Tune is given
+(tune.sweep.tune_experiment_path), which tests/tune/test_run_cli.py checks without Ray.
 """
 
 from __future__ import annotations
@@ -186,3 +187,16 @@ def test_export_reads_the_sweep_from_the_bucket_through_aws_endpoint_url(resumed
     reference = next(t for t in _complete(resumed) if t.number == 0)
     model = load_compressed(tmp_path / "ref")
     assert rc == 0 and sum(p.numel() for p in model.parameters()) == reference.values[1]
+
+
+def test_report_retimes_and_scores_the_front_on_test_from_the_bucket(resumed, fault_cluster, monkeypatch):
+    from tune.run import main
+
+    monkeypatch.chdir(fault_cluster.results)  # the driver's copy of the reports lands in ./results/<name>/
+    rc = main(["--report", NAME, "--retime", "--retime-rounds", "3", "--final-eval",
+               "--results-dir", resumed["results"], "--storage", resumed["storage"]])
+    final = pd.read_csv(io.BytesIO(_read(resumed["results"], NAME, "final_eval.csv")))
+    retimed = pd.read_csv(io.BytesIO(_read(resumed["results"], NAME, "retime.csv")))
+    front = pd.read_csv(io.BytesIO(_read(resumed["results"], NAME, "pareto.csv")))
+    assert rc == 0 and set(front["number"]) == set(final["number"])
+    assert final["test_auroc"].between(0, 1).all() and set(front["number"]) <= set(retimed["number"])

@@ -183,3 +183,11 @@ def test_an_object_store_results_dir_that_cannot_be_used_is_one_line_and_nothing
     assert {"missing bucket": "bucket 'no-such-bucket' does not exist", "wrong endpoint": "cannot reach",
             "unknown option": "pyarrow cannot open it"}[problem] in line
     assert not db.exists() and not any(tmp_path.iterdir())
+
+
+def test_tunes_experiment_folder_is_under_the_sweep_locally_and_on_an_object_store(tmp_path, s3_server):
+    from tune.sweep import tune_experiment_path
+
+    assert tune_experiment_path(str(tmp_path), "s") == (str(tmp_path / "s" / "tune"), None)
+    path, fs = tune_experiment_path(s3_server.uri("prefix"), "s")
+    assert path == "vitsweep-results/prefix/s/tune" and fs.type_name == "s3"

@@ -1,5 +1,5 @@
 """End to end through the real CLI: a 4-trial digits sweep, its reports, --report, --debug-trial
-and the default space. Resume after a killed driver is tests/faults/test_driver_kill.py's.
+and the default space. Resume after a killed driver is tests/faults/test_driver_kill.py's (results on S3, two nodes).
 
 The 4-trial sweep is the session's `digits_sweep` (tests/conftest.py), which other modules read
 too. All sweeps here share its results root, so only its first trial pretrains and fine-tunes
