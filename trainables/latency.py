@@ -137,9 +137,11 @@ def measure_relative_latency(
     favour one of them. With a_r and b_r the median run times of the model and the
     reference in round r: ratio_r = a_r / b_r, latency_rel = median_r(ratio_r),
     [latency_rel_lo, latency_rel_hi] = median_interval(ratio_r) (95%: use >= 7 rounds).
-    Load that slows a whole round slows both blocks and cancels in its ratio, and a
-    faster or slower device scales both, so the ratio compares like with like across
-    machines. `device` defaults to the model's; both models are moved there in place.
+    Load that slows a whole round slows both blocks and cancels in its ratio, and so does
+    a node whose device of the same kind runs faster or slower (clocks, thermals, its
+    neighbours). The ratio still depends on the kind of device: a compression can pay off
+    more on a CPU than on a GPU. `device` defaults to the model's; both models are moved
+    there in place.
     """
     _check_timing_arguments(input_shape, batch_size, warmup, repeats, rounds, pause_s)
     target = _model_device(model) if device is None else torch.device(device)
