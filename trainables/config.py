@@ -284,6 +284,11 @@ class EvalConfig:
     latency_warmup: int = 3
     latency_rounds: int = 3          # blocks of latency_repeats runs; the least disturbed one counts
     latency_pause_s: float = 0.25    # between blocks, so a burst of outside load can pass
+    # Also time the uncompressed reference interleaved with the model and report latency_rel,
+    # the median paired ratio (trainables.evaluate.reference_model); latency_ms comes from the
+    # same rounds. Comparable across nodes; costs a second model's timing. keyed_when_set: off,
+    # it leaves the outcome keys stored before it existed valid.
+    latency_rel: bool = keyed_when_set(False)
 
     def __post_init__(self):
         _choice("eval.split", self.split, ("valid", "test"))

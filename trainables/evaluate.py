@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import logging
 import math
 import tempfile
@@ -24,7 +25,7 @@ from trainables.bootstrap import metric_intervals
 from trainables.config import TrialConfig
 from trainables.data import make_dataset
 from trainables.loop import predict
-from trainables.latency import count_gflops, measure_latency
+from trainables.latency import count_gflops, measure_latency, measure_relative_latency
 from trainables.metrics import TTA_TRANSFORMS, classification_metrics, tta_probs
 
 log = logging.getLogger(__name__)
@@ -167,20 +168,60 @@ def tta_passes(mode: str) -> int:
     return len(TTA_TRANSFORMS[mode])
 
 
+def reference_model(cfg: TrialConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Return the uncompressed reference that latency_rel divides by, built once per process and reused.
+
+    It is the classifier the seed configuration starts from, before compression: cfg's
+    backbone architecture, pooling and classes with a linear head, no token pruning and
+    no test-time augmentation, whatever the trial's own head, pruning and TTA. Every trial
+    of a sweep therefore divides by the same architecture, so ratios compare across
+    trials as latencies do. Its weights are a seeded random init rather than a fine-tune:
+    a dense forward's time does not depend on the values of its weights, and building it
+    from the architecture needs neither another trial's cache entry nor a download.
+    Cached per (backbone, pooling, classes, device, dtype) in this process (a Tune trial
+    actor is reused across trials, so a sweep builds it once per actor).
+    """
+    return _reference_model(cfg.model.backbone, cfg.model.pooling, cfg.model.num_classes, str(device), dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_model(backbone: str, pooling: str, num_classes: int, device: str, dtype: torch.dtype) -> nn.Module:
+    from trainables.model import build_classifier
+
+    with torch.random.fork_rng(devices=[]):  # the trial's own random stream stays as it was
+        torch.manual_seed(0)
+        model = build_classifier(backbone, num_classes, None, pooling, head="linear")
+    log.info("built the uncompressed %s reference for latency_rel on %s", backbone, device)
+    return model.to(device=device, dtype=dtype).eval()
+
+
 def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> dict[str, Any]:
     """Return params, GFLOPs per image, and latency (median ms per image over rounds, its interval, IQR,
-    throughput, thread count, device).
+    throughput, thread count, device); with eval.latency_rel also latency_rel, its interval and
+    latency_ref_ms (the reference's own median).
 
     With eval.tta the model is timed and counted as deployed, every augmented view's forward
-    pass included, so a TTA setting pays for its accuracy on the front.
+    pass included, so a TTA setting pays for its accuracy on the front. With eval.latency_rel
+    the model is timed in rounds interleaved with reference_model (measure_relative_latency),
+    and latency_ms is the model's figure from those same rounds.
     """
     shape = (3, cfg.data.image_size, cfg.data.image_size)
     model = model.to(device).eval()
     deployed = as_deployed(model, cfg)
-    with timing_lock(device):
-        latency = measure_latency(deployed, shape, device=device, warmup=cfg.eval.latency_warmup,
-                                  repeats=cfg.eval.latency_repeats, batch_size=cfg.eval.latency_batch,
-                                  rounds=cfg.eval.latency_rounds, pause_s=cfg.eval.latency_pause_s)
+    timing = dict(device=device, warmup=cfg.eval.latency_warmup, repeats=cfg.eval.latency_repeats,
+                  batch_size=cfg.eval.latency_batch, rounds=cfg.eval.latency_rounds,
+                  pause_s=cfg.eval.latency_pause_s)
+    relative: dict[str, float] = {}
+    if cfg.eval.latency_rel:
+        reference = reference_model(cfg, device, next(model.parameters()).dtype)
+        with timing_lock(device):
+            paired = measure_relative_latency(deployed, reference, shape, **timing)
+        latency = paired.model
+        relative = {"latency_rel": paired.latency_rel, "latency_rel_lo": paired.latency_rel_lo,
+                    "latency_rel_hi": paired.latency_rel_hi, "latency_ref_ms": paired.reference.latency_ms}
+    else:
+        with timing_lock(device):
+            latency = measure_latency(deployed, shape, **timing)
     return {
         "params": count_params(model),
         "gflops": count_gflops(deployed, shape),
@@ -189,6 +230,7 @@ def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> di
         "latency_ms_lo": latency.latency_ms_lo,
         "latency_ms_hi": latency.latency_ms_hi,
         "latency_ms_spread": latency.latency_ms_spread,
+        **relative,
         "latency_threads": torch.get_num_threads(),
         "throughput_img_s": latency.throughput_img_s,
         "latency_batch": latency.batch_size,

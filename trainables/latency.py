@@ -1,5 +1,6 @@
 """Inference latency and FLOP counts of a vision model on one device."""
 
+import contextlib
 import copy
 import logging
 import math
@@ -81,31 +82,99 @@ def measure_latency(
     defaults to the model's; when given, the model is moved there in place. The model is
     timed in eval mode and its training flag restored.
     """
-    _check_input_shape(input_shape)
-    _check_count("batch_size", batch_size, minimum=1)
-    _check_count("warmup", warmup, minimum=0)
-    _check_count("repeats", repeats, minimum=1)
-    _check_count("rounds", rounds, minimum=1)
-    if isinstance(pause_s, bool) or not isinstance(pause_s, (int, float)) or not 0 <= pause_s < math.inf:
-        raise ValueError(f"pause_s must be a finite number of seconds >= 0, got {pause_s!r}")
+    _check_timing_arguments(input_shape, batch_size, warmup, repeats, rounds, pause_s)
     target = _model_device(model) if device is None else torch.device(device)
     model.to(target)
     inputs = torch.randn((batch_size, *input_shape), device=target, dtype=_model_dtype(model))
 
-    was_training = model.training
-    model.eval()
     blocks_s = []
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(inputs)
-            for block in range(rounds):
-                if block:
-                    time.sleep(pause_s)
-                blocks_s.append(_timed_runs(model, inputs, target, repeats))
-    finally:
-        model.train(was_training)
+    with _eval_mode(model), torch.inference_mode():
+        for _ in range(warmup):
+            model(inputs)
+        for block in range(rounds):
+            if block:
+                time.sleep(pause_s)
+            blocks_s.append(_timed_runs(model, inputs, target, repeats))
+    return _latency_result(blocks_s, batch_size, target)
 
+
+@dataclass(frozen=True)
+class RelativeLatencyResult:
+    """A model timed interleaved with a reference on one device: the paired ratio and both timings.
+
+    latency_rel is the median over rounds of the per-round ratio model / reference;
+    [latency_rel_lo, latency_rel_hi] is median_interval of those ratios (`round_ratios`).
+    `model` and `reference` are each one's own LatencyResult over the same rounds.
+    """
+
+    latency_rel: float
+    latency_rel_lo: float
+    latency_rel_hi: float
+    model: LatencyResult
+    reference: LatencyResult
+    round_ratios: tuple[float, ...]
+
+
+def measure_relative_latency(
+    model: nn.Module,
+    reference: nn.Module,
+    input_shape: tuple[int, int, int],
+    *,
+    device: str | torch.device | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+    batch_size: int,
+    rounds: int = 7,
+    pause_s: float = 0.0,
+) -> RelativeLatencyResult:
+    """Return `model`'s latency relative to `reference` on one device: the median paired ratio and its interval.
+
+    Both get `warmup` untimed runs, then `rounds` rounds, `pause_s` apart; a round times
+    a block of `repeats` runs of each model back to back on the same random
+    (batch_size, *input_shape) input, each block after one untimed run (when warmup > 0)
+    that brings its weights back after the other model ran. The order alternates (model
+    then reference, reference then model, ...) so that a drift within a round does not
+    favour one of them. With a_r and b_r the median run times of the model and the
+    reference in round r: ratio_r = a_r / b_r, latency_rel = median_r(ratio_r),
+    [latency_rel_lo, latency_rel_hi] = median_interval(ratio_r) (95%: use >= 7 rounds).
+    Load that slows a whole round slows both blocks and cancels in its ratio, and so does
+    a node whose device of the same kind runs faster or slower (clocks, thermals, its
+    neighbours). The ratio still depends on the kind of device: a compression can pay off
+    more on a CPU than on a GPU. `device` defaults to the model's; both models are moved
+    there in place.
+    """
+    _check_timing_arguments(input_shape, batch_size, warmup, repeats, rounds, pause_s)
+    target = _model_device(model) if device is None else torch.device(device)
+    model.to(target)
+    reference.to(target)
+    inputs = torch.randn((batch_size, *input_shape), device=target, dtype=_model_dtype(model))
+
+    model_blocks_s, reference_blocks_s = [], []
+    timed = ((model, model_blocks_s), (reference, reference_blocks_s))
+    with _eval_mode(model), _eval_mode(reference), torch.inference_mode():
+        for which, _ in timed:
+            for _ in range(warmup):
+                which(inputs)
+        for round_ in range(rounds):
+            if round_:
+                time.sleep(pause_s)
+            for which, blocks_s in timed if round_ % 2 == 0 else timed[::-1]:
+                for _ in range(min(1, warmup)):
+                    which(inputs)
+                blocks_s.append(_timed_runs(which, inputs, target, repeats))
+    ratios = [statistics.median(a) / statistics.median(b) for a, b in zip(model_blocks_s, reference_blocks_s)]
+    latency_rel, lo, hi = median_interval(ratios)
+    return RelativeLatencyResult(
+        latency_rel=latency_rel, latency_rel_lo=lo, latency_rel_hi=hi,
+        model=_latency_result(model_blocks_s, batch_size, target),
+        reference=_latency_result(reference_blocks_s, batch_size, target),
+        round_ratios=tuple(ratios),
+    )
+
+
+def _latency_result(blocks_s: list[list[float]], batch_size: int, target: torch.device) -> LatencyResult:
+    """Return the LatencyResult of timed blocks of runs (seconds per batch), as measure_latency defines it."""
+    repeats = len(blocks_s[0])
     round_ms = [statistics.median(block) * 1000.0 / batch_size for block in blocks_s]
     latency_ms, lo_ms, hi_ms = median_interval(round_ms)
     run_times_s = sorted(blocks_s, key=statistics.median)[(len(blocks_s) - 1) // 2]
@@ -117,11 +186,22 @@ def measure_latency(
         batch_size=batch_size,
         device_name=device_name(target),
         repeats=repeats,
-        rounds=rounds,
+        rounds=len(blocks_s),
         latency_ms_lo=lo_ms,
         latency_ms_hi=hi_ms,
         round_ms=tuple(round_ms),
     )
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module):
+    """Put `model` in eval mode for the block; restore its training flag after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _timed_runs(model: nn.Module, inputs: torch.Tensor, target: torch.device, repeats: int) -> list[float]:
@@ -201,6 +281,16 @@ def _model_device(model: nn.Module) -> torch.device:
 def _model_dtype(model: nn.Module) -> torch.dtype:
     first = next(model.parameters(), None)
     return first.dtype if first is not None and first.is_floating_point() else torch.float32
+
+
+def _check_timing_arguments(input_shape, batch_size, warmup, repeats, rounds, pause_s) -> None:
+    _check_input_shape(input_shape)
+    _check_count("batch_size", batch_size, minimum=1)
+    _check_count("warmup", warmup, minimum=0)
+    _check_count("repeats", repeats, minimum=1)
+    _check_count("rounds", rounds, minimum=1)
+    if isinstance(pause_s, bool) or not isinstance(pause_s, (int, float)) or not 0 <= pause_s < math.inf:
+        raise ValueError(f"pause_s must be a finite number of seconds >= 0, got {pause_s!r}")
 
 
 def _check_input_shape(input_shape) -> None:

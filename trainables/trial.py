@@ -37,6 +37,7 @@ from trainables.stages import StageOutput, TrialContext, TrialRun, data_root
 log = logging.getLogger(__name__)
 
 OBJECTIVE_METRICS = ("val_auroc", "params", "latency_ms", "gflops")
+RELATIVE_LATENCY = "latency_rel"   # measured only when eval.latency_rel (or named as an objective)
 
 __all__ = ["OBJECTIVE_METRICS", "OUTCOME_KEY_ATTR", "TRIAL_ERROR_KEY", "TrialContext", "TrialModel",
            "build_model", "build_trial_model", "data_root", "evaluate_trial", "format_metrics", "main",
@@ -86,7 +87,8 @@ def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
         **built.facts,
     })
     prefix = "val" if eval_split == "valid" else eval_split
-    check_finite(metrics, [f"{prefix}_auroc", "params", "latency_ms", "gflops"])
+    check_finite(metrics, [f"{prefix}_auroc", "params", "latency_ms", "gflops"]
+                 + ([RELATIVE_LATENCY] if cfg.eval.latency_rel else []))
     return metrics, predictions
 
 
@@ -133,6 +135,7 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     A numerical failure (divergence, non-finite metrics) is deterministic, so it is reported,
     not raised: retrying would fail the same way. The report carries NaN objectives (Tune's
     strict metric check wants them) and `trial_error`, which the searcher turns into FAIL.
+    An objective `latency_rel` switches eval.latency_rel on, so the trial times it.
     The metrics of a finished trial are stored in the cache under its experiment and trial
     id, so a trial Tune reruns after restoring a crashed sweep reports them again unchanged;
     its validation predictions are stored beside them (probs.npy, labels.npy) and the
@@ -142,6 +145,8 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     from ray import tune
 
     flat = {**base, **(to_config(config) if to_config else config)}
+    if RELATIVE_LATENCY in objectives:
+        flat["eval.latency_rel"] = True  # an objective must be measured, whatever the preset says
     tune_ctx = tune.get_context()
     cache = StageCache(context.results_dir)
     key = outcome_key(TrialConfig.from_flat(flat).key_flat(), context.sweep, tune_ctx.get_trial_id())

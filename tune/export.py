@@ -350,6 +350,10 @@ def _write_model_card(path: Path, settings: SweepSettings, cfg, metrics: dict[st
               f"| GFLOPs per image | {_fmt(sweep.get('gflops'))} | |",
               f"| latency (sweep, batch {_fmt(sweep.get('latency_batch'))}) | {_fmt(sweep.get('latency_ms'))} ms/img "
               f"| {sweep.get('device', '?')} |"]
+    if "latency_rel" in sweep:
+        lines.append(f"| latency / uncompressed model's (paired rounds) | {_fmt(sweep['latency_rel'])} "
+                     f"[{_fmt(sweep.get('latency_rel_lo'))}, {_fmt(sweep.get('latency_rel_hi'))}] "
+                     f"| {sweep.get('device', '?')} |")
     onnx = metrics.get("onnx")
     if onnx:
         lines += [f"| latency PyTorch at export (batch {onnx['latency_batch']}) | {_fmt(onnx['torch_latency_ms'])} "

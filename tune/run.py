@@ -83,7 +83,8 @@ def make_parser() -> argparse.ArgumentParser:
                         help="Optuna sampler; default: the preset's (tpe)")
     parser.add_argument("--objectives", default=None,
                         help="comma-separated metric:max|min, e.g. val_auroc:max,params:min,latency_ms:min "
-                             f"(gflops:min for mixed-device clusters); metrics: {', '.join(OBJECTIVE_CHOICES)}")
+                             f"(latency_rel:min, the ratio to the uncompressed model timed on the trial's own device, where "
+                             f"nodes differ; pcam-a100's default); metrics: {', '.join(OBJECTIVE_CHOICES)}")
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help="override a trial config key over the preset, e.g. --set finetune.epochs=1 "
                              "(repeatable; not a key the space searches)")

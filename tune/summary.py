@@ -27,14 +27,17 @@ from tune.sweep import SweepSettings, is_uri
 log = logging.getLogger(__name__)
 
 CHANCE_AUROC = 0.5
+UNCOMPRESSED_LATENCY_REL = 1.0   # latency_rel of the reference it divides by
 
 
 def reference_point(study: optuna.Study, objectives) -> dict[str, float]:
     """Return the hypervolume reference point in objective units.
 
     val_auroc: chance (0.5); params: the uncompressed model's count (the trials'
-    `params_uncompressed`); every other objective (latency_ms, gflops, ...): the worst
-    value observed over complete trials, since no trial measures the uncompressed model.
+    `params_uncompressed`); latency_rel: the uncompressed model's 1.0, or the worst value
+    observed when a trial is slower (test-time augmentation can be); every other objective
+    (latency_ms, gflops, ...): the worst value observed over complete trials, since no trial
+    measures the uncompressed model.
     """
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     point: dict[str, float] = {}
@@ -46,6 +49,8 @@ def reference_point(study: optuna.Study, objectives) -> dict[str, float]:
             uncompressed = [t.user_attrs.get("params_uncompressed") for t in complete]
             uncompressed = [float(v) for v in uncompressed if isinstance(v, (int, float))]
             point[name] = max(uncompressed) if uncompressed else max(values)
+        elif name == "latency_rel":
+            point[name] = max([UNCOMPRESSED_LATENCY_REL, *values])
         else:
             point[name] = max(values) if mode == "min" else min(values)
     return point

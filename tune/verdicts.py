@@ -6,9 +6,15 @@ Where each interval comes from:
 - latency_ms: the re-timing pass's paired rounds (median of the per-round differences to
   the reference, order-statistic interval), else the two trials' own intervals
   combined conservatively (lo_a - hi_ref, hi_a - lo_ref);
+- latency_rel (each trial's latency over the uncompressed model's, paired within the
+  trial on its own device; the uncompressed model is 1.0, < 1 is faster): the two
+  trials' own intervals combined conservatively, as latency_ms without the pass. The
+  re-timing pass does not replace it: it is paired already, and on a cluster the driver's
+  device is not the trials';
 - params, gflops, params_ratio: exact counts, so the difference is its own interval.
-A latency difference smaller than LATENCY_TIE_FRACTION of the reference is a tie even
-when its interval excludes zero: timing one configuration twice moves it that much.
+A latency difference (either kind) smaller than LATENCY_TIE_FRACTION of the reference's
+value is a tie even when its interval excludes zero: timing one configuration twice moves
+it that much.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from trainables.bootstrap import paired_deltas, verdict
 
 INTERVAL_METRICS = {"val_auroc": "auroc", "val_auprc": "auprc", "val_accuracy": "accuracy"}
 EXACT_OBJECTIVES = frozenset({"params", "gflops", "params_ratio"})
+LATENCY_OBJECTIVES = frozenset({"latency_ms", "latency_rel"})
 LATENCY_TIE_FRACTION = 0.05
 REFERENCE = "reference"
 
@@ -88,7 +95,7 @@ def add_verdicts(table: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> 
                 column.append(_exact_verdict(delta, mode))
                 continue
             lo, hi = float(row.get(f"delta_{name}_lo", math.nan)), float(row.get(f"delta_{name}_hi", math.nan))
-            if name == "latency_ms":
+            if name in LATENCY_OBJECTIVES:
                 column.append(latency_verdict(delta, lo, hi, ref_value))
             else:
                 column.append(verdict(lo, hi, mode))
@@ -96,11 +103,11 @@ def add_verdicts(table: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> 
     return table
 
 
-def latency_verdict(delta: float, lo: float, hi: float, reference_ms: float) -> str:
-    """Return the verdict on a latency difference (lower is better): its interval's, but a tie under
-    LATENCY_TIE_FRACTION of the reference's latency."""
+def latency_verdict(delta: float, lo: float, hi: float, reference: float) -> str:
+    """Return the verdict on a latency difference (lower is better; ms or a ratio): its interval's, but a
+    tie under LATENCY_TIE_FRACTION of the reference's value."""
     word = verdict(lo, hi, "min")
-    if word != "n/a" and abs(delta) < LATENCY_TIE_FRACTION * abs(reference_ms):
+    if word != "n/a" and abs(delta) < LATENCY_TIE_FRACTION * abs(reference):
         return "tie"
     return word
 

@@ -8,6 +8,7 @@ import tempfile
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,8 +18,11 @@ import trainables.evaluate as evaluate_mod
 import trainables.latency as latency_mod
 from compress.tokens import enable_token_pruning, keep_schedule
 from trainables.config import TrialConfig
-from trainables.evaluate import cost_metrics, timing_lock, timing_lock_path
-from trainables.latency import LatencyResult, count_gflops, measure_latency, median_interval
+from trainables.evaluate import cost_metrics, reference_model, timing_lock, timing_lock_path
+from trainables.latency import (
+    LatencyResult, count_gflops, measure_latency, measure_relative_latency, median_interval,
+)
+from trainables.model import build_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -278,3 +282,185 @@ def test_cost_metrics_times_latency_inside_the_timing_lock(monkeypatch):
     metrics = cost_metrics(model, cfg, torch.device("cpu"))
     assert held == [True]
     assert metrics["latency_ms"] == 1.0 and metrics["latency_batch"] == cfg.eval.latency_batch
+
+
+# ------------------------------------------------------------------ latency_rel: paired ratio to a reference
+
+
+class _Load:
+    """Outside load on the fake clock: a factor on every forward's cost, set per round of timing.
+
+    Round r of measure_relative_latency (warmup 0) is calls [r * per_round, (r + 1) * per_round);
+    its factor is factors[r], so both models of a round see the same load and rounds differ.
+    """
+
+    def __init__(self, factors: list[float], per_round: int):
+        self.factors, self.per_round, self.calls = factors, per_round, 0
+
+    def next_factor(self) -> float:
+        factor = self.factors[min(self.calls // self.per_round, len(self.factors) - 1)]
+        self.calls += 1
+        return factor
+
+
+class _LoadedModel(nn.Module):
+    """Advances the fake clock by cost_ms x the load's factor (x the next jitter, if any) per forward."""
+
+    def __init__(self, clock: _FakeClock, load: _Load, cost_ms: float, jitter=None, name: str = ""):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.clock, self.load, self.cost_ms, self.jitter, self.name = clock, load, cost_ms, jitter, name
+
+    def forward(self, x):
+        factor = self.load.next_factor() * (next(self.jitter) if self.jitter is not None else 1.0)
+        self.clock.now_s += self.cost_ms * factor / 1000.0
+        return x
+
+
+LOADS = [1.0, 4.0, 2.0, 6.0, 1.5, 3.0, 5.0, 1.2, 2.5]  # one factor per round: the machine's load moves 6x
+REPEATS = 3
+
+
+def _fake_clock(monkeypatch) -> _FakeClock:
+    clock = _FakeClock()
+    monkeypatch.setattr(latency_mod, "time", SimpleNamespace(perf_counter=clock.perf_counter, sleep=lambda s: None))
+    return clock
+
+
+def test_relative_latency_cancels_load_common_to_a_round(monkeypatch):
+    clock = _fake_clock(monkeypatch)
+    load = _Load(LOADS, per_round=2 * REPEATS)
+    slow, reference = _LoadedModel(clock, load, 2.0), _LoadedModel(clock, load, 1.0)
+    result = measure_relative_latency(slow, reference, INPUT_SHAPE, warmup=0, repeats=REPEATS, batch_size=1,
+                                      rounds=len(LOADS))
+    # Its own milliseconds move with the load (2 to 12 ms); the paired ratio does not.
+    assert max(result.model.round_ms) / min(result.model.round_ms) == pytest.approx(6.0)
+    assert (result.latency_rel, result.latency_rel_lo, result.latency_rel_hi) == pytest.approx((2.0, 2.0, 2.0))
+
+
+def test_relative_latency_alternates_which_model_goes_first(monkeypatch):
+    clock = _fake_clock(monkeypatch)
+    load = _Load([1.0], per_round=1)
+    order = []
+    a, b = _LoadedModel(clock, load, 2.0, name="a"), _LoadedModel(clock, load, 1.0, name="b")
+    for model in (a, b):
+        model.register_forward_pre_hook(lambda module, args: order.append(module.name))
+    measure_relative_latency(a, b, INPUT_SHAPE, warmup=0, repeats=1, batch_size=1, rounds=4)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_same_model_against_itself_has_an_interval_containing_one(monkeypatch):
+    clock = _fake_clock(monkeypatch)
+    load = _Load(LOADS, per_round=2 * REPEATS)
+    rng = np.random.default_rng(0)
+    jitter = iter(rng.lognormal(0.0, 0.2, size=1000))  # run-to-run noise, same for both
+    model = _LoadedModel(clock, load, 1.0, jitter=jitter)
+    result = measure_relative_latency(model, model, INPUT_SHAPE, warmup=0, repeats=REPEATS, batch_size=4,
+                                      rounds=len(LOADS))
+    assert result.latency_rel_lo <= 1.0 <= result.latency_rel_hi < result.latency_rel_lo + 1.0
+
+
+class _Repeated(nn.Module):
+    """The model made deliberately slower: each forward runs it `times` times."""
+
+    def __init__(self, model: nn.Module, times: int):
+        super().__init__()
+        self.model, self.times = model, times
+
+    def forward(self, x):
+        for _ in range(self.times):
+            out = self.model(x)
+        return out
+
+
+@pytest.fixture
+def one_thread():
+    """Time on one thread, as a sweep's trials do: two threads on a loaded 2-core machine wait on
+    each other (the tiny model took 1.2 ms at one thread and 57 ms at two, per image)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_deliberately_slower_model_has_a_ratio_above_one_with_an_interval_excluding_it(model, one_thread):
+    result = measure_relative_latency(_Repeated(model, 3), model, INPUT_SHAPE, warmup=1, repeats=5, batch_size=2,
+                                      rounds=9)
+    assert 1.0 < result.latency_rel_lo <= result.latency_rel <= result.latency_rel_hi
+
+
+def test_the_same_model_timed_against_itself_has_a_ratio_near_one(model, one_thread):
+    # Real timing on a shared machine: the interval's coverage is checked on the fake clock above;
+    # here only that nothing in the pairing favours one side (the threefold model is at ~3).
+    result = measure_relative_latency(model, model, INPUT_SHAPE, warmup=1, repeats=5, batch_size=2, rounds=9)
+    assert 0.67 < result.latency_rel < 1.5
+
+
+def test_relative_latency_restores_both_training_modes(model):
+    reference = DINOv3ViTModel(model.config).train()
+    model.train()
+    measure_relative_latency(model, reference, INPUT_SHAPE, warmup=0, repeats=1, batch_size=1, rounds=1)
+    assert model.training and reference.training
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [({"rounds": 0}, "rounds"), ({"pause_s": -1.0}, "pause_s")])
+def test_relative_latency_rejects_invalid_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        measure_relative_latency(nn.Identity(), nn.Identity(), INPUT_SHAPE, batch_size=1, **kwargs)
+
+
+@pytest.fixture
+def fresh_reference(monkeypatch):
+    """Count reference builds from an empty per-process cache (emptied again after the test)."""
+    import trainables.model as model_mod
+
+    builds = []
+    build = model_mod.build_classifier
+
+    def counted(*args, **kwargs):
+        builds.append(args)
+        return build(*args, **kwargs)
+
+    evaluate_mod._reference_model.cache_clear()
+    monkeypatch.setattr(model_mod, "build_classifier", counted)
+    yield builds
+    evaluate_mod._reference_model.cache_clear()
+
+
+REL_CFG = {"eval.latency_rel": True, "eval.latency_repeats": 2, "eval.latency_rounds": 3, "eval.latency_warmup": 1,
+           "eval.latency_batch": 2, "eval.latency_pause_s": 0.0}
+
+
+def _trial_model(cfg: TrialConfig) -> nn.Module:
+    """A trial's model, built with the uncounted builder (imported before the fixture counts)."""
+    return build_classifier(cfg.model.backbone, cfg.model.num_classes, None, cfg.model.pooling, head=cfg.model.head)
+
+
+def test_cost_metrics_reports_latency_rel_with_its_interval(fresh_reference, one_thread):
+    cfg = TrialConfig.from_flat(REL_CFG)
+    metrics = cost_metrics(_trial_model(cfg), cfg, torch.device("cpu"))
+    assert metrics["latency_rel_lo"] <= metrics["latency_rel"] <= metrics["latency_rel_hi"]
+    assert metrics["latency_ref_ms"] > 0 and metrics["latency_ms_lo"] <= metrics["latency_ms"] <= metrics["latency_ms_hi"]
+
+
+def test_cost_metrics_time_no_reference_unless_asked(fresh_reference, one_thread):
+    cfg = TrialConfig.from_flat({**REL_CFG, "eval.latency_rel": False})
+    metrics = cost_metrics(_trial_model(cfg), cfg, torch.device("cpu"))
+    assert "latency_rel" not in metrics and fresh_reference == []
+
+
+def test_the_reference_is_built_once_per_process(fresh_reference, one_thread):
+    cfg = TrialConfig.from_flat(REL_CFG)
+    for tau in (0.9, 0.8):  # two trials in one trial actor
+        cost_metrics(_trial_model(TrialConfig.from_flat({**REL_CFG, "compress.tau_mlp": tau})), cfg,
+                     torch.device("cpu"))
+    assert len(fresh_reference) == 1
+
+
+def test_every_trial_divides_by_the_same_uncompressed_linear_head_model(fresh_reference):
+    from compress import count_params
+
+    linear = reference_model(TrialConfig.from_flat(REL_CFG), torch.device("cpu"))
+    taps = reference_model(TrialConfig.from_flat({**REL_CFG, "model.head": "svd_taps", "eval.tta": "dihedral",
+                                                  "tokens.r_max": 0.5}), torch.device("cpu"))
+    assert taps is linear and count_params(linear) == count_params(_trial_model(TrialConfig()))

@@ -201,3 +201,29 @@ def test_debug_cli_refuses_an_option_the_method_does_not_use(capsys):
         main(["--set", "finetune.method=full", "--set", "finetune.lora_rank=16"])
     assert exit_info.value.code == 2
     assert "finetune.lora_rank do(es) not apply to finetune.method='full'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("objectives", "timed"), [(("val_auroc", "params", "latency_rel"), True),
+                                                    (("val_auroc", "params", "latency_ms"), False)])
+def test_a_latency_rel_objective_makes_the_trial_time_it(objectives, timed, tmp_path, monkeypatch):
+    """A sweep that names latency_rel gets it measured, whatever its preset sets."""
+    import trainables.inputs
+    import trainables.trial
+    from ray import tune
+
+    from trainables.evaluate import Predictions
+
+    evaluated, reports = [], []
+
+    def fake_evaluate_trial(flat, context):
+        evaluated.append(flat)
+        return {"val_auroc": 0.5}, Predictions(np.zeros(2, np.int64), np.zeros(2, np.float32))
+
+    monkeypatch.setattr(trainables.trial, "evaluate_trial", fake_evaluate_trial)
+    monkeypatch.setattr(trainables.trial, "data_root", lambda cfg, ctx: str(tmp_path))
+    monkeypatch.setattr(trainables.inputs, "check_inputs", lambda cfg, root: None)
+    monkeypatch.setattr(tune, "get_context", lambda: _FakeTuneContext("trial-a"))
+    monkeypatch.setattr(tune, "report", reports.append)
+    tune_trainable({}, base=dict(TINY), context=TrialContext(results_dir=str(tmp_path), show_progress=False),
+                   objectives=objectives)
+    assert evaluated[0].get("eval.latency_rel", False) is timed and len(reports) == 1
