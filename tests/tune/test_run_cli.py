@@ -166,3 +166,16 @@ def test_searched_keys_of_default_space_cover_its_conditional_params():
 def test_build_base_types_override_values():
     base = build_base(PRESETS["digits"], {"finetune.epochs": "2"}, "compress_only")
     assert base["finetune.epochs"] == 2
+
+
+@pytest.mark.parametrize("mode", [[], ["--debug-trial"]], ids=["sweep", "debug-trial"])
+def test_an_unwritable_results_dir_exits_2_naming_it_before_any_work(tmp_path, capsys, monkeypatch, mode):
+    def work(*args, **kwargs):
+        raise AssertionError("the CLI started work before checking --results-dir")
+
+    monkeypatch.setattr("tune.run._new_settings", work)
+    monkeypatch.setattr("tune.run._check_local_inputs", work)
+    (tmp_path / "notes.txt").write_text("x")
+    results = tmp_path / "notes.txt" / "results"
+    line = _error(capsys, "--results-dir", str(results), *mode)
+    assert line.endswith(f"--results-dir: {results}: {tmp_path / 'notes.txt'} is not a folder")
