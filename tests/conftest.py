@@ -8,20 +8,21 @@ hygiene tests (tests/test_hygiene.py) search everything it wrote for the tokens,
 job-flow test (tests/tune/test_cluster.py) reuses its stage cache. One sweep instead of three
 saves a Ray start, two Ray Train stages and the W&B runs each time (see README "Tests").
 
-Every module is checked for Ray processes it leaves behind (`no_ray_process_left_behind`).
+Every module is checked for Ray processes it leaves behind (`no_ray_process_left_behind`): only
+the suite's own, whose session folders lie under the temporary folders this session made
+(tests/_ray_guard.py), never another run's on the same machine.
 """
 
 import os
 import shutil
-import tempfile
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import psutil
 import pytest
 
 from _digits_sweep import SWEEP_SECRETS, TINY_SWEEP, run_cli
+from _ray_guard import ray_processes, ray_tmp_dir, register_root
 
 # Set before any test imports ray, wandb or huggingface_hub.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -32,37 +33,37 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Object-store clients in every process the suite starts (Ray's included) never look for real
 # credentials: with none, the AWS SDK would ask the EC2 metadata address, which is not a test host.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# A Ray a test starts without a RAY_TMPDIR of its own still lives under a folder of this session.
+DEFAULT_RAY_TMPDIR = ray_tmp_dir("vsd")
+os.environ["RAY_TMPDIR"] = str(DEFAULT_RAY_TMPDIR)
 
-# A Ray process's command line: a worker or agent retitles itself "ray::Name"; raylet,
-# gcs_server and the dashboard run from Ray's package folder.
-RAY_PROCESS_MARKS = ("ray::", "/site-packages/ray/")
 LEFT_BEHIND_GRACE_S = 15  # what ray.shutdown() and a head's teardown may take to finish
 
 
-def _ray_processes() -> dict[int, tuple[int, str]]:
-    """Every Ray process on the machine: pid -> (parent pid, command line)."""
-    found = {}
-    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
-        line = " ".join(proc.info["cmdline"] or ())
-        if any(mark in line for mark in RAY_PROCESS_MARKS):
-            found[proc.info["pid"]] = (proc.info["ppid"], line.split("  ")[0][:100])
-    return found
+@pytest.fixture(scope="session", autouse=True)
+def ray_folders_of_this_session(tmp_path_factory):
+    """Count Ray processes under pytest's basetemp (`ray.init(_temp_dir=tmp_path)`) as the suite's;
+    remove the default RAY_TMPDIR at the end."""
+    register_root(tmp_path_factory.getbasetemp())
+    yield
+    shutil.rmtree(DEFAULT_RAY_TMPDIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def no_ray_process_left_behind():
-    """Fail a module that leaves an orphaned Ray process running, and kill it.
+    """Fail a module that leaves an orphaned Ray process of its own running, and kill it.
 
-    Orphaned (its parent gone, adopted by init) and started during the module: a Ray the
-    module forgot to shut down, or an agent its raylet's teardown missed. One such dashboard
-    agent spun a core for the rest of the session and made later tests up to 4x slower.
-    Session fixtures' own Ray processes are children of this process until they shut down.
+    Started by this session (tests/_ray_guard.py), during the module, and orphaned (its parent gone,
+    adopted by init): a Ray the module forgot to shut down, or an agent its raylet's teardown
+    missed. One such dashboard agent spun a core for the rest of the session and made later
+    tests up to 4x slower. Session fixtures' own Ray processes are children of this process
+    until they shut down. Another run's Ray on the same machine is never touched.
     """
-    before = set(_ray_processes())
+    before = set(ray_processes())
     yield
     deadline = time.monotonic() + LEFT_BEHIND_GRACE_S
     while True:
-        left = {pid: line for pid, (ppid, line) in _ray_processes().items() if ppid == 1 and pid not in before}
+        left = {pid: line for pid, (ppid, line) in ray_processes().items() if ppid == 1 and pid not in before}
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.5)
@@ -115,7 +116,7 @@ def s3_server():
 def digits_sweep(tmp_path_factory):
     """Run the session's 4-trial digits sweep (name "four"); yield its process, results root, Ray tmp dir."""
     results = tmp_path_factory.mktemp("digits-sweep")
-    ray_tmp = Path(tempfile.mkdtemp(prefix="vss", dir="/tmp"))  # Ray's socket paths must stay short
+    ray_tmp = ray_tmp_dir("vss")
     env = {**os.environ, **SWEEP_SECRETS, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0",
            "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)

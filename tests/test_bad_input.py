@@ -11,13 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from _ray_guard import ray_tmp_dir
 from transformers import BertConfig, DINOv3ViTConfig, DINOv3ViTModel, ViTConfig
 
 from compress import load_compressed, prune_mlp_neurons, save_compressed
@@ -188,7 +188,7 @@ def _args(case: str, results: Path, cases) -> list[str]:
 def scripted(case_inputs):
     """Run SUBPROCESS_CASES through the script concurrently; return {case: (code, stderr, results, before)}."""
     tmp, cases = case_inputs
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": tempfile.mkdtemp(prefix="vsb", dir="/tmp")}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(ray_tmp_dir("vsb"))}
     env.pop("RAY_ADDRESS", None)
     procs = {}
     for case in SUBPROCESS_CASES:

@@ -5,10 +5,15 @@ The sweep is the session's tiny digits run through `python tune/run.py --wandb` 
 4 trials, `digits_sweep` in tests/conftest.py), started with the tokens in its environment; the
 end-to-end sweep tests read the same run. Every file under its results root is searched: raw
 bytes, plus the decoded contents of Parquet, SQLite and gzip files (which may compress or page
-their text), and Ray's own session logs.
+their text), and Ray's own session logs. Each token is looked for as written and as it reads
+inside base64 (standard or URL-safe, at any of the three byte alignments) and hex text: Ray
+puts configs base64-encoded into command lines and logs, and hex-encoded pickles into logs.
 """
 
+import base64
 import gzip
+import json
+import pickle
 import sqlite3
 from pathlib import Path
 
@@ -19,6 +24,27 @@ from _digits_sweep import SWEEP_SECRETS
 
 REPO = Path(__file__).resolve().parents[1]
 SECRETS = SWEEP_SECRETS
+
+
+def _encoded_forms(secret: bytes) -> list[bytes]:
+    """Return the byte strings that any text holding `secret` contains: the secret itself, its hex, and
+    for each alignment of its first byte in a base64 stream the characters that encode only its bits
+    (standard and URL-safe alphabets). With the secret at byte offset s of a 3-byte group, characters
+    ceil(8s/6) .. floor(8(s+n)/6) - 1 of base64(s zero bytes + secret) depend on the secret alone."""
+    forms = [secret, secret.hex().encode(), secret.hex().upper().encode()]
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + secret)
+        core = encoded[-(-8 * shift // 6):8 * (shift + len(secret)) // 6]
+        forms += [core, core.translate(bytes.maketrans(b"+/", b"-_"))]
+    return forms
+
+
+SECRET_FORMS = {name: _encoded_forms(secret.encode()) for name, secret in SECRETS.items()}
+
+
+def _secrets_in(content: bytes) -> list[str]:
+    """Return the names of the secrets `content` holds, as written or encoded."""
+    return [name for name, forms in SECRET_FORMS.items() if any(form in content for form in forms)]
 
 
 def _decoded(path: Path) -> bytes:
@@ -39,11 +65,25 @@ def _decoded(path: Path) -> bytes:
 def _files_holding_secrets(root: Path) -> dict[str, list[str]]:
     found = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
-        content = _decoded(path)
-        hits = [name for name, secret in SECRETS.items() if secret.encode() in content]
+        hits = _secrets_in(_decoded(path))
         if hits:
             found[str(path.relative_to(root))] = hits
     return found
+
+
+def test_the_search_finds_a_secret_in_base64_and_hex_at_any_alignment(tmp_path):
+    secret = SECRETS["WANDB_API_KEY"]
+    config = json.dumps({"env_vars": {"WANDB_API_KEY": secret}}).encode()
+    written = {"plain.log": config, "pickle-hex.log": b"state " + pickle.dumps(config).hex().encode()}
+    for pad in range(3):  # moves the secret through the three byte alignments of base64
+        blob = b" " * pad + config
+        written[f"b64-{pad}.log"] = b"--serialized-runtime-env=" + base64.b64encode(blob) + b" --x"
+        written[f"urlsafe-{pad}.log"] = b"token " + base64.urlsafe_b64encode(blob)
+    written["clean.log"] = base64.b64encode(json.dumps({"env_vars": {"WANDB_MODE": "offline"}}).encode())
+    for name, content in written.items():
+        (tmp_path / name).write_bytes(content)
+    expected = {name: ["WANDB_API_KEY"] for name in written if name != "clean.log"}
+    assert _files_holding_secrets(tmp_path) == expected
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +119,7 @@ def test_no_secret_in_any_file_under_the_results_folder(sweep):
 @pytest.mark.slow
 def test_no_secret_in_the_sweeps_stdout_or_stderr(sweep):
     proc = sweep[0]
-    assert not [name for name, secret in SECRETS.items() if secret in proc.stdout + proc.stderr]
+    assert _secrets_in((proc.stdout + proc.stderr).encode()) == []
 
 
 @pytest.mark.ray

@@ -10,14 +10,15 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 
 from _digits_sweep import run_cli
+from _ray_guard import ray_tmp_dir
 from compress import CompressionPlan, compress_model, load_compressed, save_compressed
 from trainables.evaluate import check_finite
 from trainables.model import build_classifier
@@ -116,7 +117,7 @@ def test_non_finite_metric_fails_naming_the_metric():
 @pytest.fixture(scope="module")
 def nan_sweep(results):
     """A one-trial digits sweep whose fine-tune diverges; returns (process, sweep folder)."""
-    ray_tmp = tempfile.mkdtemp(prefix="vsn", dir="/tmp")  # Ray's socket paths must stay short
+    ray_tmp = str(ray_tmp_dir("vsn"))
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     sets = [arg for key, value in {**TINY, **DIVERGING}.items() for arg in ("--set", f"{key}={value}")]
@@ -149,6 +150,10 @@ def test_diverging_trial_is_fail_in_optuna_with_a_fail_reason(nan_sweep):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_diverging_trial_is_not_on_the_front(nan_sweep):
+    # Reporting ran (trials.parquet lists every trial) and found no complete trial to put on a front.
+    trials = pd.read_parquet(nan_sweep[1] / "trials.parquet")
+    assert trials[["number", "state"]].values.tolist() == [[0, "FAIL"]]
+    assert trials["val_auroc"].isna().all()
     assert not (nan_sweep[1] / "pareto.csv").exists()
 
 

@@ -363,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.limit < 0 or args.resamples < 1:
         parser.error("--limit must be >= 0 and --resamples >= 1")
+    if args.json:
+        from trainables.writable import NotWritableError, check_writable_file
+
+        try:
+            check_writable_file(args.json)  # before minutes of scoring, not after
+        except NotWritableError as err:
+            parser.error(f"--json: {err}")
     model_dir = Path(args.model)
     try:
         cfg = _data_config(_export_config(model_dir), args.data, args.split, args.limit)
@@ -392,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                      "images": len(labels), "tta": bool(cfg.eval.tta), "bootstrap_resamples": args.resamples,
                      **result}
         target = Path(args.json)
+        target.parent.mkdir(parents=True, exist_ok=True)
         staging = target.with_name(f".{target.name}.partial")
         staging.write_text(json.dumps(described, indent=1))
         staging.replace(target)

@@ -26,6 +26,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from trainables.writable import NotWritableError, check_writable_folder
 from tune.study import CONFIG_ATTR, TUNE_TRIAL_ID_ATTR
 from tune.summary import _trial_flat_config, front_frame
 from tune.sweep import SweepSettings
@@ -105,6 +106,10 @@ def export_trial(settings: SweepSettings, study: optuna.Study, which: str, out: 
     destination = Path(out) if out is not None else default_out(settings, trial.number)
     if destination.exists():
         raise ExportError(f"{destination} already exists; remove it or pass another --out")
+    try:
+        check_writable_folder(destination.parent)
+    except NotWritableError as err:
+        raise ExportError(f"cannot write the export folder {destination}: {err}; pass another --out") from err
     flat = _trial_flat_config(settings, trial)
     context = TrialContext(results_dir=settings.results_dir, backend="local", show_progress=show_progress,
                            max_failures=settings.max_failures)

@@ -158,6 +158,19 @@ def _results_dir(text: str) -> str:
     return text if is_uri(text) else str(Path(text).expanduser().resolve())
 
 
+def _check_writable(folder: str | Path, flag: str, parser: argparse.ArgumentParser) -> None:
+    """Exit 2 with one line when the local folder a command will write to cannot be written (a URI is
+    left to the store)."""
+    from trainables.writable import NotWritableError, check_writable_folder
+
+    if is_uri(str(folder)):
+        return
+    try:
+        check_writable_folder(folder)
+    except NotWritableError as err:
+        parser.error(f"{flag}: {err}")
+
+
 def _check_local_inputs(flat: dict, parser: argparse.ArgumentParser, *, results_dir: str | None = None) -> None:
     """Exit 2 with one line naming the file when data or weights are missing or broken here.
 
@@ -308,6 +321,7 @@ def _debug_trial(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     from trainables.config import TrialConfig, parse_overrides
     from trainables.trial import TrialContext, format_metrics, run_trial
 
+    _check_writable(args.results_dir, "--results-dir", parser)
     preset = get_preset(args.preset or "digits")
     smoke = _smoke(preset) if args.smoke else None
     space = args.space or (smoke["space"] if smoke else preset.space)
@@ -354,13 +368,14 @@ def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if settings[0].objectives != settings[1].objectives:
         parser.error(f"--compare: sweeps {first!r} and {second!r} have different objectives "
                      f"({settings[0].objectives} vs {settings[1].objectives})")
+    out = settings[0].local_dir.parent / f"compare-{first}-{second}"
+    _check_writable(out, "--compare", parser)
     studies = {s.name: optuna.load_study(study_name=s.name, storage=_open_storage(s, parser)) for s in settings}
     objectives = settings[0].objectives
     if any(not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
            for study in studies.values()):
         parser.error("--compare: both sweeps need at least one complete trial")
     point = common_reference_point([reference_point(study, objectives) for study in studies.values()], objectives)
-    out = settings[0].local_dir.parent / f"compare-{first}-{second}"
     written = write_comparison(studies, objectives, point, out)
     print((out / "compare.md").read_text(encoding="utf-8"))
     print(f"results: {out}")
@@ -481,16 +496,20 @@ def main(argv: list[str] | None = None) -> int:
         return _compare(args, parser)
     if args.report:
         settings = _saved_settings(args.report, args, parser, "--report")
+        _check_writable(settings.local_dir, "--report", parser)
         return _finish(settings, _open_storage(settings, parser), args)
 
     from tune.sweep import run_tune
 
+    if not args.resume:
+        _check_writable(args.results_dir, "--results-dir", parser)
     _check_ray(args, parser)
     if args.resume:
         name = args.resume if isinstance(args.resume, str) else args.name
         if not name:
             parser.error("--resume needs the sweep's name: --resume NAME")
         settings = _saved_settings(name, args, parser, "--resume")
+        _check_writable(settings.local_dir, "--resume", parser)
         storage = _open_storage(settings, parser)
         from ray.tune import Tuner
 

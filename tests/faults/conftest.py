@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from _faultkit import FaultCluster, kill_leftovers, own_processes
+from _ray_guard import ray_tmp_dir
 
 
 _HERE = Path(__file__).resolve().parent
@@ -39,7 +39,7 @@ def fault_cluster(tmp_path_factory, s3_server):
     """
     from ray.cluster_utils import Cluster
 
-    ray_tmp = Path(tempfile.mkdtemp(prefix="vsf", dir="/tmp"))  # Ray's socket paths must stay short
+    ray_tmp = ray_tmp_dir("vsf")
     saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
     os.environ.update(RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     cluster = Cluster(initialize_head=True, shutdown_at_exit=False,

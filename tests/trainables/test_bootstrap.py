@@ -5,6 +5,7 @@ from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_sco
 from trainables.bootstrap import (
     metric_intervals,
     paired_deltas,
+    resampled_metrics,
     stratified_weights,
     verdict,
     weighted_metrics,
@@ -43,6 +44,25 @@ def test_stratified_resamples_keep_class_counts():
     weights = stratified_weights(labels, 50, np.random.default_rng(0))
     assert np.all(weights[:, labels == 1].sum(axis=1) == 40)
     assert np.all(weights[:, labels == 0].sum(axis=1) == 90)
+
+
+def test_intervals_and_paired_deltas_resample_within_each_class_when_positives_are_rare():
+    # 3 positives in 60: a plain resample draws none about 5% of the time (0.95^60), and an AUROC
+    # or AUPRC without positives is undefined, so only stratified resampling gives finite intervals.
+    labels, scores = _scores(n_pos=3, n_neg=57, shift=1.0)
+    intervals = metric_intervals(labels, scores)
+    assert all(np.isfinite(value) for value in intervals.values()), intervals
+    _, other = _scores(n_pos=3, n_neg=57, shift=1.0, seed=1)
+    deltas = paired_deltas(labels, scores, other)
+    assert all(np.isfinite(value) for value in deltas.values()), deltas
+
+
+def test_every_resample_keeps_the_class_counts_of_the_split():
+    # A model that calls every image negative is right on exactly n0 / n of a resample that
+    # keeps the class counts; a plain resample moves that share from row to row.
+    labels = np.r_[np.ones(10, int), np.zeros(30, int)]
+    resampled = resampled_metrics(labels, [np.zeros(40)], resamples=200)
+    assert np.all(resampled["accuracy"] == 30 / 40)
 
 
 @pytest.mark.parametrize("shift", [0.8, 2.0])

@@ -221,6 +221,16 @@ def test_fingerprint_changes_when_a_label_changes(pcam_root, write_h5):
     assert data_fingerprint(pcam_root) != before
 
 
+@pytest.mark.parametrize("row", [0, 6, 11])  # the first, middle and last of 12 images
+def test_fingerprint_changes_when_one_pixel_of_a_sampled_image_changes(pcam_root, write_h5, row):
+    before = data_fingerprint(pcam_root)
+    x = read(split_path(pcam_root, "valid", "x"), "x")
+    labels = read(split_path(pcam_root, "valid", "y"), "y")
+    x[row, 3, 4, 1] ^= 1  # same shapes, dtypes, labels and file sizes: only the image differs
+    write_h5(pcam_root, "valid", x=x, labels=labels)
+    assert data_fingerprint(pcam_root) != before
+
+
 def test_fingerprint_of_missing_split_raises(pcam_root):
     os.remove(split_path(pcam_root, "test", "x"))
     with pytest.raises(FileNotFoundError, match="test"):

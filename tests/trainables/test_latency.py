@@ -107,11 +107,14 @@ def test_latency_result_is_consistent(model):
     assert result.throughput_img_s == pytest.approx(1000.0 / result.latency_ms)
 
 
-def test_latency_is_repeatable_enough_to_report(model):
+def test_latency_is_finite_and_positive_on_every_measurement(model):
     latencies_ms = [
         measure_latency(model, INPUT_SHAPE, warmup=1, repeats=3, batch_size=2).latency_ms for _ in range(3)
     ]
-    # Timing on a shared machine is not asserted; the coefficient of variation is logged.
+    # No repeatability bound holds on a loaded VM: on 2 cores shared with a digits sweep, five
+    # measurements of this model (5 runs of batch 2 each) spread up to 95x (max / min) at two
+    # threads and 7x at one, 1.2x-1.7x idle. The coefficient of variation is logged; comparable
+    # latencies are the re-timing pass's job (tune/retime.py).
     variation = statistics.stdev(latencies_ms) / statistics.mean(latencies_ms)
     logger.info("tiny model latency CV over 3 measurements: %.1f%%", 100 * variation)
     assert all(math.isfinite(value) and value > 0 for value in latencies_ms)

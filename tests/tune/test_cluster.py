@@ -15,7 +15,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 from _digits_sweep import TINY_SWEEP
+from _ray_guard import ray_tmp_dir
 
 import tune.run
 from tune.cluster import (
@@ -158,7 +158,7 @@ def head():
     # The README's test install includes the cluster extra, so a missing dashboard is a broken install.
     if missing_dashboard_modules():
         pytest.fail(f"the Jobs API needs Ray's dashboard: {CLUSTER_INSTALL}")
-    root = Path(tempfile.mkdtemp(prefix="vsj", dir="/tmp"))  # Ray's socket paths must stay short
+    root = ray_tmp_dir("vsj")
     token_path = root / "auth_token"
     token_path.write_text(secrets.token_hex(32))
     ports = {name: _free_port() for name in (

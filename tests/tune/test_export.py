@@ -169,6 +169,37 @@ def test_export_without_a_trial_or_with_export_flags_alone_exits_2(listed_sweep,
     assert caught.value.code == 2 and "--trial, --onnx: only valid with --export NAME" in capsys.readouterr().err
 
 
+def _unwritable_outs(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    outs = [tmp_path / "notes.txt" / "trial-0"]
+    return outs + ([Path("/proc/x")] if sys.platform.startswith("linux") else [])
+
+
+def test_an_unwritable_out_exits_2_naming_it_before_the_trial_is_rebuilt(listed_sweep, tmp_path, capsys,
+                                                                         monkeypatch):
+    def rebuild(*args, **kwargs):
+        raise AssertionError("the export rebuilt the trial before checking --out")
+
+    monkeypatch.setattr("trainables.trial.build_trial_model", rebuild)
+    for out in _unwritable_outs(tmp_path):
+        with pytest.raises(SystemExit) as caught:
+            _export(listed_sweep, "--trial", "0", "--out", str(out))
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert caught.value.code == 2 and f"cannot write the export folder {out}: " in line, line
+        assert line.endswith("; pass another --out")
+
+
+def test_an_unwritable_json_exits_2_naming_it_before_scoring(tmp_path, capsys):
+    from trainables.evaluate import main as evaluate_main
+
+    for target in _unwritable_outs(tmp_path):
+        with pytest.raises(SystemExit) as caught:  # the model is missing too: the --json check comes first
+            evaluate_main(["--model", str(tmp_path / "none"), "--data", str(tmp_path), "--split", "valid",
+                           "--json", str(target / "valid.json")])
+        line = capsys.readouterr().err.splitlines()[-1]
+        assert caught.value.code == 2 and f"--json: {target / 'valid.json'}: " in line, line
+
+
 @pytest.mark.slow
 def test_an_interrupted_export_leaves_nothing_at_the_destination(sweep, tmp_path, monkeypatch):
     def fail(*args, **kwargs):

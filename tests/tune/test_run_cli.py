@@ -191,3 +191,16 @@ def test_tunes_experiment_folder_is_under_the_sweep_locally_and_on_an_object_sto
     assert tune_experiment_path(str(tmp_path), "s") == (str(tmp_path / "s" / "tune"), None)
     path, fs = tune_experiment_path(s3_server.uri("prefix"), "s")
     assert path == "vitsweep-results/prefix/s/tune" and fs.type_name == "s3"
+
+
+@pytest.mark.parametrize("mode", [[], ["--debug-trial"]], ids=["sweep", "debug-trial"])
+def test_an_unwritable_results_dir_exits_2_naming_it_before_any_work(tmp_path, capsys, monkeypatch, mode):
+    def work(*args, **kwargs):
+        raise AssertionError("the CLI started work before checking --results-dir")
+
+    monkeypatch.setattr("tune.run._new_settings", work)
+    monkeypatch.setattr("tune.run._check_local_inputs", work)
+    (tmp_path / "notes.txt").write_text("x")
+    results = tmp_path / "notes.txt" / "results"
+    line = _error(capsys, "--results-dir", str(results), *mode)
+    assert line.endswith(f"--results-dir: {results}: {tmp_path / 'notes.txt'} is not a folder")

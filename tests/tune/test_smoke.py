@@ -2,10 +2,10 @@
 
 import os
 import shutil
-import tempfile
 
 import pytest
 from _digits_sweep import finish_cli, start_cli, stop_cli
+from _ray_guard import ray_tmp_dir
 
 from tune.presets import PRESETS
 from tune.smoke import smoke_overrides
@@ -73,7 +73,7 @@ def smoke_runs(tmp_path_factory):
         for name in SMOKE_PRESETS:
             folder = tmp_path_factory.mktemp(name)
             # Ray's socket paths must stay under 107 bytes: a short folder of its own, not tmp_path.
-            ray_tmps.append(tempfile.mkdtemp(prefix="vs-smoke-", dir="/tmp"))
+            ray_tmps.append(str(ray_tmp_dir("vs-smoke-")))
             # --no-retime: the pass that rebuilds and re-times both ViT-S/16 models (about 30 s
             # here) is the digits sweep's code path too, and tests/tune/test_sweep.py checks it there.
             started[name] = (start_cli({**base, "RAY_TMPDIR": ray_tmps[-1]}, "--preset", name, "--smoke",

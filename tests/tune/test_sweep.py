@@ -7,11 +7,11 @@ too. All sweeps here share its results root, so only its first trial pretrains a
 """
 
 import io
+import itertools
 import json
 import os
 import pickle
-import subprocess
-import tempfile
+import struct
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +20,9 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from _dashboard import brute_force_front, start_dashboard
 from _digits_sweep import TINY_SWEEP, run_cli
+from _ray_guard import ray_tmp_dir
 
 from tune.callbacks import ProgressLog, finished_trial_ids, format_trial_line
 from tune.summary import reference_point
@@ -39,7 +41,7 @@ def results(digits_sweep):
 
 @pytest.fixture(scope="module")
 def env():
-    ray_tmp = tempfile.mkdtemp(prefix="vsr", dir="/tmp")  # Ray's socket paths must stay short
+    ray_tmp = str(ray_tmp_dir("vsr"))
     environment = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_USAGE_STATS_ENABLED": "0",
                    "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     environment.pop("WANDB_API_KEY", None)
@@ -149,19 +151,53 @@ def test_sweep_evaluates_seed_first(results, sweep4):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_sweep_writes_reports(results, sweep4):
-    for name in ("pareto.md", "pareto.csv", "trials.parquet", "hypervolume.csv", "hypervolume.png",
-                 "pareto_val_auroc__params.png"):
-        assert (results / "four" / name).is_file(), name
+    for name in ("pareto.md", "pareto.csv", "trials.parquet", "hypervolume.csv"):
+        assert (results / "four" / name).stat().st_size > 0, name
+    for name in ("hypervolume.png", "pareto_val_auroc__params.png"):
+        assert (results / "four" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def _brute_force_front(study: optuna.Study) -> set[int]:
-    """Return the numbers of the COMPLETE trials that no other COMPLETE trial dominates."""
-    signs = [-1.0 if d == optuna.study.StudyDirection.MAXIMIZE else 1.0 for d in study.directions]
-    losses = {t.number: [s * v for s, v in zip(signs, t.values)]
-              for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
-    return {number for number, mine in losses.items()
-            if not any(all(o <= m for o, m in zip(other, mine)) and any(o < m for o, m in zip(other, mine))
-                       for other in losses.values())}
+@pytest.mark.ray
+@pytest.mark.slow
+def test_trials_parquet_holds_every_trial_with_the_studys_state_and_values(results, sweep4):
+    study = _study(results, "four")
+    trials = pd.read_parquet(results / "four" / "trials.parquet")
+    assert trials["number"].tolist() == [t.number for t in study.trials]
+    assert trials["state"].tolist() == [t.state.name for t in study.trials]
+    assert trials[[n for n, _ in OBJECTIVES]].values.tolist() == [t.values for t in study.trials]
+
+
+def _hypervolume_by_inclusion_exclusion(points: np.ndarray, reference: np.ndarray) -> float:
+    """Volume (all objectives minimised) that the points dominate up to `reference`: the sum over
+    non-empty subsets S of (-1)^(|S|+1) times the box between S's worst corner and the reference."""
+    total = 0.0
+    for size in range(1, len(points) + 1):
+        for subset in itertools.combinations(points, size):
+            total += (-1) ** (size + 1) * np.prod(np.clip(reference - np.max(subset, axis=0), 0, None))
+    return float(total)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_hypervolume_history_is_the_volume_of_the_first_n_trials(results, sweep4):
+    study = _study(results, "four")
+    signs = np.array([-1.0 if mode == "max" else 1.0 for _, mode in OBJECTIVES])
+    point = reference_point(study, OBJECTIVES)
+    losses = np.array([t.values for t in study.trials]) * signs
+    expected = [_hypervolume_by_inclusion_exclusion(losses[:n + 1], np.array([point[k] for k, _ in OBJECTIVES]) * signs)
+                for n in range(len(losses))]
+    history = pd.read_csv(results / "four" / "hypervolume.csv")
+    assert history["number"].tolist() == [t.number for t in study.trials]
+    assert history["hypervolume"].tolist() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_pareto_md_lists_the_rows_of_pareto_csv(results, sweep4):
+    table = pd.read_csv(results / "four" / "pareto.csv")
+    rows = [line.split("|")[1:3] for line in (results / "four" / "pareto.md").read_text().splitlines()
+            if line.startswith(("| reference ", "| front "))]
+    assert [(role.strip(), int(number)) for role, number in rows] == list(zip(table["role"], table["number"]))
 
 
 def _front_numbers(pareto_csv: Path) -> list[int]:
@@ -184,7 +220,7 @@ def test_reports_front_is_every_non_dominated_complete_trial(tmp_path):
         else:
             study.tell(trial, [float(v) for v in rng.integers(0, 4, size=3)])
     write_reports(study, tmp_path, [("values_0", "max"), ("values_1", "min"), ("values_2", "min")])
-    expected = _brute_force_front(study)
+    expected = brute_force_front(study)
     assert 1 < len(expected) < 48
     assert _front_numbers(tmp_path / "pareto.csv") == sorted(expected)
 
@@ -232,8 +268,8 @@ def test_dashboard_serves_the_study_the_sweep_wrote(results, sweep4):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     args = shlex.split(printed)
-    args[args.index("--port") + 1] = str(port)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert args[0] == "optuna-dashboard" and args[args.index("--host") + 1] == "127.0.0.1"
+    proc = start_dashboard(args[1], port)  # the printed storage URL, served by this interpreter's package
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -255,7 +291,7 @@ def test_dashboard_serves_the_study_the_sweep_wrote(results, sweep4):
     served = {t["number"]: t for t in detail["trials"]}
     assert sorted(served) == [t.number for t in study.trials]
     assert all(served[t.number]["values"] == t.values for t in study.trials)
-    assert {t["number"] for t in detail["best_trials"]} == _brute_force_front(study)
+    assert {t["number"] for t in detail["best_trials"]} == brute_force_front(study)
     assert {"device", "latency_ms_spread", "config"} <= {a["key"] for a in served[0]["user_attrs"]}
 
 
@@ -285,20 +321,86 @@ def test_sweep_prints_front_and_dashboard_command(sweep4):
     assert "| front |" in sweep4.stdout and "optuna-dashboard sqlite:///" in sweep4.stdout
 
 
+def _wandb_records(path: Path):
+    """Yield the protobuf records of an offline W&B run file: a 7-byte header, then LevelDB's log format
+    (32 KiB blocks; each record a 7-byte header, crc32 / length / type, and its bytes, split across blocks
+    as FIRST, MIDDLE..., LAST)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, header = path.read_bytes(), 32768, 7
+    assert data[:4] == b":W&B", path
+    position, pending = header, b""
+    while position + header <= len(data):
+        left = block - position % block
+        if left < header:  # a block's tail too short for a header is padding
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + header])
+        if (length, kind) == (0, 0):
+            position += left
+            continue
+        chunk = data[position + header:position + header + length]
+        position += header + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+
+
+def _wandb_run(folder: Path) -> tuple[dict, dict]:
+    """Return (config, summary) of an offline W&B run folder, values decoded from JSON."""
+    config, summary = {}, {}
+    (path,) = folder.glob("*.wandb")
+    for record in _wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+        elif kind == "summary":
+            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.summary.update})
+    return config, summary
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_sweep_logs_each_trial_and_front_to_wandb_offline(results, sweep4):
-    runs = list((results / "four" / "wandb" / "wandb").glob("offline-run-*"))
+    runs = sorted((results / "four" / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 5  # 4 trials + the Pareto table
+    number_of = dict(zip(pd.read_parquet(results / "four" / "trials.parquet")["tune_trial_id"],
+                         pd.read_parquet(results / "four" / "trials.parquet")["number"]))
+    logged, tables = {}, []
+    for run in runs:
+        config, summary = _wandb_run(run)
+        if "trial_id" in config:
+            logged[number_of[config["trial_id"]]] = summary
+        else:
+            tables += list(run.glob("files/media/table/pareto_front_*.table.json"))
+    assert sorted(logged) == sorted(number_of.values())
+    pareto = pd.read_csv(results / "four" / "pareto.csv")
+    for _, row in pareto.iterrows():  # what each trial's run logged is what the front reports
+        summary = logged[int(row["number"])]
+        assert summary["val_auroc"] == pytest.approx(row["val_auroc"], rel=1e-12)
+        assert summary["params"] == row["params"]
+        assert summary["latency_ms"] == pytest.approx(row["latency_ms_sweep"], rel=1e-12)
+    (table,) = tables
+    logged_front = json.loads(table.read_text())
+    logged_front = pd.DataFrame(logged_front["data"], columns=logged_front["columns"])
+    columns = ["role", "number", "val_auroc", "params", "latency_ms"]
+    pd.testing.assert_frame_equal(logged_front[columns], pareto[columns], check_dtype=False)
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_report_rebuilds_reports(results, env, sweep4):
-    (results / "four" / "pareto.md").unlink()
+    # The same study, stored predictions and retime.csv: the rebuilt reports equal the sweep's.
+    rebuilt = ("pareto.md", "pareto.csv", "hypervolume.csv")
+    original = {name: (results / "four" / name).read_text() for name in rebuilt}
+    for name in rebuilt:
+        (results / "four" / name).unlink()
     proc = _cli(env, "--results-dir", str(results), "--report", "four", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (results / "four" / "pareto.md").is_file()
+    assert {name: (results / "four" / name).read_text() for name in rebuilt} == original
 
 
 @pytest.mark.ray
