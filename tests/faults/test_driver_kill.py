@@ -89,6 +89,18 @@ def _read(results: str, *parts: str) -> bytes:
         return handle.read()
 
 
+def _in_process(args: list[str]) -> int:
+    """Run `python tune/run.py ARGS` in this process; leave no Ray connection behind for later modules."""
+    import ray
+
+    from tune.run import main
+
+    try:
+        return main(args)
+    finally:
+        ray.shutdown()
+
+
 def _complete(resumed) -> list:
     return [t for t in load_study(None, NAME, resumed["storage"]).trials if t.state == State.COMPLETE]
 
@@ -179,24 +191,22 @@ def test_reports_in_the_bucket_equal_the_drivers(resumed):
 
 def test_export_reads_the_sweep_from_the_bucket_through_aws_endpoint_url(resumed, s3_server, tmp_path):
     from compress import load_compressed
-    from tune.run import main
-
     plain = f"s3://{s3_server.bucket}/driver-kill"  # the endpoint comes from AWS_ENDPOINT_URL
-    rc = main(["--export", NAME, "--trial", "reference", "--results-dir", plain,
-               "--storage", resumed["storage"], "--out", str(tmp_path / "ref")])
+    rc = _in_process(["--export", NAME, "--trial", "reference", "--results-dir", plain,
+                      "--storage", resumed["storage"], "--out", str(tmp_path / "ref")])
     reference = next(t for t in _complete(resumed) if t.number == 0)
     model = load_compressed(tmp_path / "ref")
     assert rc == 0 and sum(p.numel() for p in model.parameters()) == reference.values[1]
 
 
 def test_report_retimes_and_scores_the_front_on_test_from_the_bucket(resumed, fault_cluster, monkeypatch):
-    from tune.run import main
-
     monkeypatch.chdir(fault_cluster.results)  # the driver's copy of the reports lands in ./results/<name>/
-    rc = main(["--report", NAME, "--retime", "--retime-rounds", "3", "--final-eval",
-               "--results-dir", resumed["results"], "--storage", resumed["storage"]])
+    rc = _in_process(["--report", NAME, "--retime", "--retime-rounds", "3", "--final-eval",
+                      "--results-dir", resumed["results"], "--storage", resumed["storage"]])
     final = pd.read_csv(io.BytesIO(_read(resumed["results"], NAME, "final_eval.csv")))
     retimed = pd.read_csv(io.BytesIO(_read(resumed["results"], NAME, "retime.csv")))
     front = pd.read_csv(io.BytesIO(_read(resumed["results"], NAME, "pareto.csv")))
-    assert rc == 0 and set(front["number"]) == set(final["number"])
+    # final_eval scores the Pareto-optimal trials by their study values; pareto.csv may also list
+    # the reference and front points judged on re-timed latencies
+    assert rc == 0 and 0 in set(final["number"]) and set(final["number"]) <= set(front["number"])
     assert final["test_auroc"].between(0, 1).all() and set(front["number"]) <= set(retimed["number"])
