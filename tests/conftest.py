@@ -15,6 +15,7 @@ the suite's own, whose session folders lie under the temporary folders this sess
 
 import os
 import shutil
+import sys
 import time
 from types import SimpleNamespace
 
@@ -47,6 +48,20 @@ def ray_folders_of_this_session(tmp_path_factory):
     register_root(tmp_path_factory.getbasetemp())
     yield
     shutil.rmtree(DEFAULT_RAY_TMPDIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_connection_left_behind():
+    """Fail a module that leaves this test process connected to Ray, and disconnect it.
+
+    A later module's `ray.init` would otherwise fail ("Maybe you called ray.init twice") far from
+    the module that caused it.
+    """
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("this module left the test process connected to Ray (disconnected now)")
 
 
 @pytest.fixture(scope="module", autouse=True)
