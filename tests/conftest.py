@@ -34,20 +34,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Object-store clients in every process the suite starts (Ray's included) never look for real
 # credentials: with none, the AWS SDK would ask the EC2 metadata address, which is not a test host.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-# A Ray a test starts without a RAY_TMPDIR of its own still lives under a folder of this session.
-DEFAULT_RAY_TMPDIR = ray_tmp_dir("vsd")
-os.environ["RAY_TMPDIR"] = str(DEFAULT_RAY_TMPDIR)
 
 LEFT_BEHIND_GRACE_S = 15  # what ray.shutdown() and a head's teardown may take to finish
 
 
 @pytest.fixture(scope="session", autouse=True)
 def ray_folders_of_this_session(tmp_path_factory):
-    """Count Ray processes under pytest's basetemp (`ray.init(_temp_dir=tmp_path)`) as the suite's;
-    remove the default RAY_TMPDIR at the end."""
+    """Count Ray processes under pytest's basetemp (`ray.init(_temp_dir=tmp_path)`) as the suite's, and
+    give a Ray that a test starts without a RAY_TMPDIR of its own a registered one (removed at the end)."""
     register_root(tmp_path_factory.getbasetemp())
+    default, saved = ray_tmp_dir("vsd"), os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(default)
     yield
-    shutil.rmtree(DEFAULT_RAY_TMPDIR, ignore_errors=True)
+    if saved is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = saved
+    shutil.rmtree(default, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
