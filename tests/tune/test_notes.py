@@ -42,7 +42,8 @@ def _drop(labels, scores, positives, negatives_above):
 @pytest.fixture
 def old_sweep(tmp_path, monkeypatch):
     """A finished sweep as written before recommendations: reference 0; 1 drops AUROC by 0.001 (inside the
-    default margin) at half the size; 2 drops it by 0.027 at a third. Its study has a user's own note."""
+    default margin) at half the size; 2 drops it by 0.027 at a third; 3 is dominated. Its study has a
+    user's own note."""
     labels, ref = _scores()
     scores = {0: ref, 1: _drop(labels, ref, 1, 18), 2: _drop(labels, ref, 5, 100)}
     settings = SweepSettings(name=NAME, results_dir=str(tmp_path), storage_url=None, preset="digits",
@@ -54,7 +55,8 @@ def old_sweep(tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([name for name, _ in OBJECTIVES])
-    for number, (params, latency) in enumerate([(1000.0, 2.0), (500.0, 1.5), (300.0, 1.0)]):
+    scores[3] = scores[2]  # dominated by 2: as accurate, larger, slower
+    for number, (params, latency) in enumerate([(1000.0, 2.0), (500.0, 1.5), (300.0, 1.0), (800.0, 1.8)]):
         study.add_trial(optuna.trial.create_trial(
             values=[roc_auc_score(labels, scores[number]), params, latency],
             user_attrs={"latency_ms_lo": latency * 0.98, "latency_ms_hi": latency * 1.02},
@@ -150,3 +152,12 @@ def test_margin_with_export_exits_2(capsys):
     with pytest.raises(SystemExit) as caught:
         run_main(["--export", "x", "--trial", "recommended", "--margin", "val_auroc=0.01"])
     assert caught.value.code == 2 and "--margin: only valid with a sweep" in capsys.readouterr().err
+
+
+def test_a_point_an_earlier_report_marked_loses_its_mark_when_off_the_front(old_sweep):
+    study = _study(old_sweep)
+    handle = optuna.trial.Trial(study, study.trials[3]._trial_id)
+    save_note(handle, replace_section("", "On the Pareto front of the last report; ..."))
+    study.set_user_attr("front_trials", [3])
+    _report(old_sweep)
+    assert _trial_note(_study(old_sweep), 3) == ""
