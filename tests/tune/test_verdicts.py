@@ -146,3 +146,8 @@ def test_prefer_must_be_a_cost_objective_of_the_sweep():
     assert parse_margins(["val_auroc=0.01"], OBJECTIVES) == {"val_auroc": 0.01}
     with pytest.raises(ValueError, match="--prefer val_auroc: not a cost objective"):
         parse_prefer("val_auroc", OBJECTIVES)
+
+
+def test_a_point_that_saves_nothing_is_not_recommended():
+    recommended, line = recommend(_front([(1, -0.001, 1000.0, 10.0, "tie", "tie")]), OBJECTIVES)
+    assert recommended is None and line.endswith("closest: trial 1: better on no cost objective.")
