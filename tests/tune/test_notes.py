@@ -161,3 +161,23 @@ def test_a_point_an_earlier_report_marked_loses_its_mark_when_off_the_front(old_
     study.set_user_attr("front_trials", [3])
     _report(old_sweep)
     assert _trial_note(_study(old_sweep), 3) == ""
+
+
+def test_the_wandb_pareto_run_gets_the_verdict_table_and_the_recommendation(old_sweep, monkeypatch):
+    import sys
+    import types
+
+    from tune.callbacks import log_front_to_wandb
+    from tune.reports import verdict_table
+
+    logged, summary = {}, {}
+    run = types.SimpleNamespace(log=logged.update, summary=summary, finish=lambda: None)
+    fake = types.SimpleNamespace(init=lambda **kwargs: run, Table=lambda dataframe: dataframe)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    _report(old_sweep)
+    front = pd.read_csv(old_sweep.local_dir / "pareto.csv")
+    log_front_to_wandb(front, NAME, old_sweep.local_dir, verdicts=verdict_table(front, OBJECTIVES),
+                       answer=(old_sweep.local_dir / "answer.md").read_text())
+    assert logged["verdicts"]["recommended"].tolist() == ["", "", "yes", ""]
+    assert summary["recommendation"].startswith("Recommended: trial 1")
+    assert summary["dominance"].startswith("None of 2 front points")
