@@ -2,11 +2,12 @@
 
 The study note gets answer.md (the recommendation, the dominance headline, the rule and the
 verdict table); each front point gets a trial note with its verdicts, the recommended one
-marked first, and the reference one that says so. Optuna refuses to change a finished trial, user attributes included, so the
-marks are trial notes (optuna-dashboard shows them on the trial's page and keeps them in
-the study's system attributes); the study's user attributes front_trials,
-recommended_trial and recommendation say the same to programs (--export --trial recommended).
-A note keeps what a user wrote in it: only the part between BEGIN and END is this module's.
+marked first, and the reference one that says so. Optuna refuses to change a finished
+trial, user attributes included, so the marks are trial notes (optuna-dashboard shows them
+on the trial's page and keeps them in the study's system attributes); the study's user
+attributes front_trials, recommended_trial and recommendation say the same to programs
+(--export --trial recommended). A note keeps what a user wrote in it: only the part between
+BEGIN and END is this module's.
 """
 
 from __future__ import annotations

@@ -407,7 +407,8 @@ def write_reports(
     rule = _decision_rule(objectives, margins, prefer)
     written["answer.md"] = atomic_write(
         out_dir / "answer.md",
-        lambda temp: temp.write_text("\n".join([*answer, "", rule, "", markdown_table(verdict_table(table, objectives))])),
+        lambda temp: temp.write_text("\n".join([*answer, "", rule, "",
+                                                 markdown_table(verdict_table(table, objectives))])),
     )
     lines = [
         *answer,
