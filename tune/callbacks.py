@@ -227,8 +227,12 @@ def wandb_callback(group: str, local_dir: Path, excludes: Iterable[str] = ()) ->
                                mode=mode, dir=str(wandb_dir))
 
 
-def log_front_to_wandb(table, group: str, local_dir: Path) -> str:
-    """Log the Pareto table (a pandas DataFrame) as a wandb.Table in its own run; return the run's mode."""
+def log_front_to_wandb(table, group: str, local_dir: Path, verdicts=None, answer: str = "") -> str:
+    """Log the Pareto table (a pandas DataFrame) as a wandb.Table in its own run; return the run's mode.
+
+    `verdicts` (tune.reports.verdict_table) is logged as a second table, and the first lines of
+    `answer` (answer.md: the recommendation, then the dominance headline) go into the run's summary.
+    """
     import wandb
 
     wandb_dir = local_dir / "wandb"
@@ -238,6 +242,12 @@ def log_front_to_wandb(table, group: str, local_dir: Path) -> str:
                      mode=mode, dir=str(wandb_dir), reinit="create_new")
     try:
         run.log({"pareto_front": wandb.Table(dataframe=table.astype(object).where(table.notna(), None))})
+        if verdicts is not None:
+            run.log({"verdicts": wandb.Table(dataframe=verdicts.astype(str))})
+        lines = [line for line in answer.splitlines() if line.strip()]
+        if lines:
+            run.summary["recommendation"] = lines[0]
+            run.summary["dominance"] = lines[1] if len(lines) > 1 else ""
     finally:
         run.finish()
     return mode

@@ -34,6 +34,7 @@ from tune.sweep import SweepSettings
 log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
+RECOMMENDED = "recommended"
 PARITY_IMAGES = 16
 ONNX_TOLERANCE = 1e-4
 RELOAD_TOLERANCE = 1e-6
@@ -66,8 +67,8 @@ def default_out(settings: SweepSettings, number: int) -> Path:
 
 def find_trial(study: optuna.Study, settings: SweepSettings,
                which: str) -> tuple[optuna.trial.FrozenTrial, str, bool]:
-    """Return (the COMPLETE trial `which` names: a number or 'reference'; its role: reference, front
-    or dominated; whether it is on the front)."""
+    """Return (the COMPLETE trial `which` names: a number, 'reference' or 'recommended' (the last
+    report's recommendation, tune.notes); its role: reference, front or dominated; whether it is on the front)."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     table = front_frame(settings, study)
     rows = list(zip(table["number"].astype(int), table["role"])) if not table.empty else []
@@ -79,11 +80,20 @@ def find_trial(study: optuna.Study, settings: SweepSettings,
             raise ExportError(f"sweep {settings.name!r} has no complete reference trial (the seed "
                               "configuration); pass --trial N with a trial number from pareto.md")
         number = reference[0]
+    elif which == RECOMMENDED:
+        from tune.notes import recorded_recommendation
+
+        number, line = recorded_recommendation(study)
+        if line is None:
+            raise ExportError(f"sweep {settings.name!r} records no recommendation (its reports predate it); run "
+                              f"python tune/run.py --report {settings.name} first")
+        if number is None:
+            raise ExportError(f"sweep {settings.name!r} has no recommended point: {line}")
     else:
         try:
             number = int(which)
         except ValueError:
-            raise ExportError(f"--trial must be a trial number (as in pareto.md) or 'reference', "
+            raise ExportError(f"--trial must be a trial number (as in pareto.md), 'reference' or 'recommended', "
                               f"got {which!r}") from None
     if number not in trials:
         span = f"0..{max(trials)}" if trials else "none"

@@ -21,7 +21,10 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from trainables.storage import atomic_write
-from tune.verdicts import LATENCY_TIE_FRACTION, add_deltas, add_verdicts, headline
+from tune.verdicts import (
+    LATENCY_TIE_FRACTION, QUALITY_MARGINS, add_deltas, add_noninferiority, add_verdicts, headline, parse_prefer,
+    quality_objectives, recommend,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +193,7 @@ def front_table(
     reference: pd.Series | None,
     extra_columns: Sequence[str] = (),
     predictions: Callable[[pd.Series], Any] | None = None,
+    margins: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Return the front, best first by the first objective, with the reference row, deltas and verdicts.
 
@@ -197,7 +201,8 @@ def front_table(
     (<objective>_lo/_hi, where the trials carry one), then with a reference
     delta_<objective> = value - reference value, its interval and verdict_<objective>
     (tune.verdicts; `predictions(row)` gives the stored validation probabilities for the
-    paired bootstrap), then `extra_columns`.
+    paired bootstrap), noninferior_<metric> per quality objective (against `margins`, default
+    tune.verdicts.QUALITY_MARGINS), then `extra_columns`.
     """
     objectives = parse_objectives(objectives)
     first, first_mode = objectives[0]
@@ -214,11 +219,13 @@ def front_table(
             if f"delta_{name}" not in front.columns or front[f"delta_{name}"].isna().all():
                 front[f"delta_{name}"] = front[name] - float(reference[name])
         front = add_verdicts(add_deltas(front, objectives, predictions), objectives)
+        front = add_noninferiority(front, objectives, dict(margins or {}))
     leading = ["role", "number"]
     for name, _ in objectives:
         leading += [c for c in (name, f"{name}_lo", f"{name}_hi") if c in front.columns]
     deltas = [c for name, _ in objectives
-              for c in (f"delta_{name}", f"delta_{name}_lo", f"delta_{name}_hi", f"verdict_{name}")
+              for c in (f"delta_{name}", f"delta_{name}_lo", f"delta_{name}_hi", f"verdict_{name}",
+                        f"noninferior_{name}")
               if c in front.columns]
     extra = [c for c in extra_columns if c in front.columns and c not in leading + deltas]
     return front[leading + deltas + extra].reset_index(drop=True)
@@ -329,6 +336,8 @@ def write_reports(
     predictions: Callable[[pd.Series], Any] | None = None,
     retimed: pd.DataFrame | None = None,
     notes: Sequence[str] = (),
+    margins: Mapping[str, float] | None = None,
+    prefer: str | None = None,
 ) -> dict[str, Path]:
     """Write the sweep's reports into local folder `out_dir`; return {report name: path}.
 
@@ -340,7 +349,11 @@ def write_reports(
     validation predictions (paired AUROC intervals). With `retimed` (tune.retime's table)
     the front, its deltas, plots and front hypervolume use the re-timed latencies;
     trials.parquet and the hypervolume history keep the in-sweep ones. `notes` are lines
-    added under pareto.md's headline.
+    added under pareto.md's headline. `margins` (non-inferiority, per quality objective) and
+    `prefer` (the cost objective to minimise) choose the recommendation (tune.verdicts.recommend)
+    that opens pareto.md; pareto.csv marks it in column `recommended`. answer.md holds the
+    recommendation, the dominance headline, the rule and the verdict table (for the dashboard
+    note and W&B).
     """
     objectives = parse_objectives(objectives)
     out_dir = Path(out_dir)
@@ -366,7 +379,11 @@ def write_reports(
             reference = candidates[candidates["number"] == reference["number"]].iloc[0]
     param_names = sorted({name for trial in study.get_trials(deepcopy=False) for name in trial.params})
     extra = (["latency_ms_sweep"] if use_retimed else []) + param_names
-    table = front_table(candidates, objectives, reference, extra_columns=extra, predictions=predictions)
+    margins = {**{n: QUALITY_MARGINS[n] for n in quality_objectives(objectives)}, **(margins or {})}
+    table = front_table(candidates, objectives, reference, extra_columns=extra, predictions=predictions,
+                        margins=margins)
+    recommended, recommendation = recommend(table, objectives, margins, prefer)
+    table.insert(2, "recommended", (table["role"] == "front") & (table["number"] == recommended))
     written["pareto.csv"] = atomic_write(
         out_dir / "pareto.csv", lambda temp: table.to_csv(temp, index=False)
     )
@@ -382,8 +399,19 @@ def write_reports(
     front = table[table["role"] == "front"]
     front_volume = front_hypervolume(table, objectives, reference_point)
     title = f"# Pareto front of study {study.study_name!r}\n\n"
-    lines = [
+    answer = [
+        recommendation if reference is not None else "No reference trial: no recommendation.",
+        "",
         headline(table, objectives) if reference is not None else "No reference trial: no verdicts.",
+    ]
+    rule = _decision_rule(objectives, margins, prefer)
+    written["answer.md"] = atomic_write(
+        out_dir / "answer.md",
+        lambda temp: temp.write_text("\n".join([*answer, "", rule, "",
+                                                 markdown_table(verdict_table(table, objectives))])),
+    )
+    lines = [
+        *answer,
         "",
         f"{len(complete)} complete of {len(df)} trials; {len(front)} on the front "
         f"({', '.join(f'{n} {m}' for n, m in objectives)}); hypervolume of the front and the "
@@ -392,6 +420,7 @@ def write_reports(
         "(deltas paired on the same images), latency over timing rounds; verdicts compare each point "
         "with the reference (better / worse / tie; params and gflops are exact counts; latency "
         f"differences under {LATENCY_TIE_FRACTION:.0%} of the reference count as ties).",
+        rule,
         *notes,
     ]
     if use_retimed:
@@ -425,6 +454,29 @@ def write_reports(
     return written
 
 
+def _decision_rule(objectives: Objectives, margins: Mapping[str, float], prefer: str | None) -> str:
+    """Return pareto.md's line stating the non-inferiority margins and the recommendation's rule."""
+    stated = ", ".join(f"{name} {margins[name]:g}" for name in quality_objectives(objectives))
+    quality = (f"non-inferior (the paired 95% interval of the difference stays above -margin; margins {stated}, "
+               "--margin METRIC=VALUE) on every quality objective, " if stated else "")
+    prefer = parse_prefer(prefer, objectives)
+    rule = f"the lowest {prefer} first (--prefer)" if prefer else "none: no cost objective"
+    return (f"The recommended point is {quality}better than the reference on at least one cost objective and "
+            f"worse on none; among those, {rule}.")
+
+
+def verdict_table(table: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
+    """Return the front table's decision columns for Markdown: role, number, recommended, and per objective
+    the value, the difference to the reference with its interval, the verdict and non-inferiority."""
+    shown = _display(table, objectives)
+    keep = ["role", "number"] + [c for c in shown.columns
+                                 if c.split(" ", 1)[-1] in dict(objectives) and c not in ("role", "number")]
+    out = shown[keep].copy()
+    if "recommended" in table.columns:
+        out.insert(2, "recommended", table["recommended"].map(lambda v: "yes" if str(v) == "True" else ""))
+    return out
+
+
 def _display(table: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
     """Return the table for Markdown: each value and difference with its interval in one cell."""
 
@@ -445,8 +497,11 @@ def _display(table: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
             out[f"Δ {name}"] = [with_interval(r.get(f"delta_{name}"), r.get(f"delta_{name}_lo"),
                                               r.get(f"delta_{name}_hi")) for _, r in table.iterrows()]
             out[f"verdict {name}"] = table[f"verdict_{name}"]
+        if f"noninferior_{name}" in table.columns:
+            out[f"non-inferior {name}"] = table[f"noninferior_{name}"].map(
+                lambda v: "" if v is None or v != v else "yes" if v else "no")
     for column in table.columns:
-        if column not in out.columns and not column.startswith(("delta_", "verdict_")) \
+        if column not in out.columns and not column.startswith(("delta_", "verdict_", "noninferior_")) \
                 and not any(column in (n, f"{n}_lo", f"{n}_hi") for n, _ in objectives):
             out[column] = table[column]
     return out

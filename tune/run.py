@@ -119,11 +119,20 @@ def make_parser() -> argparse.ArgumentParser:
                              "1-2 min each on 2 idle cores); off by default")
     parser.add_argument("--replicates-front", type=int, default=0, metavar="K",
                         help="with --replicates: also replicate the K best front points by the first objective")
+    parser.add_argument("--margin", action="append", default=None, metavar="METRIC=VALUE",
+                        help="non-inferiority margin of a quality objective for the recommendation (repeatable; "
+                             "a report-time choice, so --report NAME --margin ... re-answers): a point is "
+                             "non-inferior when its paired 95%% interval of the difference to the reference stays "
+                             "above -VALUE; defaults val_auroc=0.005, val_auprc=0.01, val_accuracy=0.01")
+    parser.add_argument("--prefer", default=None, metavar="OBJECTIVE",
+                        help="cost objective the recommendation minimises among the qualifying front points "
+                             "(params, latency_ms, ...); default the sweep's first cost objective")
     parser.add_argument("--export", metavar="NAME", default=None,
                         help="export one trial of the finished sweep NAME (with --trial) as a folder that "
                              "compress.load_compressed loads: weights, structure, config, metrics, model card")
     parser.add_argument("--trial", default=None, metavar="N",
-                        help="with --export: the Optuna trial number as in pareto.md, or 'reference'")
+                        help="with --export: the Optuna trial number as in pareto.md, 'reference', or "
+                             "'recommended' (the point the last report recommended)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="with --export: the folder to write (must not exist); default "
                              "<results-dir>/<NAME>/export/trial-<N>")
@@ -427,7 +436,19 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-def _finish(settings: SweepSettings, storage, args: argparse.Namespace) -> int:
+def _decision(args: argparse.Namespace, settings: SweepSettings,
+              parser: argparse.ArgumentParser) -> tuple[dict[str, float], str | None]:
+    """Return (non-inferiority margins, preferred cost objective) from --margin/--prefer for this sweep's objectives."""
+    from tune.verdicts import parse_margins, parse_prefer
+
+    try:
+        return parse_margins(args.margin or [], settings.objectives), parse_prefer(args.prefer, settings.objectives)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def _finish(settings: SweepSettings, storage, args: argparse.Namespace,
+            decision: tuple[dict[str, float], str | None]) -> int:
     import optuna
 
     from tune.callbacks import log_front_to_wandb
@@ -446,7 +467,8 @@ def _finish(settings: SweepSettings, storage, args: argparse.Namespace) -> int:
 
         replicated = run_replicates(settings, study, args.replicates, args.replicates_front)
         print(f"replicates: {settings.local_dir / 'replicates.md'}")
-    written = build_reports(settings, study, retimed, replicated)
+    margins, prefer = decision
+    written = build_reports(settings, study, retimed, replicated, margins=margins, prefer=prefer)
     url = settings.storage_url or default_storage_url(settings.results_dir, settings.name)
     print_summary(settings, study, counts, written, url)
     if args.final_eval:
@@ -455,7 +477,12 @@ def _finish(settings: SweepSettings, storage, args: argparse.Namespace) -> int:
     if args.wandb and "pareto.csv" in written:
         import pandas as pd
 
-        mode = log_front_to_wandb(pd.read_csv(written["pareto.csv"]), settings.name, settings.local_dir)
+        from tune.reports import verdict_table
+
+        front = pd.read_csv(written["pareto.csv"])
+        mode = log_front_to_wandb(front, settings.name, settings.local_dir,
+                                  verdicts=verdict_table(front, settings.objectives),
+                                  answer=written["answer.md"].read_text(encoding="utf-8"))
         print(f"W&B ({mode}): Pareto table logged to project vitsweep, group {settings.name}")
     return 0
 
@@ -474,6 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     export_only = [f"--{name}" for name in ("trial", "out", "onnx") if getattr(args, name)]
     if export_only and not args.export:
         parser.error(f"{', '.join(export_only)}: only valid with --export NAME")
+    report_only = [f"--{name}" for name in ("margin", "prefer") if getattr(args, name)]
+    if report_only and (args.export or args.debug_trial or args.compare):
+        parser.error(f"{', '.join(report_only)}: only valid with a sweep, --resume NAME or --report NAME "
+                     "(--export --trial recommended takes the last report's recommendation)")
     if is_uri(args.results_dir):
         if not (args.storage or modes):
             parser.error(f"--results-dir {args.results_dir} is not a local folder, so the study "
@@ -497,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         settings = _saved_settings(args.report, args, parser, "--report")
         _check_writable(settings.local_dir, "--report", parser)
-        return _finish(settings, _open_storage(settings, parser), args)
+        decision = _decision(args, settings, parser)
+        return _finish(settings, _open_storage(settings, parser), args, decision)
 
     from tune.sweep import run_tune
 
@@ -509,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         if not name:
             parser.error("--resume needs the sweep's name: --resume NAME")
         settings = _saved_settings(name, args, parser, "--resume")
+        decision = _decision(args, settings, parser)
         _check_writable(settings.local_dir, "--resume", parser)
         storage = _open_storage(settings, parser)
         from ray.tune import Tuner
@@ -520,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("--wandb on --resume: W&B logging follows the original run's setting")
     else:
         settings = _new_settings(args, parser)
+        decision = _decision(args, settings, parser)
         try:
             exists = sweep_exists(settings.results_dir, settings.name, None)
         except OSError as err:
@@ -556,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if closed:
             print(f"marked Optuna trials {closed} FAIL: asked by the killed driver, never run by Tune")
-        return _finish(settings, storage, args)
+        return _finish(settings, storage, args, decision)
     finally:
         ray.shutdown()
 

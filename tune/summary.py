@@ -107,12 +107,16 @@ def retime_notes(retimed: pd.DataFrame | None) -> list[str]:
 
 
 def build_reports(settings: SweepSettings, study: optuna.Study,
-                  retimed: pd.DataFrame | None = None, replicated: pd.DataFrame | None = None) -> dict[str, Path]:
-    """Write the reports into the sweep's local folder (and copy them to a URI results root).
+                  retimed: pd.DataFrame | None = None, replicated: pd.DataFrame | None = None,
+                  margins: dict[str, float] | None = None, prefer: str | None = None) -> dict[str, Path]:
+    """Write the reports into the sweep's local folder (and copy them to a URI results root); put the answer
+    (answer.md) into the study's optuna-dashboard note and mark the front on its trials (tune.notes).
 
     `retimed` is the re-timing pass's table (tune.retime); the front then uses its latencies.
     `replicated` is tune.replicates' table; pareto.md then states the seed-to-seed spread.
+    `margins` and `prefer` choose the recommendation (tune.verdicts.recommend).
     """
+    from tune.notes import publish_answer
     from tune.replicates import replicate_notes
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -122,7 +126,11 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
                                 reference_point=reference_point(study, settings.objectives),
                                 predictions=predictions_loader(settings), retimed=retimed,
                                 notes=retime_notes(retimed if "latency_ms" in settings.metric_names else None)
-                                + replicate_notes(replicated, settings.metric_names[0]))
+                                + replicate_notes(replicated, settings.metric_names[0]),
+                                margins=margins, prefer=prefer)
+    if "answer.md" in written:
+        publish_answer(study, written["answer.md"].read_text(encoding="utf-8"), pd.read_csv(written["pareto.csv"]),
+                       settings.objectives)
     written.update(write_spectra(study, settings.local_dir, settings.objectives, settings.base,
                                  settings.results_dir))
     if is_uri(settings.results_dir):

@@ -15,6 +15,11 @@ Where each interval comes from:
 A latency difference (either kind) smaller than LATENCY_TIE_FRACTION of the reference's
 value is a tie even when its interval excludes zero: timing one configuration twice moves
 it that much.
+
+Non-inferiority (quality objectives only): a point is non-inferior on a metric it maximises
+when the lower end of the paired 95% interval of its difference to the reference exceeds
+-margin (on a metric it minimises: the upper end is below +margin). Margins default to
+QUALITY_MARGINS and are a report-time choice (--margin NAME=VALUE).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ EXACT_OBJECTIVES = frozenset({"params", "gflops", "params_ratio"})
 LATENCY_OBJECTIVES = frozenset({"latency_ms", "latency_rel"})
 LATENCY_TIE_FRACTION = 0.05
 REFERENCE = "reference"
+# The largest drop of a quality objective still called "non-inferior". Conventions, not measured
+# here: 0.005 AUROC as issue #29 proposes, 0.01 (one point) for AUPRC and accuracy; --margin overrides.
+QUALITY_MARGINS = {"val_auroc": 0.005, "val_auprc": 0.01, "val_accuracy": 0.01}
+COST_OBJECTIVES = frozenset({"params", "gflops", "params_ratio", "latency_ms", "latency_rel", "throughput_img_s"})
 
 
 def _exact_verdict(delta: float, mode: str) -> str:
@@ -159,3 +168,158 @@ def headline(table: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> str:
     parts = ", ".join(_describe(closest, ref, name) for name, _ in objectives)
     return (f"None of {len(front)} front points dominates the reference (trial {int(ref['number'])}) "
             f"with 95% confidence on every objective; closest: trial {int(closest['number'])}: {parts}.")
+
+
+def quality_objectives(objectives: Sequence[tuple[str, str]]) -> list[str]:
+    """Return the objectives judged by non-inferiority (those with a paired interval), in order."""
+    return [name for name, _ in objectives if name in QUALITY_MARGINS]
+
+
+def cost_objectives(objectives: Sequence[tuple[str, str]]) -> list[str]:
+    """Return the objectives that measure what a model costs (size, compute, time), in order."""
+    return [name for name, _ in objectives if name in COST_OBJECTIVES]
+
+
+def parse_margins(items: Sequence[str], objectives: Sequence[tuple[str, str]]) -> dict[str, float]:
+    """Return {quality objective: margin}: QUALITY_MARGINS, replaced by each "NAME=VALUE" of `items` (--margin)."""
+    quality = quality_objectives(objectives)
+    margins = {name: QUALITY_MARGINS[name] for name in quality}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--margin expects METRIC=VALUE (e.g. val_auroc=0.005), got {item!r}")
+        if name not in quality:
+            raise ValueError(f"--margin {item}: {name!r} is not a quality objective of this sweep "
+                             f"(its quality objectives: {', '.join(quality) or 'none'})")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"--margin {item}: the margin must be a number in [0, 1), got {text!r}")
+        margins[name] = value
+    return margins
+
+
+def parse_prefer(name: str | None, objectives: Sequence[tuple[str, str]]) -> str | None:
+    """Return the cost objective the recommendation minimises (--prefer): `name`, else the sweep's first one."""
+    costs = cost_objectives(objectives)
+    if name is None:
+        return costs[0] if costs else None
+    if name not in costs:
+        raise ValueError(f"--prefer {name}: not a cost objective of this sweep "
+                         f"(its cost objectives: {', '.join(costs) or 'none'})")
+    return name
+
+
+def noninferior(lo: float, hi: float, mode: str, margin: float) -> bool | None:
+    """Return whether [lo, hi] (value - reference) stays within `margin` of the reference in the bad
+    direction: lo > -margin for "max", hi < margin for "min"; None without an interval."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return lo > -margin if mode == "max" else hi < margin
+
+
+def add_noninferiority(table: pd.DataFrame, objectives: Sequence[tuple[str, str]],
+                       margins: dict[str, float] | None = None) -> pd.DataFrame:
+    """Return `table` with noninferior_<metric> (True | False | None) for each quality objective."""
+    table = table.copy()
+    margins = {**QUALITY_MARGINS, **(margins or {})}
+    for name, mode in objectives:
+        if name not in QUALITY_MARGINS:
+            continue
+        lo = table.get(f"delta_{name}_lo", pd.Series(math.nan, index=table.index))
+        hi = table.get(f"delta_{name}_hi", pd.Series(math.nan, index=table.index))
+        table[f"noninferior_{name}"] = pd.Series(
+            [noninferior(float(a), float(b), mode, margins[name]) for a, b in zip(lo, hi)],
+            index=table.index, dtype=object)
+    return table
+
+
+def _signed(value: float, mode: str) -> float:
+    return value if mode == "min" else -value
+
+
+def _quality_part(row: pd.Series, name: str, margin: float) -> str:
+    lo, hi = float(row.get(f"delta_{name}_lo", math.nan)), float(row.get(f"delta_{name}_hi", math.nan))
+    return f"{name} {float(row[f'delta_{name}']):+.3f} [{lo:+.3f}, {hi:+.3f}] (margin {margin:g})"
+
+
+def _cost_part(row: pd.Series, ref: pd.Series, name: str) -> str:
+    word, delta = row[f"verdict_{name}"], float(row[f"delta_{name}"])
+    lo, hi = float(row.get(f"delta_{name}_lo", delta)), float(row.get(f"delta_{name}_hi", delta))
+    base = abs(float(ref[name]))
+    if base == 0:
+        return f"{delta:+.3g} {name} ({word})"
+    interval = f" [{100 * lo / base:+.0f}%, {100 * hi / base:+.0f}%]" if math.isfinite(lo) and lo != hi else ""
+    return f"{100 * delta / base:+.0f}% {name}{interval} ({word})"
+
+
+def _shortfalls(row: pd.Series, objectives: Sequence[tuple[str, str]], margins: dict[str, float]) -> list[str]:
+    """Return why `row` cannot be recommended (empty when it qualifies)."""
+    modes = dict(objectives)
+    reasons = []
+    for name in quality_objectives(objectives):
+        ok = row.get(f"noninferior_{name}")
+        if ok is None or (isinstance(ok, float) and math.isnan(ok)):
+            reasons.append(f"no paired interval on {name} (no stored predictions)")
+        elif not ok:
+            side = "below" if modes[name] == "max" else "above"
+            reasons.append(f"{_quality_part(row, name, margins[name])} reaches {side} the margin")
+    if not any(row[f"verdict_{name}"] == "better" for name in cost_objectives(objectives)):
+        reasons.append("better on no cost objective")
+    reasons += [f"worse on {name}" for name, _ in objectives
+                if name not in QUALITY_MARGINS and row[f"verdict_{name}"] == "worse"]
+    return reasons
+
+
+def recommend(table: pd.DataFrame, objectives: Sequence[tuple[str, str]], margins: dict[str, float] | None = None,
+              prefer: str | None = None) -> tuple[int | None, str]:
+    """Return (the recommended front point's trial number, or None; one line saying which and why, or why none).
+
+    A front point qualifies when it is non-inferior on every quality objective (noninferior_<metric>,
+    see add_noninferiority), better than the reference on at least one cost objective and worse on
+    no other objective. Among those the lowest `prefer` wins (a cost objective; default the sweep's
+    first), then the lowest other cost objectives in the sweep's order, then the lower trial number.
+    """
+    if table.empty or table["role"].iloc[0] != REFERENCE:
+        return None, "No reference row: no recommendation."
+    margins = {**QUALITY_MARGINS, **(margins or {})}
+    prefer = parse_prefer(prefer, objectives)
+    if prefer is None:
+        return None, "No recommendation: the sweep has no cost objective (params, latency_ms, ...) to save on."
+    if any(f"noninferior_{name}" not in table.columns for name in quality_objectives(objectives)):
+        table = add_noninferiority(table, objectives, margins)
+    ref = table.iloc[0]
+    front = table[(table["role"] != REFERENCE) & (table["number"] != ref["number"])]
+    if front.empty:
+        return None, f"No recommendation: the reference (trial {int(ref['number'])}) is the whole front."
+    modes = dict(objectives)
+    order = [prefer] + [name for name in cost_objectives(objectives) if name != prefer]
+    reasons = {index: _shortfalls(row, objectives, margins) for index, row in front.iterrows()}
+    qualifying = front[[not reasons[index] for index in front.index]]
+    quality = quality_objectives(objectives)
+    margin_text = ", ".join(f"{name} {margins[name]:g}" for name in quality) or "no quality objective"
+    if not qualifying.empty:
+        best = min(qualifying.iterrows(), key=lambda item: (
+            *(_signed(float(item[1][name]), modes[name]) for name in order), int(item[1]["number"])))[1]
+        parts = [f"non-inferior on {_quality_part(best, name, margins[name])}" for name in quality]
+        parts += [_cost_part(best, ref, name) for name, _ in objectives if name not in QUALITY_MARGINS]
+        return int(best["number"]), (
+            f"Recommended: trial {int(best['number'])}: {', '.join(parts)}; the lowest {prefer} of "
+            f"{len(qualifying)} qualifying front point{'s' if len(qualifying) != 1 else ''} (non-inferior on every "
+            f"quality objective, better on a cost objective, worse on none; --prefer {prefer}).")
+
+    def shortfall(item) -> tuple:
+        index, row = item
+        gap = 0.0
+        for name in quality:
+            lo, hi = float(row.get(f"delta_{name}_lo", math.nan)), float(row.get(f"delta_{name}_hi", math.nan))
+            bound = -lo - margins[name] if modes[name] == "max" else hi - margins[name]
+            gap += max(0.0, bound) if math.isfinite(bound) else math.inf
+        return (len(reasons[index]), gap, int(row["number"]))
+
+    index, closest = min(front.iterrows(), key=shortfall)
+    return None, (f"No recommendation: none of {len(front)} front points is non-inferior on every quality "
+                  f"objective (margins: {margin_text}), better on a cost objective and worse on none; closest: "
+                  f"trial {int(closest['number'])}: {'; '.join(reasons[index])}.")

@@ -112,3 +112,20 @@ def test_dashboard_pareto_front_is_the_brute_force_front(dashboard, finished_swe
     study = optuna.load_study(study_name="dash", storage=finished_sweep)
     assert brute_force_front(study) == {0, 1}
     assert {t["number"] for t in detail["best_trials"]} == brute_force_front(study)
+
+
+def test_dashboard_shows_the_reports_answer_in_the_study_note_and_marks_the_recommended_trial(dashboard,
+                                                                                               finished_sweep):
+    import pandas as pd
+
+    from tune.notes import publish_answer
+
+    study = optuna.load_study(study_name="dash", storage=finished_sweep)
+    table = pd.DataFrame({"role": ["reference", "front", "front"], "number": [0, 0, 1],
+                          "recommended": [False, False, True], "verdict_val_auroc": ["reference", "tie", "tie"]})
+    publish_answer(study, "Recommended: trial 1: the answer.\n\nNone of 1 front points dominates ...", table,
+                   [("val_auroc", "max")])
+    detail = _get_json(f"{dashboard}/api/studies/{_study_id(dashboard)}")
+    assert "Recommended: trial 1: the answer." in detail["note"]["body"]
+    notes = {t["number"]: t["note"]["body"] for t in detail["trials"]}
+    assert "**Recommended.**" in notes[1] and "The reference" in notes[0] and notes[2] == ""

@@ -161,7 +161,7 @@ def test_write_reports_writes_every_file_and_parquet_reads_back(tmp_path):
     objectives = [("auroc", "max"), ("params", "min"), ("latency_ms", "min")]
     written = write_reports(study, tmp_path, objectives,
                             reference_point={"auroc": 0.5, "params": 1000, "latency_ms": 20})
-    assert {"pareto.md", "pareto.csv", "trials.parquet", "hypervolume.csv", "hypervolume.png",
+    assert {"pareto.md", "pareto.csv", "answer.md", "trials.parquet", "hypervolume.csv", "hypervolume.png",
             "pareto_auroc__params.png", "pareto_auroc__latency_ms.png",
             "pareto_params__latency_ms.png"} == set(written)
     assert all(path.stat().st_size > 0 for path in written.values())
@@ -238,8 +238,8 @@ def test_a_top_auroc_gain_inside_the_interval_is_never_reported_as_dominating(tm
     assert top["delta_val_auroc"] > 0 and top["delta_val_auroc_lo"] <= 0 < top["delta_val_auroc_hi"]
     assert top["verdict_val_auroc"] == "tie"
     assert top["verdict_params"] == "better" and top["verdict_latency_ms"] == "better"
-    first_line = (tmp_path / "pareto.md").read_text().splitlines()[2]
-    assert first_line.startswith("None of") and "closest: trial 1: ties on val_auroc" in first_line
+    dominance_line = (tmp_path / "pareto.md").read_text().splitlines()[4]
+    assert dominance_line.startswith("None of") and "closest: trial 1: ties on val_auroc" in dominance_line
 
 
 def test_a_clearly_better_smaller_faster_point_is_reported_as_dominating(tmp_path):
@@ -254,7 +254,7 @@ def test_a_clearly_better_smaller_faster_point_is_reported_as_dominating(tmp_pat
     # trial 2 has the reference's predictions: delta exactly 0, a tie
     row2 = table[(table["number"] == 2) & (table["role"] == "front")].iloc[0]
     assert row2["delta_val_auroc"] == 0 and row2["verdict_val_auroc"] == "tie"
-    assert (tmp_path / "pareto.md").read_text().splitlines()[2].startswith("1 of 2 front points dominate")
+    assert (tmp_path / "pareto.md").read_text().splitlines()[4].startswith("1 of 2 front points dominate")
 
 
 def test_front_uses_retimed_latencies_and_keeps_the_sweep_ones(tmp_path):

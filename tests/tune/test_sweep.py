@@ -309,7 +309,8 @@ def test_front_has_intervals_verdicts_and_retimed_latency(results, sweep4):
     assert {"reference", "repeat"} <= set(retimed["role"]) and (retimed["rounds"] >= 5).all()
     ref = retimed[retimed["role"] == "reference"].iloc[0]
     assert table["latency_ms"].iloc[0] == pytest.approx(ref["latency_ms_retimed"])
-    headline = (results / "four" / "pareto.md").read_text().splitlines()[2]
+    recommendation, _, headline = (results / "four" / "pareto.md").read_text().splitlines()[2:5]
+    assert recommendation.startswith(("Recommended: trial", "No recommendation:"))
     assert "with 95% confidence on every objective" in headline
     trials = pd.read_parquet(results / "four" / "trials.parquet")
     assert {"val_auroc_lo", "latency_ms_lo", "latency_ms_hi", "outcome_key"} <= set(trials.columns)
