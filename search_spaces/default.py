@@ -5,7 +5,9 @@ Parameters as they appear in Optuna (and in the trial config), in suggestion ord
 - ``finetune.method``: categorical {head_only, lora, full}
 - ``finetune.lora_rank``: categorical {4, 8, 16, 32} and ``finetune.lora_mlp``: categorical
   {False, True} (LoRA on q/k/v/o, or on q/k/v/o + up/down), suggested only when method is lora
-- ``model.head``: categorical {linear, svd_taps} (keys the fine-tune cache, like the method)
+- ``model.head``: categorical {linear, svd_taps, mlp} (keys the fine-tune cache, like the method);
+  mlp is the DeiT log's 187,108-parameter head (compress.classifier.MLPHead), the svd_taps
+  classifier without its taps, so the two isolate what the taps add
 - ``compress.tau_heads``, ``compress.tau_mlp``, ``compress.tau_svd``: uniform [0.5, 1.0]
 - ``compress.svd_space``: categorical {raw, whitened}; when whitened, ``compress.svd_damping``:
   categorical {1e-8, 1e-6, 1e-4, 1e-2}, the damping of S + d * mean(diag S) * I before the
@@ -45,7 +47,7 @@ TABLE = Table((
     Param("finetune.method", categorical("head_only", "lora", "full")),   # reference: the preset's
     Param("finetune.lora_rank", categorical(4, 8, 16, 32), 8, when=("finetune.method", "lora")),
     Param("finetune.lora_mlp", categorical(False, True), False, when=("finetune.method", "lora")),
-    Param("model.head", categorical("linear", "svd_taps"), "linear"),
+    Param("model.head", categorical("linear", "svd_taps", "mlp"), "linear"),
     Param("compress.tau_heads", TAU, SEED_CONFIG["compress.tau_heads"]),
     Param("compress.tau_mlp", TAU, SEED_CONFIG["compress.tau_mlp"]),
     Param("compress.tau_svd", TAU, SEED_CONFIG["compress.tau_svd"]),

@@ -67,7 +67,7 @@ class ModelConfig:
     weights: str = ""                # "" = random init (then pretrain.epochs should be > 0), a directory or HF id
     pooling: str = "cls"
     num_classes: int = 2
-    head: str = "linear"             # "linear" or "svd_taps" (compress.svd_taps)
+    head: str = "linear"             # "linear", "mlp" (compress.classifier.MLPHead) or "svd_taps" (compress.svd_taps)
 
     def __post_init__(self):
         from trainables.model import BACKBONES, HEADS, POOLINGS
