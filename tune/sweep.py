@@ -195,6 +195,58 @@ def seed_config_points(space_name: str, base: Mapping[str, Any]) -> list[dict[st
     return seed_points(space_name, {**open_rows, **base})
 
 
+def training_stage_bound(space_name: str, base: Mapping[str, Any]) -> dict[str, int]:
+    """Return {"finetune": F, "prehab": P}: the most distinct fine-tune and prehab stages a sweep
+    over `space_name` on the trial config `base` can request, however many trials it runs.
+
+    F counts the distinct fine-tune keys (trainables.stages.finetune_key_config) over every
+    assignment of the space's TRAINING_ROWS["finetune"] (conditions respected, each row
+    categorical); the space's other rows do not key a fine-tune. A prehab stage is keyed by
+    its fine-tune and its own section, so P = F x (distinct prehab sections with lambda > 0
+    over the assignments of TRAINING_ROWS["prehab"]). A space without TRAINING_ROWS searches
+    no training key: F = 1, and P = 1 when base's prehab.lambda > 0, else 0.
+    """
+    import json
+
+    from search_spaces import config_values, load_table, training_rows
+    from trainables.config import TrialConfig
+    from trainables.stages import finetune_key_config
+
+    rows, table = training_rows(space_name), load_table(space_name)
+
+    def configs(names) -> list[TrialConfig]:
+        return [TrialConfig.from_flat({**base, **config_values(values)})
+                for values in _assignments(table.only(names) if names else None)]
+
+    finetunes = {json.dumps(finetune_key_config(cfg), sort_keys=True, default=str)
+                 for cfg in configs(rows.get("finetune", ()))}
+    prehabs = {json.dumps(dataclasses.asdict(cfg.prehab), sort_keys=True)
+               for cfg in configs(rows.get("prehab", ())) if cfg.prehab.enabled}
+    return {"finetune": len(finetunes), "prehab": len(finetunes) * len(prehabs)}
+
+
+def _assignments(table) -> list[dict[str, Any]]:
+    """Return every assignment of a table of categorical rows (a row is set only where its
+    condition holds; an off switch adds its constants); [{}] for no table."""
+    from optuna.distributions import CategoricalDistribution
+
+    partial: list[dict[str, Any]] = [{}]
+    for row in table or ():
+        if not isinstance(row.distribution, CategoricalDistribution):
+            raise ValueError(f"{row.name} keys a training stage but is not categorical: "
+                             "the stages a sweep requests would be unbounded")
+        grown = []
+        for values in partial:
+            if not row.applies(values):
+                grown.append(values)
+                continue
+            for choice in row.distribution.choices:
+                extra = dict(row.off) if row.off is not None and not choice else {}
+                grown.append({**values, **extra, row.name: choice})
+        partial = grown
+    return partial
+
+
 def check_space(name: str) -> None:
     """Raise ValueError naming the available spaces when `name` is not one of them."""
     from search_spaces import available_spaces
@@ -350,6 +402,6 @@ def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, r
 
 __all__ = [
     "OBJECTIVE_CHOICES", "SAMPLERS", "STUDY_DB_FILENAME", "SweepSettings", "build_base", "check_space", "make_searcher",
-    "make_trainable", "parse_objectives", "read_settings", "run_tune",
+    "make_trainable", "parse_objectives", "read_settings", "run_tune", "training_stage_bound",
     "sweep_exists", "tune_experiment_path", "write_settings",
 ]

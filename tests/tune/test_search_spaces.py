@@ -195,7 +195,8 @@ BEFORE = json.loads((Path(__file__).parent / "space_tables_before.json").read_te
 # Rows added since, each a knob: draws of a space that gained one differ (more suggestions).
 # Rows whose choices changed are left out of both sides too; a study stored before such a
 # change does not resume (Optuna refuses a categorical whose choices changed).
-ADDED = {"default": {"compress.svd_damping", "model.head"}}   # model.head: gained mlp
+ADDED = {"default": {"compress.svd_damping", "model.head",   # model.head: gained mlp
+                     "tokens.train_r_max", "tokens.train_alpha"}}
 PRESETS = [{}, {"finetune.method": "lora"}, {"finetune.method": "full", "tokens.r_max": 0.4, "tokens.alpha": 2.0},
            {"finetune.method": "lora", "finetune.lora_rank": 16, "model.head": "svd_taps", "eval.tta": "flips",
             "prehab.kind": "stable_rank", "tokens.train_from_epoch": "middle"}]
