@@ -171,6 +171,7 @@ def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) ->
         TrialConfig.from_flat(base).check_applicable(overrides)
     for point in seed_config_points(space_name, base):
         TrialConfig.from_flat({**base, **config_values(point)})
+    check_training_starts(space_name, TrialConfig.from_flat(base).finetune.epochs)
     data = base.get("data.root")
     if data and not is_uri(str(data)):
         # Trials run with another working directory; relative data paths would break there.
@@ -193,6 +194,22 @@ def seed_config_points(space_name: str, base: Mapping[str, Any]) -> list[dict[st
     open_rows = {row.name: defaults[row.name] for row in load_table(space_name).rows
                  if row.reference is None and row.name in defaults}
     return seed_points(space_name, {**open_rows, **base})
+
+
+def check_training_starts(space_name: str, epochs: int) -> None:
+    """Raise ValueError (one line) when space `space_name` can ask to prune tokens while fine-tuning
+    from an epoch after the fine-tune's last (`epochs`): every such trial would be refused."""
+    from search_spaces import load_table
+
+    for row in load_table(space_name):
+        if row.name != "tokens.train_from_epoch":
+            continue
+        late = [choice for choice in getattr(row.distribution, "choices", ())
+                if isinstance(choice, int) and choice > epochs]
+        if late:
+            raise ValueError(f"space {space_name!r} prunes tokens while fine-tuning from epoch {max(late)} "
+                             f"(tokens.train_from_epoch), but the fine-tune has finetune.epochs={epochs}: "
+                             f"--set finetune.epochs={max(late)} or more, or choose a space without it")
 
 
 def training_stage_bound(space_name: str, base: Mapping[str, Any]) -> dict[str, int]:
@@ -402,6 +419,6 @@ def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, r
 
 __all__ = [
     "OBJECTIVE_CHOICES", "SAMPLERS", "STUDY_DB_FILENAME", "SweepSettings", "build_base", "check_space", "make_searcher",
-    "make_trainable", "parse_objectives", "read_settings", "run_tune", "training_stage_bound",
+    "make_trainable", "parse_objectives", "read_settings", "run_tune", "check_training_starts", "training_stage_bound",
     "sweep_exists", "tune_experiment_path", "write_settings",
 ]

@@ -104,3 +104,21 @@ def test_the_sweep_prints_the_bound_before_it_starts(tmp_path, capsys, monkeypat
               "--num-samples", "12"])
     assert ("training stages space default can request: at most 150 fine-tunes and 8400 prehab stages"
             in capsys.readouterr().out)
+
+
+def test_a_space_that_prunes_while_training_after_the_last_epoch_is_refused_with_one_line(monkeypatch):
+    import search_spaces.compress_only as compress_only
+    from search_spaces.default import TOKENS_ON, TRAIN_R_MAX
+
+    # the notes' start (5) beside 0 and middle; a schedule row so that every draw is a valid config
+    rows = compress_only.TABLE.rows + (
+        Param("tokens.train_from_epoch", categorical(0, "middle", 5), 0, when=TOKENS_ON),
+        Param("tokens.train_r_max", TRAIN_R_MAX, when=("tokens.train_from_epoch", 5)))
+    monkeypatch.setattr(compress_only, "TABLE", Table(rows))
+    notes = build_base(PRESETS["digits"], {"finetune.epochs": 5}, "compress_only")
+    assert notes["finetune.epochs"] == 5
+    with pytest.raises(ValueError) as refused:
+        build_base(PRESETS["pcam-local"], {}, "compress_only")
+    assert str(refused.value) == (
+        "space 'compress_only' prunes tokens while fine-tuning from epoch 5 (tokens.train_from_epoch), but the "
+        "fine-tune has finetune.epochs=1: --set finetune.epochs=5 or more, or choose a space without it")
