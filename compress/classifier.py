@@ -1,4 +1,4 @@
-"""The classifier every trial trains and exports: a DINOv3 ViT backbone with a head (linear or svd_taps).
+"""The classifier every trial trains and exports: a DINOv3 ViT backbone with a head (linear, mlp or svd_taps).
 
 It lives in `compress` so that a saved model (compress.save_compressed) can be rebuilt by
 `compress.load_compressed` alone, without the training code in `trainables`.
@@ -12,17 +12,41 @@ import torch
 from torch import nn
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-from compress.svd_taps import SVDTapsHead, tap_layers
+from compress.svd_taps import TAP_DROPOUT, SVDTapsHead, tap_layers
 from compress.tokens import keep_schedule, token_pruning_settings
 
 POOLINGS = ("cls", "mean", "cls+mean")
-HEADS = ("linear", "svd_taps")
+HEADS = ("linear", "mlp", "svd_taps")
+MLP_DROPOUT = TAP_DROPOUT
+
+
+class MLPHead(nn.Sequential):
+    """The DeiT log's MLP head: Linear(in, d) -> GELU -> LayerNorm(d) -> Dropout(0.1) -> Linear(d, classes).
+
+    It is the svd_taps classifier without the tap spectra, so svd_taps against mlp isolates
+    what the taps add. Parameters: in d + d (first Linear) + 2d (LayerNorm) + d classes +
+    classes (last Linear); on the CLS token of ViT-S/16 (in = d = 384) with 100 classes,
+    147,456 + 384 + 768 + 38,400 + 100 = 187,108, the log's count. Without a LayerNorm,
+    385 h + 100 h + 100 = 187,108 has no integer width h; with one of width 384 (before or
+    after the hidden layer) h = 384; this one takes the svd_taps classifier's order.
+    """
+
+    def __init__(self, in_features: int, hidden_size: int, num_classes: int):
+        super().__init__(
+            nn.Linear(in_features, hidden_size),
+            nn.GELU(),
+            nn.LayerNorm(hidden_size),
+            nn.Dropout(MLP_DROPOUT),
+            nn.Linear(hidden_size, num_classes),
+        )
+        self.in_features, self.out_features = in_features, num_classes
 
 
 class ViTClassifier(nn.Module):
     """A DINOv3 ViT backbone with a head on pooled features; forward returns logits.
 
-    head="linear": one Linear on the pooled features. head="svd_taps": compress.svd_taps'
+    head="linear": one Linear on the pooled features. head="mlp": MLPHead on the pooled
+    features (the DeiT log's baseline head). head="svd_taps": compress.svd_taps'
     classifier on the pooled features and the spectra of the patch tokens at four depths
     (with token pruning on, each tap sees the tokens kept at its depth).
     """
@@ -42,9 +66,11 @@ class ViTClassifier(nn.Module):
         self.head_type = head
         hidden = backbone.config.hidden_size
         width = hidden * (2 if pooling == "cls+mean" else 1)
+        self.taps: list[int] = []
         if head == "linear":
-            self.taps: list[int] = []
             self.head = nn.Linear(width, num_classes)
+        elif head == "mlp":
+            self.head = MLPHead(width, hidden, num_classes)
         else:
             self.taps = tap_layers(backbone.config.num_hidden_layers)
             self.head = SVDTapsHead(width, hidden, num_classes, len(self.taps))
@@ -85,19 +111,19 @@ class ViTClassifier(nn.Module):
 
     def head_inputs(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Return what `classify` reads: pooled features, with the tap spectra appended for svd_taps."""
-        if self.head_type == "linear":
+        if self.head_type != "svd_taps":
             return self.features(pixel_values)
         pooled, taps = self._pooled_and_taps(pixel_values)
         return torch.cat([pooled, self.head.tap_features(taps).to(pooled.dtype)], dim=-1)
 
     def classify(self, head_inputs: torch.Tensor) -> torch.Tensor:
         """Return logits from precomputed `head_inputs` (the trainable part of the head only)."""
-        if self.head_type == "linear":
+        if self.head_type != "svd_taps":
             return self.head(head_inputs)
         return self.head.classifier(head_inputs)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.head_type == "linear":
+        if self.head_type != "svd_taps":
             return self.head(self.features(pixel_values))
         pooled, taps = self._pooled_and_taps(pixel_values)
         return self.head(pooled, taps)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # optuna is imported by the space modules, not here: the CLI'
     from search_spaces._table import Table
 
 __all__ = ["SEED_CONFIG", "available_spaces", "config_values", "load_space", "load_table", "searched_keys",
-           "seed_points"]
+           "seed_points", "training_rows"]
 
 SpaceFn = Callable[["optuna.Trial"], "dict[str, Any] | None"]
 
@@ -45,6 +45,11 @@ def _space_module(name: str):
 def load_table(name: str) -> Table:
     """Return the table of the space called `name`."""
     return _space_module(name).TABLE
+
+
+def training_rows(name: str) -> dict[str, tuple[str, ...]]:
+    """Return {training stage: the rows of space `name` that key it} ({} for a space that searches none)."""
+    return dict(getattr(_space_module(name), "TRAINING_ROWS", {}))
 
 
 def load_space(name: str) -> SpaceFn:

@@ -67,7 +67,7 @@ class ModelConfig:
     weights: str = ""                # "" = random init (then pretrain.epochs should be > 0), a directory or HF id
     pooling: str = "cls"
     num_classes: int = 2
-    head: str = "linear"             # "linear" or "svd_taps" (compress.svd_taps)
+    head: str = "linear"             # "linear", "mlp" (compress.classifier.MLPHead) or "svd_taps" (compress.svd_taps)
 
     def __post_init__(self):
         from trainables.model import BACKBONES, HEADS, POOLINGS
@@ -243,15 +243,31 @@ TRAIN_FROM_MIDDLE = "middle"        # tokens.train_from_epoch: the fine-tune's m
 
 @dataclass(frozen=True)
 class TokensConfig(TokenPlan):
-    """Token pruning (compress.TokenPlan) and, for training, the fine-tune epoch it starts from."""
+    """Token pruning (compress.TokenPlan) and, for training, the fine-tune epoch it starts from
+    and the schedule it trains with."""
 
-    # 0 = inference only; k >= 1 = the fine-tune's forwards prune from its epoch k (1-based) on.
-    # The flat value "middle" means finetune.epochs // 2 + 1 (from_flat resolves it).
+    # 0 = inference only; k >= 1 = the fine-tune's forwards prune from its epoch k (1-based) on
+    # (the token-pruning notes: 5, after epoch 4). The flat value "middle" means
+    # finetune.epochs // 2 + 1 (from_flat resolves it).
     train_from_epoch: int = 0
+    # The schedule the fine-tune prunes with; 0 = the inference one (tokens.r_max, tokens.alpha).
+    # A search takes them from a small grid, so training-pruned trials share fine-tunes while
+    # the inference r_max and alpha stay continuous: the fine-tune key holds these, never those.
+    # keyed_when_set: at 0 they leave the keys stored before they existed valid.
+    train_r_max: float = keyed_when_set(0.0)
+    train_alpha: float = keyed_when_set(0.0)
 
     def __post_init__(self):
         super().__post_init__()
         _at_least("tokens.train_from_epoch", self.train_from_epoch, 0)
+        _fraction("tokens.train_r_max", self.train_r_max, closed_high=False)
+        _at_least("tokens.train_alpha", self.train_alpha, 0)
+
+    @property
+    def training_schedule(self) -> tuple[float, float]:
+        """Return (r_max, alpha) the fine-tune prunes with: train_r_max and train_alpha, each
+        falling back to the inference value where it is 0."""
+        return self.train_r_max or self.r_max, self.train_alpha or self.alpha
 
 
 @dataclass(frozen=True)
@@ -401,19 +417,25 @@ class TrialConfig:
     def _check_across_sections(self) -> None:
         """Raise ValueError for settings that contradict each other across sections."""
         start = self.tokens.train_from_epoch
-        if start > 0 and self.tokens.r_max == 0:
-            raise ValueError(f"tokens.train_from_epoch={start} prunes while fine-tuning, but tokens.r_max is 0 "
-                             "(no pruning); set tokens.r_max > 0 or tokens.train_from_epoch=0")
+        if start > 0 and self.tokens.training_schedule[0] == 0:
+            raise ValueError(f"tokens.train_from_epoch={start} prunes while fine-tuning, but tokens.r_max and "
+                             "tokens.train_r_max are 0 (no pruning); set one > 0 or tokens.train_from_epoch=0")
         if start > self.finetune.epochs:
             raise ValueError(f"tokens.train_from_epoch={start} is after the last fine-tune epoch "
                              f"(finetune.epochs={self.finetune.epochs}); use 0 (inference only) "
                              f"or 1..{self.finetune.epochs}")
 
     def finetune_key_fields(self) -> dict[str, Any]:
-        """Return what keys the fine-tune cache: the method's fields, and token pruning when it trains with it."""
+        """Return what keys the fine-tune cache: the method's fields, and token pruning when it trains
+        with it (its start epoch, fuse and the training schedule, in the record's old shape:
+        r_max and alpha are the schedule trained with, whichever fields gave them)."""
         fields = {"finetune": self.finetune.key_fields()}
         if self.tokens.train_from_epoch > 0:
-            fields["tokens"] = _key_record(self.tokens)
+            record = _key_record(self.tokens)
+            for name in ("train_r_max", "train_alpha"):
+                record.pop(name, None)
+            record["r_max"], record["alpha"] = self.tokens.training_schedule
+            fields["tokens"] = record
         return fields
 
     def recover_key_fields(self) -> dict[str, Any]:

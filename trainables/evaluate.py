@@ -353,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="the export folder")
     parser.add_argument("--data", required=True, help="folder holding <prefix>_split_<split>_{x,y}.h5")
     parser.add_argument("--split", required=True, choices=("valid", "test"))
-    parser.add_argument("--tta", choices=tuple(TTA_TRANSFORMS), default=None,
-                        help="test-time augmentation (default: the trial's own eval.tta)")
+    tta = parser.add_mutually_exclusive_group()
+    tta.add_argument("--tta", choices=tuple(TTA_TRANSFORMS), default=None,
+                     help="test-time augmentation: none, flips (4 views) or dihedral (8); "
+                          "default: the trial's own eval.tta")
+    tta.add_argument("--no-tta", dest="tta", action="store_const", const="none",
+                     help="no test-time augmentation (the same as --tta none)")
     parser.add_argument("--limit", type=int, default=0, help="score the first N images only (0 = all)")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the trial's run.device)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
@@ -389,14 +393,14 @@ def main(argv: list[str] | None = None) -> int:
         if name in intervals:
             result[f"{prefix}_{name}_lo"], result[f"{prefix}_{name}_hi"] = intervals[name]
     print(f"{model_dir} on {args.data} ({args.split}, {len(labels)} images, "
-          f"TTA {'on' if cfg.eval.tta else 'off'}, {device.type}):")
+          f"TTA {cfg.eval.tta}, {device.type}):")
     for name in INTERVAL_METRICS:
         if name in point:
             low, high = intervals[name]
             print(f"  {prefix}_{name:<16} {point[name]:.4f}  95% CI [{low:.4f}, {high:.4f}]")
     if args.json:
         described = {"model": str(model_dir), "data": str(args.data), "split": args.split,
-                     "images": len(labels), "tta": bool(cfg.eval.tta), "bootstrap_resamples": args.resamples,
+                     "images": len(labels), "tta": cfg.eval.tta, "bootstrap_resamples": args.resamples,
                      **result}
         target = Path(args.json)
         target.parent.mkdir(parents=True, exist_ok=True)

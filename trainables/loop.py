@@ -219,11 +219,12 @@ def train_loop(job: TrainJob, session: Session, penalty: Callable[[nn.Module], t
 
 
 def _set_training_pruning(model: nn.Module, cfg: TrialConfig, on: bool) -> None:
-    """Switch the trial's token-pruning schedule on or off in every backbone of the (wrapped) model."""
+    """Switch the trial's training token-pruning schedule on or off in every backbone of the (wrapped) model."""
     from compress import disable_token_pruning, enable_token_pruning
 
     if on:
-        enable_token_pruning(model, cfg.tokens.r_max, cfg.tokens.alpha, fuse=cfg.tokens.fuse)
+        r_max, alpha = cfg.tokens.training_schedule
+        enable_token_pruning(model, r_max, alpha, fuse=cfg.tokens.fuse)
     else:
         disable_token_pruning(model)
 

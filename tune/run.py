@@ -37,7 +37,7 @@ from search_spaces import SEED_CONFIG, available_spaces  # noqa: E402
 from tune.presets import PRESETS, get_preset  # noqa: E402
 from tune.sweep import (  # noqa: E402
     OBJECTIVE_CHOICES, SAMPLERS, STUDY_DB_FILENAME, SweepSettings, build_base, check_space, is_uri,
-    parse_objectives, read_settings, sweep_exists, tune_experiment_path, write_settings,
+    parse_objectives, read_settings, sweep_exists, training_stage_bound, tune_experiment_path, write_settings,
 )
 
 log = logging.getLogger("tune.run")
@@ -577,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{settings.num_samples} trials, {settings.max_concurrent} at once, sampler {settings.sampler}, "
           f"objectives {', '.join(f'{n}:{m}' for n, m in settings.objectives)}"
           + (" (resumed)" if resume else ""), flush=True)
+    bound = training_stage_bound(settings.space, settings.base)
+    print(f"training stages space {settings.space} can request: at most {bound['finetune']} fine-tunes and "
+          f"{bound['prehab']} prehab stages (each trained once, then shared through the cache)", flush=True)
     import ray
 
     from tune.stopping import InputMissing

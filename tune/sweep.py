@@ -171,6 +171,7 @@ def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) ->
         TrialConfig.from_flat(base).check_applicable(overrides)
     for point in seed_config_points(space_name, base):
         TrialConfig.from_flat({**base, **config_values(point)})
+    check_training_starts(space_name, TrialConfig.from_flat(base).finetune.epochs)
     data = base.get("data.root")
     if data and not is_uri(str(data)):
         # Trials run with another working directory; relative data paths would break there.
@@ -193,6 +194,74 @@ def seed_config_points(space_name: str, base: Mapping[str, Any]) -> list[dict[st
     open_rows = {row.name: defaults[row.name] for row in load_table(space_name).rows
                  if row.reference is None and row.name in defaults}
     return seed_points(space_name, {**open_rows, **base})
+
+
+def check_training_starts(space_name: str, epochs: int) -> None:
+    """Raise ValueError (one line) when space `space_name` can ask to prune tokens while fine-tuning
+    from an epoch after the fine-tune's last (`epochs`): every such trial would be refused."""
+    from search_spaces import load_table
+
+    for row in load_table(space_name):
+        if row.name != "tokens.train_from_epoch":
+            continue
+        late = [choice for choice in getattr(row.distribution, "choices", ())
+                if isinstance(choice, int) and choice > epochs]
+        if late:
+            raise ValueError(f"space {space_name!r} prunes tokens while fine-tuning from epoch {max(late)} "
+                             f"(tokens.train_from_epoch), but the fine-tune has finetune.epochs={epochs}: "
+                             f"--set finetune.epochs={max(late)} or more, or choose a space without it")
+
+
+def training_stage_bound(space_name: str, base: Mapping[str, Any]) -> dict[str, int]:
+    """Return {"finetune": F, "prehab": P}: the most distinct fine-tune and prehab stages a sweep
+    over `space_name` on the trial config `base` can request, however many trials it runs.
+
+    F counts the distinct fine-tune keys (trainables.stages.finetune_key_config) over every
+    assignment of the space's TRAINING_ROWS["finetune"] (conditions respected, each row
+    categorical); the space's other rows do not key a fine-tune. A prehab stage is keyed by
+    its fine-tune and its own section, so P = F x (distinct prehab sections with lambda > 0
+    over the assignments of TRAINING_ROWS["prehab"]). A space without TRAINING_ROWS searches
+    no training key: F = 1, and P = 1 when base's prehab.lambda > 0, else 0.
+    """
+    import json
+
+    from search_spaces import config_values, load_table, training_rows
+    from trainables.config import TrialConfig
+    from trainables.stages import finetune_key_config
+
+    rows, table = training_rows(space_name), load_table(space_name)
+
+    def configs(names) -> list[TrialConfig]:
+        return [TrialConfig.from_flat({**base, **config_values(values)})
+                for values in _assignments(table.only(names) if names else None)]
+
+    finetunes = {json.dumps(finetune_key_config(cfg), sort_keys=True, default=str)
+                 for cfg in configs(rows.get("finetune", ()))}
+    prehabs = {json.dumps(dataclasses.asdict(cfg.prehab), sort_keys=True)
+               for cfg in configs(rows.get("prehab", ())) if cfg.prehab.enabled}
+    return {"finetune": len(finetunes), "prehab": len(finetunes) * len(prehabs)}
+
+
+def _assignments(table) -> list[dict[str, Any]]:
+    """Return every assignment of a table of categorical rows (a row is set only where its
+    condition holds; an off switch adds its constants); [{}] for no table."""
+    from optuna.distributions import CategoricalDistribution
+
+    partial: list[dict[str, Any]] = [{}]
+    for row in table or ():
+        if not isinstance(row.distribution, CategoricalDistribution):
+            raise ValueError(f"{row.name} keys a training stage but is not categorical: "
+                             "the stages a sweep requests would be unbounded")
+        grown = []
+        for values in partial:
+            if not row.applies(values):
+                grown.append(values)
+                continue
+            for choice in row.distribution.choices:
+                extra = dict(row.off) if row.off is not None and not choice else {}
+                grown.append({**values, **extra, row.name: choice})
+        partial = grown
+    return partial
 
 
 def check_space(name: str) -> None:
@@ -350,6 +419,6 @@ def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, r
 
 __all__ = [
     "OBJECTIVE_CHOICES", "SAMPLERS", "STUDY_DB_FILENAME", "SweepSettings", "build_base", "check_space", "make_searcher",
-    "make_trainable", "parse_objectives", "read_settings", "run_tune",
+    "make_trainable", "parse_objectives", "read_settings", "run_tune", "check_training_starts", "training_stage_bound",
     "sweep_exists", "tune_experiment_path", "write_settings",
 ]

@@ -108,7 +108,8 @@ def test_train_from_epoch_middle_is_the_finetunes_middle_epoch():
 
 
 @pytest.mark.parametrize("flat,match", [
-    ({"tokens.train_from_epoch": 1}, "tokens.r_max is 0"),
+    ({"tokens.train_from_epoch": 1}, "tokens.r_max and tokens.train_r_max are 0"),
+    ({"tokens.r_max": 0.5, "tokens.train_r_max": 1.0, "tokens.train_from_epoch": 1}, r"tokens.train_r_max must be in \[0, 1\)"),
     ({"tokens.r_max": 0.5, "tokens.train_from_epoch": 4, "finetune.epochs": 3}, "after the last fine-tune epoch"),
 ])
 def test_training_time_pruning_contradictions_are_refused(flat, match):
@@ -123,6 +124,37 @@ def test_training_time_pruning_keys_the_finetune_only_when_on():
     assert plain.finetune_key_fields() == inference_only.finetune_key_fields()
     assert training.finetune_key_fields() != inference_only.finetune_key_fields()
     assert training.finetune_key_fields()["tokens"]["r_max"] == 0.5
+
+
+TRAINED = {"tokens.train_from_epoch": 1, "tokens.train_r_max": 0.6, "tokens.train_alpha": 1.2}
+
+
+def test_the_finetune_key_holds_the_training_schedule_not_the_inference_one():
+    keys = [TrialConfig.from_flat({**TRAINED, "tokens.r_max": r_max, "tokens.alpha": alpha}).finetune_key_fields()
+            for r_max, alpha in ((0.6, 1.2), (0.6000001, 1.2), (0.2, 2.7))]
+    assert keys[0] == keys[1] == keys[2]
+    # the same schedule given as the inference one (no train_* fields) trains, and keys, the same
+    same = TrialConfig.from_flat({"tokens.train_from_epoch": 1, "tokens.r_max": 0.6, "tokens.alpha": 1.2})
+    assert same.finetune_key_fields() == keys[0]
+
+
+def test_another_training_schedule_is_another_finetune():
+    base = TrialConfig.from_flat({**TRAINED, "tokens.r_max": 0.3})
+    for key, value in (("tokens.train_r_max", 0.3), ("tokens.train_alpha", 2.0)):
+        other = TrialConfig.from_flat({**TRAINED, "tokens.r_max": 0.3, key: value})
+        assert other.finetune_key_fields() != base.finetune_key_fields()
+
+
+def test_the_finetune_prunes_with_the_training_schedule():
+    from compress.tokens import token_pruning_settings
+    from trainables.loop import _set_training_pruning
+    from trainables.model import build_classifier
+
+    cfg = TrialConfig.from_flat({**TRAINED, "tokens.r_max": 0.3, "tokens.alpha": 2.5})
+    model = build_classifier("digits-vit", 2)
+    _set_training_pruning(model, cfg, True)
+    settings = token_pruning_settings(model)
+    assert (settings["r_max"], settings["alpha"]) == (0.6, 1.2)
 
 
 @pytest.mark.parametrize("value,mode", [(True, "dihedral"), ("true", "dihedral"), (False, "none"),

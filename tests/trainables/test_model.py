@@ -87,6 +87,28 @@ def test_svd_taps_head_on_vits16_adds_the_notes_parameter_difference():
     assert count(taps) - count(linear) == head_params - count(linear.head)
 
 
+def test_mlp_head_on_vits16_has_the_deit_logs_187108_parameters():
+    with torch.device("meta"):
+        linear = build_classifier("dinov3-vits16", num_classes=100)
+        mlp = build_classifier("dinov3-vits16", num_classes=100, head="mlp")
+    assert count(mlp.head) == 187_108 and count(linear.head) == 38_500
+    assert count(mlp) - count(linear) == 187_108 - 38_500
+
+
+def test_mlp_classifier_gives_logits_from_its_head_inputs_and_reloads(tmp_path):
+    from compress import load_compressed, save_compressed
+
+    torch.manual_seed(0)
+    model = build_classifier("digits-vit", num_classes=2, head="mlp").eval()
+    x = torch.randn(3, 3, 32, 32)
+    inputs = model.head_inputs(x)
+    assert inputs.shape == (3, 96) and (model.head.in_features, model.head.out_features) == (96, 2)
+    assert torch.allclose(model.classify(inputs), model(x), atol=1e-5)
+    save_compressed(model, tmp_path / "mlp")
+    loaded = load_compressed(tmp_path / "mlp")
+    assert loaded.head_type == "mlp" and torch.allclose(loaded(x), model(x), atol=1e-5)
+
+
 def test_svd_taps_classifier_gives_logits_and_head_inputs():
     torch.manual_seed(0)
     model = build_classifier("digits-vit", num_classes=2, head="svd_taps").eval()
@@ -136,8 +158,8 @@ def test_lora_trains_the_svd_taps_classifier_not_its_projections():
 
 
 def test_unknown_head_lists_the_choices():
-    with pytest.raises(ValueError, match="model.head must be one of linear, svd_taps"):
-        build_classifier("digits-vit", num_classes=2, head="mlp")
+    with pytest.raises(ValueError, match="model.head must be one of linear, mlp, svd_taps"):
+        build_classifier("digits-vit", num_classes=2, head="transformer")
 
 
 def test_lora_merge_leaves_outputs_unchanged():
