@@ -178,7 +178,9 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
         tune.report({**{name: math.nan for name in objectives}, TRIAL_ERROR_KEY: str(err)})
         return
     # Which Ray node measured it: on a cluster, where its latency and its cache hits came from.
-    metrics[NODE_ID_KEY] = ray.get_runtime_context().get_node_id()
+    # (get_runtime_context would start a Ray of its own where none runs, as in tests calling this.)
+    if ray.is_initialized():
+        metrics[NODE_ID_KEY] = ray.get_runtime_context().get_node_id()
 
     def store(out: Path) -> None:
         (out / "metrics.json").write_text(json.dumps(metrics))
