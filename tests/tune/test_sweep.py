@@ -418,13 +418,14 @@ def test_debug_trial_prints_metrics(results, env, sweep4):
 @pytest.mark.slow
 def test_default_space_sweep_completes_with_the_notes_recipes(results, env, sweep4):
     # The seed trial is the preset's own configuration (a full fine-tune, as the digits preset
-    # does), so sweep4's pretrain and fine-tune are both cache hits for it. With sampler seed 57
-    # the one sampled trial takes most other recipes at once: a full fine-tune pruned from its
+    # does), so sweep4's pretrain and fine-tune are both cache hits for it. With sampler seed 285
+    # (found by asking a study with the sweep's sampler and space twice, the seed point enqueued,
+    # which reproduces the sweep's draws) the one sampled trial takes most other recipes at once: a full fine-tune pruned from its
     # middle epoch, the svd_taps head, whitened prehab, token pruning and 8-view TTA. Both run at
     # once: TPE's first draws are random, so the sampled trial's recipes do not depend on the
     # seed trial finishing first.
     # --no-retime: sweep4 checks the re-timing pass; here it would only rebuild the two models.
-    proc = _cli(env, "--results-dir", str(results), "--name", "dflt", "--num-samples", "2", "--seed", "57",
+    proc = _cli(env, "--results-dir", str(results), "--name", "dflt", "--num-samples", "2", "--seed", "285",
                 "--max-concurrent", "2", "--space", "default", "--no-retime", *TINY[2:], timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _study(results, "dflt").trials
