@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from trainables.report_keys import TRIAL_ERROR_KEY
-from trainables.storage import EPOCHS_DIR, epoch_files, results_location
+from trainables.storage import epoch_files, remote_epochs_path, results_location
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,8 @@ class ProgressLog(Callback):
         import pyarrow.fs
 
         results_dir, sweep = self.remote_epochs
-        location = results_location(results_dir)
-        selector = pyarrow.fs.FileSelector(location.path(sweep, EPOCHS_DIR), allow_not_found=True)
-        return sorted(info.path for info in location.fs.get_file_info(selector)
+        selector = pyarrow.fs.FileSelector(remote_epochs_path(results_dir, sweep), allow_not_found=True)
+        return sorted(info.path for info in results_location(results_dir).fs.get_file_info(selector)
                       if info.type == pyarrow.fs.FileType.File)
 
     def _print_new_remote_epochs(self, force: bool) -> None:
