@@ -27,6 +27,7 @@ elif _REPO_ROOT not in sys.path:
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 from typing import Any  # noqa: E402
@@ -44,7 +45,7 @@ log = logging.getLogger("tune.run")
 
 # Flags that define a sweep; a resumed or reported sweep takes them from its sweep.json.
 _DEFINING_FLAGS = ("preset", "space", "num_samples", "max_concurrent", "sampler", "objectives",
-                   "set", "seed")
+                   "set", "seed", "trial_resources")
 
 
 def _positive_int(text: str) -> int:
@@ -52,6 +53,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _resources(text: str) -> dict[str, float]:
+    """Return {resource: amount} from `cpu=2,gpu=1`; amounts are non-negative numbers, one at least positive."""
+    resources = {}
+    for pair in text.split(","):
+        name, sep, amount = (part.strip() for part in pair.partition("="))
+        try:
+            value = float(amount) if sep and name else None
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"expects NAME=AMOUNT pairs with amounts >= 0, e.g. cpu=2,gpu=1; got {pair!r}")
+        resources[name.lower() if name.lower() in ("cpu", "gpu") else name] = value
+    if not any(resources.values()):
+        raise argparse.ArgumentTypeError(f"asks for nothing: {text!r}; give a positive cpu (e.g. cpu=0.1)")
+    return resources
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -88,6 +106,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                         help="override a trial config key over the preset, e.g. --set finetune.epochs=1 "
                              "(repeatable; not a key the space searches)")
+    parser.add_argument("--trial-resources", type=_resources, default=None, metavar="NAME=AMOUNT,...",
+                        help="what Ray reserves for each trial's driver process (the Train workers ask for "
+                             "their own: finetune.workers, finetune.cpus_per_worker), e.g. cpu=2,gpu=1 or a "
+                             "custom resource of your nodes; default: the preset's (digits cpu=0.1, "
+                             "pcam-local cpu=1, pcam-a100 cpu=2,gpu=1)")
     parser.add_argument("--seed", type=int, default=None, help="sampler seed (default 0)")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="NAME",
                         help="continue the killed or stopped sweep NAME (or --name): same Tune "
@@ -245,7 +268,7 @@ def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         # A smoke run's trials go one at a time: the second reuses the first one's fine-tune, and
         # on one machine two trial drivers would hold the CPUs its Train worker needs.
         max_concurrent=args.max_concurrent or (1 if smoke else preset.max_concurrent),
-        trial_resources=smoke["trial_resources"] if smoke else dict(preset.trial_resources),
+        trial_resources=args.trial_resources or (smoke["trial_resources"] if smoke else dict(preset.trial_resources)),
         max_failures=preset.max_failures, base=base, overrides=overrides)
 
 
@@ -281,7 +304,8 @@ def _defining_values(settings: SweepSettings, args: argparse.Namespace) -> list[
     """Return (flag, saved value, given value) for each defining flag given on the command line."""
     saved = {"preset": settings.preset, "space": settings.space, "num_samples": settings.num_samples,
              "max_concurrent": settings.max_concurrent, "sampler": settings.sampler, "seed": settings.seed,
-             "objectives": settings.objectives, "set": {k: str(v) for k, v in settings.overrides.items()}}
+             "objectives": settings.objectives, "set": {k: str(v) for k, v in settings.overrides.items()},
+             "trial_resources": dict(settings.trial_resources)}
     values = []
     for name in _DEFINING_FLAGS:
         given = getattr(args, name)
@@ -310,6 +334,8 @@ def _defining_values(settings: SweepSettings, args: argparse.Namespace) -> list[
 def _shown(value: Any) -> str:
     if isinstance(value, tuple) and all(isinstance(item, tuple) for item in value):
         return ",".join(f"{metric}:{mode}" for metric, mode in value)  # objectives
+    if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
+        return ",".join(f"{k}={v:g}" for k, v in value.items())  # trial resources
     if isinstance(value, dict):
         return " ".join(f"--set {k}={v}" for k, v in value.items()) or "no --set"
     return str(value)

@@ -42,7 +42,10 @@ from tune.study import FAIL_REASON_ATTR, KILL_AFTER_TELL_ENV, TUNE_TRIAL_ID_ATTR
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(400)]
 
 NAME, SAMPLES = "killed", 4
-CONFIG = {**TINY, "finetune.epochs": 2, "finetune.lr": 1e-3}
+CONFIG = {**TINY, "finetune.epochs": 2, "finetune.lr": 1e-3, "finetune.cpus_per_worker": 0.9}
+# A trial driver takes more than half a worker node (WORKER_CPUS=2), so the two trials running at
+# once are on different nodes whatever Ray's placement prefers (it packed both on one in CI).
+TRIAL_RESOURCES = "cpu=1.1"
 OBJECTIVES = ("val_auroc", "params", "latency_ms")
 EPOCH_LINE = re.compile(r"\s+\w+ \S+ epoch \d+\b")
 State = optuna.trial.TrialState
@@ -55,7 +58,8 @@ def resumed(fault_cluster, s3_server, tmp_path_factory):
     logs = tmp_path_factory.mktemp("driver-kill")
     results, storage = s3_server.uri("driver-kill"), f"sqlite:///{logs / 'optuna.db'}"
     proc = start_cli(fault_cluster, "--results-dir", results, "--storage", storage, "--name", NAME,
-                     "--num-samples", str(SAMPLES), "--max-concurrent", "2", *cli_sets(CONFIG),
+                     "--num-samples", str(SAMPLES), "--max-concurrent", "2", "--trial-resources", TRIAL_RESOURCES,
+                     *cli_sets(CONFIG),
                      log=logs / "first.log", env={KILL_AFTER_TELL_ENV: "1"})
     try:
         first_rc = proc.wait(timeout=300)

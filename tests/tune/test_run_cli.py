@@ -69,6 +69,23 @@ def test_resume_accepts_the_repeated_command_line(tmp_path):
     assert (settings.name, settings.num_samples, settings.space) == ("six", 6, "compress_only")
 
 
+def test_trial_resources_replace_the_presets_and_are_a_defining_flag(tmp_path, capsys):
+    from tune.run import _new_settings
+
+    parser = make_parser()
+    args = parser.parse_args(["--results-dir", str(tmp_path), "--name", "r", "--trial-resources", "CPU=1.5,accel=1"])
+    assert _new_settings(args, parser).trial_resources == {"cpu": 1.5, "accel": 1.0}
+    _saved_sweep(tmp_path)  # the digits preset's cpu=0.1
+    line = _error(capsys, "--results-dir", str(tmp_path), "--trial-resources", "cpu=2", "--resume", "six")
+    assert "--trial-resources differs: saved cpu=0.1, given cpu=2" in line
+
+
+@pytest.mark.parametrize("text", ["cpu", "cpu=-1", "cpu=nan", "=1", "gpu=0"])
+def test_bad_trial_resources_exit_2_naming_the_value(text, capsys):
+    line = _error(capsys, "--trial-resources", text)
+    assert line.startswith("python tune/run.py: error: argument --trial-resources:") and text.split(",")[0] in line
+
+
 _IMPORTS_AFTER = """
 import runpy, sys
 sys.argv = [{run!r}, *{args!r}]
