@@ -38,6 +38,19 @@ class Preset:
     sampler: str = "tpe"
 
 
+# The PCam notes' configuration, which the PCam presets' reference trial (the seed point) runs
+# unless a preset says otherwise for cost (recipe_differences lists each difference in pareto.md
+# and the README). LoRA r = 8 on q/k/v/o + MLP with alpha 16 (finetune.lora_alpha 0 means
+# 2 x rank, 16 at r = 8); "all runs use 224x224 inputs and TTA at evaluation", the views unnamed:
+# dihedral, the eight the histology label keeps. The fine-tune's epochs are not in the notes'
+# table; the token-pruning notes prune while training "only after epoch 4", so a fine-tune of
+# fewer than 5 epochs is listed as a difference.
+NOTES_RECIPE = MappingProxyType({
+    "finetune.method": "lora", "finetune.lora_rank": 8, "finetune.lora_alpha": 16.0,
+    "finetune.lora_mlp": True, "eval.tta": "dihedral", "data.image_size": 224,
+})
+NOTES_MIN_EPOCHS = 5
+
 _PCAM = {
     "data.dataset": "pcam",
     "data.root": "data/pcam",
@@ -45,6 +58,9 @@ _PCAM = {
     "model.weights": "facebook/dinov3-vits16-pretrain-lvd1689m",
     "pretrain.epochs": 0,
     "finetune.method": "lora",
+    "finetune.lora_rank": 8,
+    "finetune.lora_mlp": True,
+    "eval.tta": "dihedral",
     "finetune.epochs": 1,
     "finetune.lr": 1e-3,
     "finetune.backbone_lr": 5e-5,
@@ -91,7 +107,10 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
         # so a trial driver never holds a GPU that its own TorchTrainer is waiting for.
         # Train workers ask for cluster.yaml's accelerator_type:A100 resource, so the autoscaler
         # starts A100 nodes for them even when other GPU node types are declared.
-        trial={**_PCAM, "data.image_size": 224, "finetune.workers": 4, "finetune.cpus_per_worker": 8,
+        # 8 epochs: the space's training-time token pruning ("middle", epochs // 2 + 1) then starts
+        # at epoch 5, where the token-pruning notes start it.
+        trial={**_PCAM, "data.image_size": 224, "finetune.epochs": 8,
+               "finetune.workers": 4, "finetune.cpus_per_worker": 8,
                "finetune.accelerator_type": "A100",
                "finetune.precision": "auto", "finetune.batch_size": 256, "eval.batch_size": 1024,
                # finetune.lr / backbone_lr are per 256 images: x 4 at 4 workers x 256.
@@ -108,6 +127,35 @@ PRESETS: Mapping[str, Preset] = MappingProxyType({
         objectives=CLUSTER_OBJECTIVES,
     ),
 })
+
+
+def recipe_differences(config: Mapping[str, Any]) -> list[str]:
+    """Return how the flat trial config `config` (a reference trial's) differs from NOTES_RECIPE,
+    one phrase each ("96 px images (the notes: 224)"); [] when it is the notes' recipe."""
+    from trainables.config import TrialConfig
+
+    cfg = TrialConfig.from_flat(dict(config))
+    flat = cfg.to_flat()
+    found = []
+    if flat["data.dataset"] != "pcam" or flat["model.backbone"] != "dinov3-vits16":
+        found.append(f"{flat['data.dataset']} data on a {flat['model.backbone']} backbone (the notes: PCam, "
+                     "DINOv3 ViT-S/16)")
+    if flat["finetune.method"] != NOTES_RECIPE["finetune.method"]:
+        found.append(f"a {flat['finetune.method']} fine-tune (the notes: LoRA r = 8, alpha 16, q/k/v/o + MLP)")
+    else:
+        alpha = cfg.finetune.lora_alpha or 2.0 * cfg.finetune.lora_rank
+        if (cfg.finetune.lora_rank, alpha) != (NOTES_RECIPE["finetune.lora_rank"], NOTES_RECIPE["finetune.lora_alpha"]):
+            found.append(f"LoRA r = {cfg.finetune.lora_rank}, alpha {alpha:g} (the notes: r = 8, alpha 16)")
+        if not cfg.finetune.lora_mlp:
+            found.append("LoRA on q/k/v/o only (the notes: q/k/v/o + MLP)")
+    if flat["eval.tta"] != NOTES_RECIPE["eval.tta"]:
+        found.append(f"TTA {flat['eval.tta']} (the notes: TTA at evaluation; here dihedral, 8 views)")
+    if flat["data.image_size"] != NOTES_RECIPE["data.image_size"]:
+        found.append(f"{flat['data.image_size']} px images (the notes: 224)")
+    if cfg.finetune.epochs < NOTES_MIN_EPOCHS:
+        found.append(f"{cfg.finetune.epochs}-epoch fine-tune (the notes prune tokens while training from epoch "
+                     f"{NOTES_MIN_EPOCHS}, so train longer)")
+    return found
 
 
 def get_preset(name: str) -> Preset:

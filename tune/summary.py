@@ -106,6 +106,27 @@ def retime_notes(retimed: pd.DataFrame | None) -> list[str]:
     return lines
 
 
+def recipe_notes(settings: SweepSettings, study: optuna.Study) -> list[str]:
+    """Return pareto.md's line on the reference trial's configuration against the PCam notes' recipe."""
+    from tune.presets import recipe_differences
+
+    frame = trials_frame(study)
+    reference = reference_row(frame[frame["state"] == TrialState.COMPLETE.name], settings.objectives)
+    if reference is None:
+        return []
+    trial = study.trials[int(reference["number"])]
+    try:
+        differences = recipe_differences(_trial_flat_config(settings, trial))
+    except (TypeError, ValueError) as err:  # a sweep written by another version, with keys gone since
+        log.warning("cannot compare the reference with the notes' recipe: %s", err)
+        return []
+    recipe = "LoRA r = 8, alpha 16 on q/k/v/o + MLP, dihedral TTA, 224 px, a fine-tune of 5 epochs or more"
+    if not differences:
+        return [f"The reference (trial {trial.number}) is the PCam notes' recipe: {recipe}."]
+    return [f"The reference (trial {trial.number}) differs from the PCam notes' recipe ({recipe}) in: "
+            f"{'; '.join(differences)}."]
+
+
 def build_reports(settings: SweepSettings, study: optuna.Study,
                   retimed: pd.DataFrame | None = None, replicated: pd.DataFrame | None = None,
                   margins: dict[str, float] | None = None, prefer: str | None = None) -> dict[str, Path]:
@@ -125,7 +146,8 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
         written = write_reports(study, settings.local_dir, settings.objectives,
                                 reference_point=reference_point(study, settings.objectives),
                                 predictions=predictions_loader(settings), retimed=retimed,
-                                notes=retime_notes(retimed if "latency_ms" in settings.metric_names else None)
+                                notes=recipe_notes(settings, study)
+                                + retime_notes(retimed if "latency_ms" in settings.metric_names else None)
                                 + replicate_notes(replicated, settings.metric_names[0]),
                                 margins=margins, prefer=prefer)
     if "answer.md" in written:

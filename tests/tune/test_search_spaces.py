@@ -160,7 +160,7 @@ def test_a_sweeps_reference_trial_fine_tunes_as_its_preset_does(preset):
     config = TrialConfig.from_flat(base)
     assert point["finetune.method"] == config.finetune.method
     if config.finetune.method == "lora":
-        assert (point["finetune.lora_rank"], point["finetune.lora_mlp"]) == (8, False)
+        assert (point["finetune.lora_rank"], point["finetune.lora_mlp"]) == (8, True)  # the notes' r = 8 row
 
 
 def test_seed_values_win_over_preset_values():
