@@ -23,7 +23,8 @@ from compress.mlp import prune_mlp_neurons
 from compress.params import count_params
 from compress.plan import CompressionPlan, TokenPlan, compress_model
 from compress.prehab import (
-    REGULARIZERS, effective_rank, lowrank_penalty, nuclear_ratio, nuclear_ratio_plus_effective_rank, stable_rank,
+    FISHER_WEIGHTED, PENALTY_KINDS, REGULARIZERS, collect_output_fisher, effective_rank, fisher_weighted,
+    lowrank_penalty, nuclear_ratio, nuclear_ratio_plus_effective_rank, stable_rank,
 )
 from compress.report import CompressionReport, LayerDecision
 from compress.svd import truncate_svd
@@ -33,17 +34,21 @@ from compress.whitening import InputStats, collect_input_stats, load_input_stats
 __all__ = [
     "CompressionPlan",
     "CompressionReport",
+    "FISHER_WEIGHTED",
     "InputStats",
     "LayerDecision",
     "LowRankLinear",
+    "PENALTY_KINDS",
     "REGULARIZERS",
     "TokenPlan",
     "collect_input_stats",
+    "collect_output_fisher",
     "compress_model",
     "count_params",
     "disable_token_pruning",
     "effective_rank",
     "enable_token_pruning",
+    "fisher_weighted",
     "keep_count",
     "keep_schedule",
     "load_compressed",

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from compress import REGULARIZERS, CompressionPlan, TokenPlan
+from compress import PENALTY_KINDS, CompressionPlan, TokenPlan
 from compress.plan import KEYED_WHEN_SET, keyed_when_set
 
 
@@ -194,7 +194,7 @@ class FinetuneConfig:
         return sorted(key for key in keys if key.startswith("finetune.") and key[len("finetune."):] in unused)
 
 
-PREHAB_KINDS = tuple(REGULARIZERS)
+PREHAB_KINDS = tuple(PENALTY_KINDS)
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ class PrehabConfig:
     """
 
     lambda_: float = 0.0             # flat key: prehab.lambda; 0 = no prehab stage
-    kind: str = "nuclear_ratio+effective_rank"   # a name in compress.REGULARIZERS
+    kind: str = "nuclear_ratio+effective_rank"   # a name in compress.PENALTY_KINDS
     space: str = "whitened"          # "whitened": rank of W L (S = L L^T the input second moment); "raw": of W
     epochs: int = 1
     lr: float = 1e-4

@@ -34,6 +34,7 @@ class TrainJob:
     init_path: str | None = None          # saved model (compress.save_compressed) to start from
     init_weights: str | None = None       # backbone weights dir/HF id (finetune from pretrained)
     whitening_path: str | None = None     # input stats (whitened prehab, or whitened SVD for recover)
+    fisher_path: str | None = None        # the SVD targets' output Fisher (prehab.kind fisher_weighted)
     threads: int = 0                      # torch threads in this worker (0 = leave torch's default)
 
     def __post_init__(self):

@@ -57,10 +57,13 @@ def make_penalty(job: TrainJob) -> Callable[[nn.Module], torch.Tensor] | None:
         if job.whitening_path is None:
             raise ValueError("prehab.space 'whitened' needs whitening statistics (whitening_path)")
         stats = load_input_stats(str(resolve_ref(job.whitening_path, job.cache_root)))
+    fisher = None
+    if job.fisher_path is not None:
+        fisher = torch.load(str(resolve_ref(job.fisher_path, job.cache_root)), weights_only=True)
     lam, kind, targets = cfg.prehab.lambda_, cfg.prehab.kind, cfg.compress.svd_targets
 
     def penalty(model: nn.Module) -> torch.Tensor:
-        return lam * lowrank_penalty(model, kind, whitening=stats, targets=targets)
+        return lam * lowrank_penalty(model, kind, whitening=stats, targets=targets, fisher=fisher)
 
     return penalty
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+import torch
 from torch import nn
 
 from compress import (
@@ -301,14 +302,38 @@ def calibrate(run: TrialRun, of: StageOutput) -> StageOutput:
     return StageOutput(cache_ref("whitening", key, "stats.pt"), key)
 
 
+def output_fisher(run: TrialRun, of: StageOutput) -> StageOutput:
+    """Return the diagonal Fisher of a model's SVD targets' outputs over the calibration batches."""
+    cfg = run.cfg
+    key = run.key("fisher", whitening_key_config(cfg), of.key)
+
+    def compute(out: Path) -> None:
+        from torch.utils.data import DataLoader
+
+        from compress import collect_output_fisher
+
+        model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir))
+        loader = DataLoader(make_dataset(cfg, run.data_root, "train"), batch_size=cfg.calib.batch_size,
+                            shuffle=False)
+        batches = (batch for index, batch in zip(range(cfg.calib.batches), loader))
+        torch.save(collect_output_fisher(model, batches, targets=cfg.compress.svd_targets), out / "fisher.pt")
+
+    run.cached("fisher", key, compute)
+    return StageOutput(cache_ref("fisher", key, "fisher.pt"), key)
+
+
 def prehab(run: TrialRun, tuned: StageOutput) -> StageOutput:
     """Return the model after a short run of task loss + lambda * low-rank surrogate."""
+    from compress import FISHER_WEIGHTED
+
     cfg = run.cfg
     stats = calibrate(run, tuned) if cfg.prehab.space == "whitened" else StageOutput(None, None)
+    fisher = output_fisher(run, tuned) if cfg.prehab.kind == FISHER_WEIGHTED else StageOutput(None, None)
     key = run.key("prehab", prehab_key_config(cfg), tuned.key)
 
     def compute(out: Path) -> None:
-        trained = run.train(run.job("prehab", init_path=tuned.ref, whitening_path=stats.ref), key, out)
+        job = run.job("prehab", init_path=tuned.ref, whitening_path=stats.ref, fisher_path=fisher.ref)
+        trained = run.train(job, key, out)
         save_compressed(trained, out / "model")
 
     run.cached("prehab", key, compute)
