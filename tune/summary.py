@@ -17,6 +17,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from search_spaces import config_values
+from tune.budget import budget_text, violations
 from tune.callbacks import PROGRESS_FILENAME, finished_trial_ids
 from tune.reports import markdown_table, front_table, reference_row, trials_frame, write_reports
 from tune.spectra import write_spectra
@@ -127,16 +128,33 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
                                 predictions=predictions_loader(settings), retimed=retimed,
                                 notes=retime_notes(retimed if "latency_ms" in settings.metric_names else None)
                                 + replicate_notes(replicated, settings.metric_names[0]),
-                                margins=margins, prefer=prefer)
+                                margins=margins, prefer=prefer, budget=settings.budget)
     if "answer.md" in written:
-        publish_answer(study, written["answer.md"].read_text(encoding="utf-8"), pd.read_csv(written["pareto.csv"]),
-                       settings.objectives)
+        table = pd.read_csv(written["pareto.csv"])
+        publish_answer(study, written["answer.md"].read_text(encoding="utf-8"), table, settings.objectives,
+                       budget_text(settings.budget) if settings.budget else None,
+                       outside_budget(settings.budget, pd.read_parquet(written["trials.parquet"]), table))
     written.update(write_spectra(study, settings.local_dir, settings.objectives, settings.base,
                                  settings.results_dir))
     if is_uri(settings.results_dir):
         extra = [n for n in ("retime.csv", "replicates.csv", "replicates.md") if (settings.local_dir / n).is_file()]
         _copy_to_results(settings.local_dir, settings, [*written, *extra])
     return written
+
+
+def outside_budget(budget, trials: pd.DataFrame, table: pd.DataFrame) -> dict[int, str]:
+    """Return {trial number: the bounds it breaks} for the complete trials outside `budget`: front points as
+    pareto.csv's `table` judges them (re-timed latency), the other trials on trials.parquet's in-sweep values."""
+    if not budget:
+        return {}
+    front = table[table["role"] == "front"].drop_duplicates("number").set_index("number")
+    rows = trials[trials["state"] == TrialState.COMPLETE.name].set_index("number")
+    broken = {}
+    for number, row in rows.iterrows():
+        found = violations(budget, front.loc[number] if number in front.index else row)
+        if found:
+            broken[int(number)] = ", ".join(found)
+    return broken
 
 
 def verify(settings: SweepSettings, study: optuna.Study) -> dict[str, int]:
