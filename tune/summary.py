@@ -163,14 +163,15 @@ def verify(settings: SweepSettings, study: optuna.Study) -> dict[str, int]:
 
 
 def front_frame(settings: SweepSettings, study: optuna.Study) -> pd.DataFrame:
-    """Return the front table (reference row first) with the searched parameters."""
+    """Return the front table (reference row first) with the searched parameters; with the sweep's budget, the
+    front of the feasible trials too (what the re-timing pass times and --final-eval scores)."""
     df = trials_frame(study)
     complete = df[df["state"] == TrialState.COMPLETE.name]
     if complete.empty:
         return complete
     params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
     return front_table(complete, settings.objectives, reference_row(complete, settings.objectives),
-                       extra_columns=params)
+                       extra_columns=params, budget=settings.budget)
 
 
 def print_summary(settings: SweepSettings, study: optuna.Study, counts: dict[str, int],
