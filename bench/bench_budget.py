@@ -1,6 +1,6 @@
 """Does a budget steer the search? One seeded digits sweep without a budget, then the same sweep with one.
 
-    python bench/bench_budget.py [--results-dir /tmp/bench-budget] [--num-samples 24] [--fraction 0.6]
+    python bench/bench_budget.py [--results-dir /tmp/bench-budget] [--num-samples 24] [--fraction 0.1]
                                  [--latency-fraction F]
 
 Both sweeps run `python tune/run.py` (preset digits, space compress_only, sampler tpe, seed 0,
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=Path("/tmp/bench-budget"))
     parser.add_argument("--num-samples", type=int, default=24)
-    parser.add_argument("--fraction", type=float, default=0.6, help="params bound over the reference's count")
+    parser.add_argument("--fraction", type=float, default=0.1, help="params bound over the reference's count")
     parser.add_argument("--latency-fraction", type=float, default=None,
                         help="also bound latency_ms by this fraction of the reference's (load-dependent)")
     args = parser.parse_args()
