@@ -6,13 +6,16 @@ marked first, and the reference one that says so. Optuna refuses to change a fin
 trial, user attributes included, so the marks are trial notes (optuna-dashboard shows them
 on the trial's page and keeps them in the study's system attributes); the study's user
 attributes front_trials, recommended_trial and recommendation say the same to programs
-(--export --trial recommended). A note keeps what a user wrote in it: only the part between
-BEGIN and END is this module's.
+(--export --trial recommended). With a budget, every complete trial outside it gets a trial
+note saying which bounds it breaks (the study's user attributes budget and infeasible_trials
+list them). A note keeps what a user wrote in it: only the part between BEGIN and END is
+this module's.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import optuna
 import pandas as pd
@@ -24,6 +27,8 @@ FRONT_ATTR = "front_trials"
 RECOMMENDED_ATTR = "recommended_trial"
 RECOMMENDATION_ATTR = "recommendation"
 REFERENCE_ATTR = "reference_trial"
+BUDGET_ATTR = "budget"
+INFEASIBLE_ATTR = "infeasible_trials"
 
 
 def replace_section(note: str, section: str) -> str:
@@ -50,9 +55,13 @@ def _trial_section(row: pd.Series, objectives, recommendation: str | None) -> st
     return f"**Recommended.** {recommendation}\n\n{line}" if recommendation else line
 
 
-def publish_answer(study: optuna.Study, answer: str, table: pd.DataFrame, objectives) -> int | None:
+def publish_answer(study: optuna.Study, answer: str, table: pd.DataFrame, objectives,
+                   budget: str | None = None, infeasible: Mapping[int, str] | None = None) -> int | None:
     """Write `answer` (answer.md's text) into the study's dashboard note and mark the front (pareto.csv's
-    `table`) on its trials' notes and in the study's user attributes; return the recommended trial or None."""
+    `table`) on its trials' notes and in the study's user attributes; return the recommended trial or None.
+
+    `budget` (its --budget text) and `infeasible` ({trial number: the bounds it breaks}) mark the
+    trials outside the budget the same way."""
     front = table[table["role"] == "front"]
     recommended_rows = front[front["recommended"].astype(str) == "True"] if "recommended" in front else front[:0]
     recommended = int(recommended_rows["number"].iloc[0]) if len(recommended_rows) else None
@@ -64,8 +73,12 @@ def publish_answer(study: optuna.Study, answer: str, table: pd.DataFrame, object
     for number in table.loc[table["role"] == "reference", "number"]:
         sections[int(number)] = ("The reference the last report's verdicts compare with"
                                  + (", itself on the Pareto front." if int(number) in sections else "."))
+    for number, broken in sorted((infeasible or {}).items()):
+        line = f"Outside the budget {budget} of the last report: {broken}."
+        sections[int(number)] = f"{sections[int(number)]}\n\n{line}" if int(number) in sections else line
     # Points an earlier report marked lose their mark when they are no longer on the front.
-    for number in [*study.user_attrs.get(FRONT_ATTR, []), *study.user_attrs.get(REFERENCE_ATTR, [])]:
+    for number in [*study.user_attrs.get(FRONT_ATTR, []), *study.user_attrs.get(REFERENCE_ATTR, []),
+                   *study.user_attrs.get(INFEASIBLE_ATTR, [])]:
         sections.setdefault(int(number), "")
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for number, section in sorted(sections.items()):
@@ -76,6 +89,8 @@ def publish_answer(study: optuna.Study, answer: str, table: pd.DataFrame, object
     study.set_user_attr(REFERENCE_ATTR, [int(n) for n in table.loc[table["role"] == "reference", "number"]])
     study.set_user_attr(RECOMMENDED_ATTR, recommended)
     study.set_user_attr(RECOMMENDATION_ATTR, recommendation)
+    study.set_user_attr(BUDGET_ATTR, budget)
+    study.set_user_attr(INFEASIBLE_ATTR, sorted(int(n) for n in (infeasible or {})))
     return recommended
 
 

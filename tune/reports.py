@@ -21,6 +21,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from trainables.storage import atomic_write
+from tune.budget import Bound, budget_text, is_feasible, unrecorded
 from tune.verdicts import (
     LATENCY_TIE_FRACTION, QUALITY_MARGINS, add_deltas, add_noninferiority, add_verdicts, headline, parse_prefer,
     quality_objectives, recommend,
@@ -194,6 +195,7 @@ def front_table(
     extra_columns: Sequence[str] = (),
     predictions: Callable[[pd.Series], Any] | None = None,
     margins: Mapping[str, float] | None = None,
+    budget: Sequence[Bound] = (),
 ) -> pd.DataFrame:
     """Return the front, best first by the first objective, with the reference row, deltas and verdicts.
 
@@ -202,13 +204,17 @@ def front_table(
     delta_<objective> = value - reference value, its interval and verdict_<objective>
     (tune.verdicts; `predictions(row)` gives the stored validation probabilities for the
     paired bootstrap), noninferior_<metric> per quality objective (against `margins`, default
-    tune.verdicts.QUALITY_MARGINS), then `extra_columns`.
+    tune.verdicts.QUALITY_MARGINS), then `extra_columns`. With a `budget` (tune.budget) the table
+    has a `feasible` column, and the front of the feasible rows joins the front of all rows: a
+    feasible point that only infeasible ones dominate is what a user with that budget looks for.
     """
     objectives = parse_objectives(objectives)
     first, first_mode = objectives[0]
-    front = pareto_front(df, objectives).sort_values(
-        [first, "number"], ascending=[first_mode == "min", True], kind="stable"
-    )
+    front = pareto_front(df, objectives)
+    if budget:
+        within = pareto_front(df[[is_feasible(budget, row) for _, row in df.iterrows()]], objectives)
+        front = pd.concat([front, within[~within.index.isin(front.index)]])
+    front = front.sort_values([first, "number"], ascending=[first_mode == "min", True], kind="stable")
     front.insert(0, "role", "front")
     if reference is not None:
         ref = reference.to_frame().T
@@ -221,6 +227,9 @@ def front_table(
         front = add_verdicts(add_deltas(front, objectives, predictions), objectives)
         front = add_noninferiority(front, objectives, dict(margins or {}))
     leading = ["role", "number"]
+    if budget:
+        front["feasible"] = [is_feasible(budget, row) for _, row in front.iterrows()]
+        leading.append("feasible")
     for name, _ in objectives:
         leading += [c for c in (name, f"{name}_lo", f"{name}_hi") if c in front.columns]
     deltas = [c for name, _ in objectives
@@ -338,6 +347,7 @@ def write_reports(
     notes: Sequence[str] = (),
     margins: Mapping[str, float] | None = None,
     prefer: str | None = None,
+    budget: Sequence[Bound] = (),
 ) -> dict[str, Path]:
     """Write the sweep's reports into local folder `out_dir`; return {report name: path}.
 
@@ -353,12 +363,22 @@ def write_reports(
     `prefer` (the cost objective to minimise) choose the recommendation (tune.verdicts.recommend)
     that opens pareto.md; pareto.csv marks it in column `recommended`. answer.md holds the
     recommendation, the dominance headline, the rule and the verdict table (for the dashboard
-    note and W&B).
+    note and W&B). With a `budget` (tune.budget) only feasible points are recommended, and
+    pareto.csv and trials.parquet (complete trials, in-sweep values) gain a `feasible` column.
     """
     objectives = parse_objectives(objectives)
     out_dir = Path(out_dir)
     df = trials_frame(study)
     complete = df[df["state"] == TrialState.COMPLETE.name] if len(df) else df
+    budget = tuple(budget)
+    missing = unrecorded(budget, study)
+    if missing:
+        raise ValueError(f"--budget names {', '.join(missing)}, which complete trials of study "
+                         f"{study.study_name!r} did not record")
+    if budget and len(df):
+        df["feasible"] = pd.Series([is_feasible(budget, row) if row["state"] == TrialState.COMPLETE.name else None
+                                    for _, row in df.iterrows()], index=df.index, dtype=object)
+        complete = df[df["state"] == TrialState.COMPLETE.name]
     written: dict[str, Path] = {}
     written["trials.parquet"] = atomic_write(
         out_dir / "trials.parquet", lambda temp: df.to_parquet(temp, engine="pyarrow", index=False)
@@ -378,11 +398,12 @@ def write_reports(
         if reference is not None:
             reference = candidates[candidates["number"] == reference["number"]].iloc[0]
     param_names = sorted({name for trial in study.get_trials(deepcopy=False) for name in trial.params})
-    extra = (["latency_ms_sweep"] if use_retimed else []) + param_names
+    extra = ([b.metric for b in budget if b.metric not in dict(objectives)]
+             + (["latency_ms_sweep"] if use_retimed else []) + param_names)
     margins = {**{n: QUALITY_MARGINS[n] for n in quality_objectives(objectives)}, **(margins or {})}
     table = front_table(candidates, objectives, reference, extra_columns=extra, predictions=predictions,
-                        margins=margins)
-    recommended, recommendation = recommend(table, objectives, margins, prefer)
+                        margins=margins, budget=budget)
+    recommended, recommendation = recommend(table, objectives, margins, prefer, budget)
     table.insert(2, "recommended", (table["role"] == "front") & (table["number"] == recommended))
     written["pareto.csv"] = atomic_write(
         out_dir / "pareto.csv", lambda temp: table.to_csv(temp, index=False)
@@ -405,6 +426,8 @@ def write_reports(
         headline(table, objectives) if reference is not None else "No reference trial: no verdicts.",
     ]
     rule = _decision_rule(objectives, margins, prefer)
+    if budget:
+        rule += " " + _budget_line(budget, complete, table, candidates, objectives, use_retimed)
     written["answer.md"] = atomic_write(
         out_dir / "answer.md",
         lambda temp: temp.write_text("\n".join([*answer, "", rule, "",
@@ -465,6 +488,18 @@ def _decision_rule(objectives: Objectives, margins: Mapping[str, float], prefer:
             f"worse on none; among those, {rule}.")
 
 
+def _budget_line(budget: Sequence[Bound], complete: pd.DataFrame, table: pd.DataFrame, candidates: pd.DataFrame,
+                 objectives: Objectives, use_retimed: bool) -> str:
+    """Return the reports' sentence on the budget: the bounds, how many trials and front points meet them."""
+    front = table[table["role"] == "front"]
+    extra = len(set(front["number"]) - set(pareto_front(candidates, objectives)["number"]))
+    return (f"Budget {budget_text(budget)} (--budget): {int(complete['feasible'].sum())} of {len(complete)} complete "
+            f"trials within it (in-sweep values), {int(front['feasible'].sum())} of {len(front)} front points"
+            + (" (re-timed latency)" if use_retimed and any(b.metric == "latency_ms" for b in budget) else "")
+            + (f", {extra} of them on the front only among the feasible trials" if extra else "")
+            + "; only a point within it is recommended.")
+
+
 def verdict_table(table: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
     """Return the front table's decision columns for Markdown: role, number, recommended, and per objective
     the value, the difference to the reference with its interval, the verdict and non-inferiority."""
@@ -472,6 +507,8 @@ def verdict_table(table: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
     keep = ["role", "number"] + [c for c in shown.columns
                                  if c.split(" ", 1)[-1] in dict(objectives) and c not in ("role", "number")]
     out = shown[keep].copy()
+    if "feasible" in table.columns:
+        out.insert(2, "feasible", shown["feasible"])
     if "recommended" in table.columns:
         out.insert(2, "recommended", table["recommended"].map(lambda v: "yes" if str(v) == "True" else ""))
     return out
@@ -500,6 +537,8 @@ def _display(table: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
         if f"noninferior_{name}" in table.columns:
             out[f"non-inferior {name}"] = table[f"noninferior_{name}"].map(
                 lambda v: "" if v is None or v != v else "yes" if v else "no")
+    if "feasible" in table.columns:
+        out["feasible"] = table["feasible"].map(lambda v: "yes" if str(v) == "True" else "no")
     for column in table.columns:
         if column not in out.columns and not column.startswith(("delta_", "verdict_", "noninferior_")) \
                 and not any(column in (n, f"{n}_lo", f"{n}_hi") for n, _ in objectives):

@@ -35,6 +35,7 @@ from typing import Any  # noqa: E402
 # Only light modules here: --help and argument errors must not wait for torch, Ray or
 # Optuna (tests/tune/test_run_cli.py checks sys.modules); the rest is imported where used.
 from search_spaces import SEED_CONFIG, available_spaces  # noqa: E402
+from tune.budget import Bound, budget_text, check_measured, parse_budget  # noqa: E402
 from tune.presets import PRESETS, get_preset  # noqa: E402
 from tune.sweep import (  # noqa: E402
     OBJECTIVE_CHOICES, SAMPLERS, STUDY_DB_FILENAME, SweepSettings, build_base, check_space, is_uri,
@@ -45,7 +46,7 @@ log = logging.getLogger("tune.run")
 
 # Flags that define a sweep; a resumed or reported sweep takes them from its sweep.json.
 _DEFINING_FLAGS = ("preset", "space", "num_samples", "max_concurrent", "sampler", "objectives",
-                   "set", "seed", "trial_resources")
+                   "set", "seed", "trial_resources", "budget")
 
 
 def _positive_int(text: str) -> int:
@@ -70,6 +71,13 @@ def _resources(text: str) -> dict[str, float]:
     if not any(resources.values()):
         raise argparse.ArgumentTypeError(f"asks for nothing: {text!r}; give a positive cpu (e.g. cpu=0.1)")
     return resources
+
+
+def _budget(text: str) -> tuple[Bound, ...]:
+    try:
+        return parse_budget(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--budget ")) from None
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -147,6 +155,11 @@ def make_parser() -> argparse.ArgumentParser:
                              "a report-time choice, so --report NAME --margin ... re-answers): a point is "
                              "non-inferior when its paired 95%% interval of the difference to the reference stays "
                              "above -VALUE; defaults val_auroc=0.005, val_auprc=0.01, val_accuracy=0.01")
+    parser.add_argument("--budget", type=_budget, default=None, metavar="METRIC<=LIMIT,...",
+                        help="bounds a deployment must meet, e.g. \"latency_ms<=0.8,params<=1e5\" (<= or >=, any "
+                             "recorded metric): the sampler steers towards trials within them (Optuna constraints; "
+                             "tpe, nsga2, gp) and only a point within them is recommended. Saved with the sweep; "
+                             "--report NAME --budget ... re-answers a finished sweep ('none': no budget)")
     parser.add_argument("--prefer", default=None, metavar="OBJECTIVE",
                         help="cost objective the recommendation minimises among the qualifying front points "
                              "(params, latency_ms, ...); default the sweep's first cost objective")
@@ -254,6 +267,7 @@ def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         objectives = parse_objectives(args.objectives) if args.objectives else preset.objectives
         overrides = {**(smoke["overrides"] if smoke else {}), **parse_overrides(args.set or [])}
         base = build_base(preset, overrides, space)
+        check_measured(args.budget or (), objectives, base)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     _check_local_inputs(base, parser)
@@ -269,7 +283,7 @@ def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         # on one machine two trial drivers would hold the CPUs its Train worker needs.
         max_concurrent=args.max_concurrent or (1 if smoke else preset.max_concurrent),
         trial_resources=args.trial_resources or (smoke["trial_resources"] if smoke else dict(preset.trial_resources)),
-        max_failures=preset.max_failures, base=base, overrides=overrides)
+        max_failures=preset.max_failures, base=base, overrides=overrides, budget=args.budget or ())
 
 
 def _smoke(preset) -> dict:
@@ -305,11 +319,11 @@ def _defining_values(settings: SweepSettings, args: argparse.Namespace) -> list[
     saved = {"preset": settings.preset, "space": settings.space, "num_samples": settings.num_samples,
              "max_concurrent": settings.max_concurrent, "sampler": settings.sampler, "seed": settings.seed,
              "objectives": settings.objectives, "set": {k: str(v) for k, v in settings.overrides.items()},
-             "trial_resources": dict(settings.trial_resources)}
+             "trial_resources": dict(settings.trial_resources), "budget": settings.budget}
     values = []
     for name in _DEFINING_FLAGS:
         given = getattr(args, name)
-        if given is None:
+        if given is None or (name == "budget" and args.report):  # --report --budget re-answers
             continue
         saved_value = saved[name]
         if name == "objectives":
@@ -332,6 +346,8 @@ def _defining_values(settings: SweepSettings, args: argparse.Namespace) -> list[
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, tuple) and (not value or isinstance(value[0], Bound)):
+        return budget_text(value)
     if isinstance(value, tuple) and all(isinstance(item, tuple) for item in value):
         return ",".join(f"{metric}:{mode}" for metric, mode in value)  # objectives
     if isinstance(value, dict) and value and all(isinstance(v, (int, float)) for v in value.values()):
@@ -339,6 +355,18 @@ def _shown(value: Any) -> str:
     if isinstance(value, dict):
         return " ".join(f"--set {k}={v}" for k, v in value.items()) or "no --set"
     return str(value)
+
+
+def _check_recorded(settings: SweepSettings, parser: argparse.ArgumentParser) -> None:
+    """Exit 2 with one line when the trials of the sweep did not record a metric its budget names."""
+    import optuna
+
+    from tune.budget import unrecorded
+
+    study = optuna.load_study(study_name=settings.name, storage=_open_storage(settings, parser))
+    missing = unrecorded(settings.budget, study)
+    if missing:
+        parser.error(f"--budget: the trials of sweep {settings.name!r} did not record {', '.join(missing)}")
 
 
 def _open_storage(settings: SweepSettings, parser: argparse.ArgumentParser):
@@ -527,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     export_only = [f"--{name}" for name in ("trial", "out", "onnx") if getattr(args, name)]
     if export_only and not args.export:
         parser.error(f"{', '.join(export_only)}: only valid with --export NAME")
-    report_only = [f"--{name}" for name in ("margin", "prefer") if getattr(args, name)]
+    report_only = [f"--{name}" for name in ("margin", "prefer", "budget") if getattr(args, name) is not None]
     if report_only and (args.export or args.debug_trial or args.compare):
         parser.error(f"{', '.join(report_only)}: only valid with a sweep, --resume NAME or --report NAME "
                      "(--export --trial recommended takes the last report's recommendation)")
@@ -553,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
         return _compare(args, parser)
     if args.report:
         settings = _saved_settings(args.report, args, parser, "--report")
+        if args.budget is not None:  # a report-time choice, like --margin
+            settings = dataclasses.replace(settings, budget=args.budget)
+            _check_recorded(settings, parser)
         _check_writable(settings.local_dir, "--report", parser)
         decision = _decision(args, settings, parser)
         return _finish(settings, _open_storage(settings, parser), args, decision)

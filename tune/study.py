@@ -1,10 +1,17 @@
 """The Optuna side of the sweep: storage, sampler, the searcher Ray Tune drives, checks.
 
-The searcher is Ray Tune's ``OptunaSearch`` with three additions: the study's metric
+The searcher is Ray Tune's ``OptunaSearch`` with four additions: the study's metric
 names are set (optuna-dashboard labels its axes with them), each trial's secondary
-metrics and config are attached as user attributes, and every Tune trial ends in a
+metrics and config are attached as user attributes, a sweep with a budget records each
+completed trial's constraint values (tune.budget), and every Tune trial ends in a
 terminal Optuna state — ``OptunaSearch`` itself logs and swallows a rejected ``tell``,
 which would leave the trial RUNNING.
+
+Constraints are written by the searcher, not computed by a sampler's ``constraints_func``:
+Optuna 5 deprecates that argument, and it runs inside ``tell`` on a trial whose values are
+not stored yet, so a budget on an objective (params, latency_ms) could not be computed
+there. TPE, NSGA-II and GP read the recorded values (``FrozenTrial.constraints``) however
+they were written; the random sampler ignores them.
 """
 
 import logging
@@ -22,12 +29,16 @@ import numpy as np
 import optuna
 import sqlalchemy
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+# The list-form system attribute the samplers read as FrozenTrial.constraints and the one
+# optuna-dashboard 0.21 shows (it does not read set_constraint's "constraints:<key>" form).
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 # Set by trainables.trial.tune_trainable when a trial fails deterministically (no retry).
 from trainables.report_keys import TRIAL_ERROR_KEY
 from trainables.storage import is_uri
+from tune.budget import Bound, constraint_values
 from tune.sweep import SAMPLERS, STUDY_DB_FILENAME  # the sweep's settings and layout; re-exported here
 
 logger = logging.getLogger(__name__)
@@ -166,7 +177,10 @@ def _split_result(result: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
 
 
 class SweepSearch(OptunaSearch):
-    """OptunaSearch with metric names, user attributes and a terminal state for every trial."""
+    """OptunaSearch with metric names, user attributes, budget constraints and a terminal state for every trial."""
+
+    # A searcher pickled by a sweep from before budgets is restored without calling __init__.
+    _budget: tuple[Bound, ...] = ()
 
     def __init__(
         self,
@@ -177,6 +191,7 @@ class SweepSearch(OptunaSearch):
         study_name: str,
         sampler: optuna.samplers.BaseSampler,
         points_to_evaluate: Sequence[Mapping[str, Any]] = (),
+        budget: Sequence[Bound] = (),
     ):
         metric, mode = list(metric), list(mode)
         if not callable(space):
@@ -207,6 +222,7 @@ class SweepSearch(OptunaSearch):
         for point in points_to_evaluate:
             self._ot_study.enqueue_trial(dict(point), skip_if_exists=True)
         self._last_results: dict[str, dict[str, Any]] = {}
+        self._budget = tuple(budget)
 
     @property
     def study(self) -> optuna.Study:
@@ -266,6 +282,10 @@ class SweepSearch(OptunaSearch):
             if not math.isfinite(float(value)):
                 return None, f"objective {name} is not finite: {value}"
             values.append(float(value))
+        try:
+            constraint_values(self._budget, result)
+        except ValueError as err:
+            return None, str(err)
         return values, None
 
     def _user_attrs(
@@ -310,6 +330,10 @@ class SweepSearch(OptunaSearch):
             )
         else:
             if fail_reason is None:
+                if self._budget:
+                    # Before tell, so no COMPLETE trial is ever seen without its constraints.
+                    self._ot_study._storage.set_trial_system_attr(
+                        ot_trial._trial_id, _CONSTRAINTS_KEY, constraint_values(self._budget, final))
                 self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE, skip_if_finished=True)
                 if os.environ.get(KILL_AFTER_TELL_ENV) == "1":
                     logger.warning("%s=1: killing the driver after telling Optuna", KILL_AFTER_TELL_ENV)

@@ -17,6 +17,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from search_spaces import config_values
+from tune.budget import budget_text, violations
 from tune.callbacks import PROGRESS_FILENAME, finished_trial_ids
 from tune.reports import markdown_table, front_table, reference_row, trials_frame, write_reports
 from tune.spectra import write_spectra
@@ -149,10 +150,12 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
                                 notes=recipe_notes(settings, study)
                                 + retime_notes(retimed if "latency_ms" in settings.metric_names else None)
                                 + replicate_notes(replicated, settings.metric_names[0]),
-                                margins=margins, prefer=prefer)
+                                margins=margins, prefer=prefer, budget=settings.budget)
     if "answer.md" in written:
-        publish_answer(study, written["answer.md"].read_text(encoding="utf-8"), pd.read_csv(written["pareto.csv"]),
-                       settings.objectives)
+        table = pd.read_csv(written["pareto.csv"])
+        publish_answer(study, written["answer.md"].read_text(encoding="utf-8"), table, settings.objectives,
+                       budget_text(settings.budget) if settings.budget else None,
+                       outside_budget(settings.budget, pd.read_parquet(written["trials.parquet"]), table))
     written.update(write_spectra(study, settings.local_dir, settings.objectives, settings.base,
                                  settings.results_dir))
     if is_uri(settings.results_dir):
@@ -161,20 +164,36 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
     return written
 
 
+def outside_budget(budget, trials: pd.DataFrame, table: pd.DataFrame) -> dict[int, str]:
+    """Return {trial number: the bounds it breaks} for the complete trials outside `budget`: front points as
+    pareto.csv's `table` judges them (re-timed latency), the other trials on trials.parquet's in-sweep values."""
+    if not budget:
+        return {}
+    front = table[table["role"] == "front"].drop_duplicates("number").set_index("number")
+    rows = trials[trials["state"] == TrialState.COMPLETE.name].set_index("number")
+    broken = {}
+    for number, row in rows.iterrows():
+        found = violations(budget, front.loc[number] if number in front.index else row)
+        if found:
+            broken[int(number)] = ", ".join(found)
+    return broken
+
+
 def verify(settings: SweepSettings, study: optuna.Study) -> dict[str, int]:
     """Return the study's trial counts by state after checking every finished Tune trial is terminal."""
     return verify_study(study, finished_trial_ids(settings.local_dir / PROGRESS_FILENAME))
 
 
 def front_frame(settings: SweepSettings, study: optuna.Study) -> pd.DataFrame:
-    """Return the front table (reference row first) with the searched parameters."""
+    """Return the front table (reference row first) with the searched parameters; with the sweep's budget, the
+    front of the feasible trials too (what the re-timing pass times and --final-eval scores)."""
     df = trials_frame(study)
     complete = df[df["state"] == TrialState.COMPLETE.name]
     if complete.empty:
         return complete
     params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
     return front_table(complete, settings.objectives, reference_row(complete, settings.objectives),
-                       extra_columns=params)
+                       extra_columns=params, budget=settings.budget)
 
 
 def print_summary(settings: SweepSettings, study: optuna.Study, counts: dict[str, int],

@@ -78,6 +78,7 @@ class SweepSettings:
     max_failures: int
     base: Mapping[str, Any]           # flat trial config: preset + --set overrides
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    budget: tuple = ()                # tune.budget.Bound terms (--budget); () = none
 
     @property
     def sweep_dir(self) -> str:
@@ -116,6 +117,9 @@ class SweepSettings:
         elif storage_url is not None:
             data["storage_url"] = storage_url
         data["objectives"] = tuple(tuple(o) for o in data["objectives"])
+        from tune.budget import Bound  # tune.budget imports this module
+
+        data["budget"] = tuple(Bound(*term) for term in data.get("budget", ()))  # absent before budgets
         return cls(**data)
 
 
@@ -353,6 +357,7 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
         study_name=settings.name,
         sampler=make_sampler(settings.sampler, settings.seed),
         points_to_evaluate=seed_config_points(settings.space, settings.base),
+        budget=settings.budget,
     )
 
 

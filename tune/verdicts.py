@@ -16,6 +16,9 @@ A latency difference (either kind) smaller than LATENCY_TIE_FRACTION of the refe
 value is a tie even when its interval excludes zero: timing one configuration twice moves
 it that much.
 
+A budget (tune.budget, --budget) adds one more condition to the recommendation: the point meets
+every bound, judged on the values of the front table (re-timed latency where the pass ran).
+
 Non-inferiority (quality objectives only): a point is non-inferior on a metric it maximises
 when the lower end of the paired 95% interval of its difference to the reference exceeds
 -margin (on a metric it minimises: the upper end is below +margin). Margins default to
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from trainables.bootstrap import paired_deltas, verdict
+from tune.budget import Bound, budget_text, violations
 
 INTERVAL_METRICS = {"val_auroc": "auroc", "val_auprc": "auprc", "val_accuracy": "accuracy"}
 EXACT_OBJECTIVES = frozenset({"params", "gflops", "params_ratio"})
@@ -255,10 +259,12 @@ def _cost_part(row: pd.Series, ref: pd.Series, name: str) -> str:
     return f"{100 * delta / base:+.0f}% {name}{interval} ({word})"
 
 
-def _shortfalls(row: pd.Series, objectives: Sequence[tuple[str, str]], margins: dict[str, float]) -> list[str]:
+def _shortfalls(row: pd.Series, objectives: Sequence[tuple[str, str]], margins: dict[str, float],
+                budget: Sequence[Bound] = ()) -> list[str]:
     """Return why `row` cannot be recommended (empty when it qualifies)."""
     modes = dict(objectives)
-    reasons = []
+    broken = violations(budget, row)
+    reasons = [f"outside the budget ({', '.join(broken)})"] if broken else []
     for name in quality_objectives(objectives):
         ok = row.get(f"noninferior_{name}")
         if ok is None or (isinstance(ok, float) and math.isnan(ok)):
@@ -274,13 +280,14 @@ def _shortfalls(row: pd.Series, objectives: Sequence[tuple[str, str]], margins: 
 
 
 def recommend(table: pd.DataFrame, objectives: Sequence[tuple[str, str]], margins: dict[str, float] | None = None,
-              prefer: str | None = None) -> tuple[int | None, str]:
+              prefer: str | None = None, budget: Sequence[Bound] = ()) -> tuple[int | None, str]:
     """Return (the recommended front point's trial number, or None; one line saying which and why, or why none).
 
     A front point qualifies when it is non-inferior on every quality objective (noninferior_<metric>,
     see add_noninferiority), better than the reference on at least one cost objective and worse on
-    no other objective. Among those the lowest `prefer` wins (a cost objective; default the sweep's
-    first), then the lowest other cost objectives in the sweep's order, then the lower trial number.
+    no other objective, and within `budget` (tune.budget; every bound met by the row's values). Among
+    those the lowest `prefer` wins (a cost objective; default the sweep's first), then the lowest other
+    cost objectives in the sweep's order, then the lower trial number.
     """
     if table.empty or table["role"].iloc[0] != REFERENCE:
         return None, "No reference row: no recommendation."
@@ -296,7 +303,8 @@ def recommend(table: pd.DataFrame, objectives: Sequence[tuple[str, str]], margin
         return None, f"No recommendation: the reference (trial {int(ref['number'])}) is the whole front."
     modes = dict(objectives)
     order = [prefer] + [name for name in cost_objectives(objectives) if name != prefer]
-    reasons = {index: _shortfalls(row, objectives, margins) for index, row in front.iterrows()}
+    reasons = {index: _shortfalls(row, objectives, margins, budget) for index, row in front.iterrows()}
+    within = f", within the budget {budget_text(budget)}" if budget else ""
     qualifying = front[[not reasons[index] for index in front.index]]
     quality = quality_objectives(objectives)
     margin_text = ", ".join(f"{name} {margins[name]:g}" for name in quality) or "no quality objective"
@@ -308,7 +316,7 @@ def recommend(table: pd.DataFrame, objectives: Sequence[tuple[str, str]], margin
         return int(best["number"]), (
             f"Recommended: trial {int(best['number'])}: {', '.join(parts)}; the lowest {prefer} of "
             f"{len(qualifying)} qualifying front point{'s' if len(qualifying) != 1 else ''} (non-inferior on every "
-            f"quality objective, better on a cost objective, worse on none; --prefer {prefer}).")
+            f"quality objective, better on a cost objective, worse on none{within}; --prefer {prefer}).")
 
     def shortfall(item) -> tuple:
         index, row = item
@@ -321,5 +329,5 @@ def recommend(table: pd.DataFrame, objectives: Sequence[tuple[str, str]], margin
 
     index, closest = min(front.iterrows(), key=shortfall)
     return None, (f"No recommendation: none of {len(front)} front points is non-inferior on every quality "
-                  f"objective (margins: {margin_text}), better on a cost objective and worse on none; closest: "
+                  f"objective (margins: {margin_text}), better on a cost objective and worse on none{within}; closest: "
                   f"trial {int(closest['number'])}: {'; '.join(reasons[index])}.")

@@ -181,3 +181,34 @@ def test_the_wandb_pareto_run_gets_the_verdict_table_and_the_recommendation(old_
     assert logged["verdicts"]["recommended"].tolist() == ["", "", "yes", ""]
     assert summary["recommendation"].startswith("Recommended: trial 1")
     assert summary["dominance"].startswith("None of 2 front points")
+
+
+def test_a_report_with_a_budget_reanswers_and_marks_the_trials_outside_it(old_sweep):
+    _report(old_sweep)
+    assert _report(old_sweep, "--budget", "params<=600") == 0
+    lines = (old_sweep.local_dir / "pareto.md").read_text().splitlines()
+    assert lines[2].startswith("Recommended: trial 1:") and "within the budget params<=600" in lines[2]
+    assert "Budget params<=600 (--budget): 2 of 4 complete trials within it" in (old_sweep.local_dir / "pareto.md").read_text()
+    table = pd.read_csv(old_sweep.local_dir / "pareto.csv")
+    assert table["feasible"].tolist() == [False, False, True, True]
+    trials = pd.read_parquet(old_sweep.local_dir / "trials.parquet").set_index("number")
+    assert trials["feasible"].tolist() == [False, True, True, False]
+    study = _study(old_sweep)
+    assert study.user_attrs["infeasible_trials"] == [0, 3] and study.user_attrs["budget"] == "params<=600"
+    assert "Outside the budget params<=600 of the last report: params 800 > 600." in _trial_note(study, 3)
+    assert _trial_note(study, 0).rstrip().endswith("params 1000 > 600.\n" + END)
+    # A budget that only the point beyond the AUROC margin meets: no recommendation, and why.
+    assert _report(old_sweep, "--budget", "params<=400") == 0
+    line = (old_sweep.local_dir / "pareto.md").read_text().splitlines()[2]
+    assert line.startswith("No recommendation: none of 2 front points") and "outside the budget (params 500 > 400)" in line
+    # The report-time budget is not saved: the next plain report has none, and the marks go.
+    assert _report(old_sweep) == 0
+    assert "feasible" not in pd.read_csv(old_sweep.local_dir / "pareto.csv").columns
+    assert _trial_note(_study(old_sweep), 3) == "" and _study(old_sweep).user_attrs["infeasible_trials"] == []
+
+
+def test_a_report_budget_on_a_metric_the_trials_did_not_record_exits_2(old_sweep, capsys):
+    with pytest.raises(SystemExit) as caught:
+        _report(old_sweep, "--budget", "gflops<=1")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert caught.value.code == 2 and "--budget: the trials of sweep 'before' did not record gflops" in line
