@@ -145,7 +145,7 @@ def collect_input_stats(
         model.eval()
         with torch.no_grad():
             for batch in batches:
-                model(_pixels(batch).to(device))
+                model(batch_pixels(batch).to(device))
                 num_batches += 1
                 latest.update(tensor=None, gram=None)
     finally:
@@ -185,7 +185,8 @@ def load_input_stats(path: str) -> dict[str, InputStats]:
     return stats
 
 
-def _pixels(batch: Any) -> torch.Tensor:
+def batch_pixels(batch: Any) -> torch.Tensor:
+    """Return the pixel tensor of a calibration batch (a tensor, a (pixels, labels) pair or a dict)."""
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, Mapping) and "pixel_values" in batch:
