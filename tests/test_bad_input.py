@@ -164,8 +164,8 @@ CLI_CASES = [
     *(f"debug_pcam_{fault}" for fault in DATA_FAULTS), "sweep_pcam_present_but_truncated",
     "debug_pcam_absent", "sweep_weights_not_dinov3", "debug_weights_not_dinov3", "debug_weights_missing",
     "tau_heads_zero", "tau_svd_above_one", "r_max_one", "r_max_debug", "alpha_zero", "tau_not_a_number",
-    "unknown_importance", "unknown_allocation", "unknown_set_key", "unknown_space", "postgres_unreachable", "sqlite_dir_missing",
-    "results_dir_under_a_file", "name_holds_another_sweep", "name_folder_not_empty",
+    "unknown_importance", "unknown_allocation", "unknown_set_key", "unknown_space", "postgres_unreachable",
+    "sqlite_dir_missing", "results_dir_under_a_file", "name_holds_another_sweep", "name_folder_not_empty",
 ]
 
 # A few cases go through `python tune/run.py` itself (imports, exit status, nothing but one
