@@ -28,7 +28,7 @@ from compress.adapters import adapter_for
 from compress.heads import head_energies
 from compress.linear import dense_weight
 from compress.mlp import neuron_energies
-from compress.whitening import batch_pixels
+from compress.whitening import batch_pixels, forward_with_hooks
 
 IMPORTANCES = ("energy", "taylor", "activation")
 
@@ -187,27 +187,9 @@ def activation_scores(model: nn.Module, batches: Iterable[Any]) -> UnitScores:
 
         return hook
 
-    handles = []
-    for index, layer in enumerate(layers):
-        handles.append(adapter.linear(layer, adapter.head_input_role).register_forward_pre_hook(
-            make_hook(index, "heads", layer)))
-        handles.append(adapter.linear(layer, adapter.neuron_input_role).register_forward_pre_hook(
-            make_hook(index, "mlp", layer)))
-    was_training = model.training
-    device = next(model.parameters()).device
-    num_batches = 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in batches:
-                model(batch_pixels(batch).to(device))
-                num_batches += 1
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    if num_batches == 0:
-        raise ValueError("batches must yield at least one batch of pixels, got none")
+    hooks = [(adapter.linear(layer, role), make_hook(index, kind, layer)) for index, layer in enumerate(layers)
+             for kind, role in (("heads", adapter.head_input_role), ("mlp", adapter.neuron_input_role))]
+    forward_with_hooks(model, batches, hooks)
     heads = tuple(sums[(index, "heads")] / tokens[(index, "heads")] for index in range(len(layers)))
     mlp = tuple(sums[(index, "mlp")] / tokens[(index, "mlp")] for index in range(len(layers)))
     return UnitScores("activation", heads, mlp)
