@@ -12,7 +12,9 @@ digits: the digits preset's fine-tuned model (the seed trial's pretrain and fine
         with the paired bootstrap AUROC difference against the energy / per_layer front point of
         the smallest size at least as large (same images), the scoring seconds (once per model,
         the cached importance stage: remove <results-dir>/cache/importance to time it again) and the
-        median compress_model seconds per grid point.
+        median compress_model seconds per grid point. Every grid point is written to
+        <results-dir>/importance_grid.csv. "with tau >= 0.5 only": the front of the range the
+        space searched before issue 34.
 vits:   scoring seconds of taylor and activation on a DINOv3 ViT-S/16 (random init, shaped spectra
         as in bench_compress.py) with a linear head, one calibration batch of --vits-batch 224 px images.
 """
@@ -23,6 +25,7 @@ import argparse
 import itertools
 import statistics
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -82,19 +85,29 @@ def digits(ctx: TrialContext, taus: list[float]) -> None:
                          "units": sum(d.kept for d in report.mlp)})
         compress_s[(importance, allocation)] = statistics.median(seconds)
     table = pd.DataFrame(rows)
+    table.to_csv(Path(ctx.results_dir) / "importance_grid.csv", index=False)
     box = 0.5 * uncompressed
     reference_point = {"val_auroc": 0.5, "params": uncompressed}
-    fronts = {combo: pareto_front(group, OBJECTIVES).sort_values("params")
-              for combo, group in table.groupby(["importance", "allocation"], sort=False)}
+
+    def front_of(group: pd.DataFrame) -> pd.DataFrame:
+        # Grid points that prune alike give equal rows; one of each is enough.
+        return pareto_front(group, OBJECTIVES).drop_duplicates(["params", "val_auroc"]).sort_values("params")
+
+    groups = dict(list(table.groupby(["importance", "allocation"], sort=False)))
+    fronts = {combo: front_of(group) for combo, group in groups.items()}
     reference_front = fronts[REFERENCE]
     print(f"uncompressed parameters {uncompressed:,}; grid tau_heads x tau_mlp over {taus}; "
           f"{len(table)} compressed models")
-    print("\n| importance | allocation | hypervolume (fraction of box) | front points | scoring s | compress s/model |")
-    print("|---|---|---|---|---|---|")
-    for (importance, allocation), front in fronts.items():
+    print("\n| importance | allocation | hypervolume (fraction of box) | with tau >= 0.5 only | front points | "
+          "scoring s | compress s/model |")
+    print("|---|---|---|---|---|---|---|")
+    for combo, front in fronts.items():
+        group = groups[combo]
+        upper = group[(group["tau_heads"] >= 0.5) & (group["tau_mlp"] >= 0.5)]
         volume = front_hypervolume(front, OBJECTIVES, reference_point) / box
-        print(f"| {importance} | {allocation} | {volume:.3f} | {len(front)} | {score_s[importance]} | "
-              f"{compress_s[(importance, allocation)]:.3f} |")
+        upper_volume = front_hypervolume(front_of(upper), OBJECTIVES, reference_point) / box
+        print(f"| {combo[0]} | {combo[1]} | {volume:.3f} | {upper_volume:.3f} | {len(front)} | {score_s[combo[0]]} | "
+              f"{compress_s[combo]:.3f} |")
     for (importance, allocation), front in fronts.items():
         if (importance, allocation) == REFERENCE:
             continue
