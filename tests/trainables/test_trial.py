@@ -75,8 +75,10 @@ def test_data_aware_importance_scores_are_a_cached_stage(first, results):
             "compress.allocation": "global"}
     ctx = TrialContext(results_dir=results, show_progress=False)
     once = run_trial(flat, ctx)
-    again = run_trial({**flat, "compress.tau_mlp": 0.4}, ctx)
+    # recover rebuilds the compressed model from the cached scores (TrainJob.scores_path).
+    again = run_trial({**flat, "compress.tau_mlp": 0.4, "recover.epochs": 1}, ctx)
     assert once["cache_hit_importance"] is False and again["cache_hit_importance"] is True
+    assert again["cache_hit_recover"] is False
     assert again["params"] < once["params"] < first["params"]
     assert "cache_hit_importance" not in first
 
