@@ -25,9 +25,9 @@ from torch import nn
 from torch.nn import functional
 
 from compress.adapters import adapter_for
-from compress.heads import head_energies
+from compress.heads import attention_head_energies
 from compress.linear import dense_weight
-from compress.mlp import neuron_energies
+from compress.mlp import mlp_unit_energies
 from compress.whitening import batch_pixels, forward_with_hooks
 
 IMPORTANCES = ("energy", "taylor", "activation")
@@ -76,16 +76,7 @@ def unit_scores(model: nn.Module, importance: str, batches: Iterable[Any] | None
 
 def energy_scores(model: nn.Module, batches: Iterable[Any] | None = None) -> UnitScores:
     """Return the notes' weight energies of every head and MLP unit (`batches` is not read)."""
-    adapter = adapter_for(model)
-    heads, mlp = [], []
-    for _, layer in adapter.layers(model):
-        heads.append(head_energies(dense_weight(adapter.linear(layer, adapter.head_input_role)),
-                                   adapter.head_count(layer), adapter.head_dim(layer)))
-        gate = adapter.linear(layer, "gate")
-        mlp.append(neuron_energies(dense_weight(adapter.linear(layer, "up")),
-                                   dense_weight(adapter.linear(layer, adapter.neuron_input_role)),
-                                   dense_weight(gate) if gate is not None else None))
-    return UnitScores("energy", tuple(heads), tuple(mlp))
+    return UnitScores("energy", tuple(attention_head_energies(model)), tuple(mlp_unit_energies(model)))
 
 
 def taylor_scores(model: nn.Module, batches: Iterable[Any], loss: Loss | None = None) -> UnitScores:
@@ -116,12 +107,13 @@ def taylor_scores(model: nn.Module, batches: Iterable[Any], loss: Loss | None = 
         model.eval()
         for param in params:
             param.requires_grad_(True)
-        for batch in batches:
-            pixels, labels = batch_pixels(batch).to(device), _labels(batch).to(device)
-            value = loss(_logits(model(pixels)), labels)
-            for total, grad in zip(sums, torch.autograd.grad(value, params)):
-                total.add_(grad.to(torch.float64))
-            num_batches += 1
+        with torch.enable_grad():
+            for batch in batches:
+                pixels, labels = batch_pixels(batch).to(device), _labels(batch).to(device)
+                value = loss(_logits(model(pixels)), labels)
+                for total, grad in zip(sums, torch.autograd.grad(value, params)):
+                    total.add_(grad.to(torch.float64))
+                num_batches += 1
     finally:
         for param, flag in zip(params, flags):
             param.requires_grad_(flag)
