@@ -4,6 +4,8 @@ Model surgery only: imports neither Ray, Optuna, trainables nor tune.
 
     plan          CompressionPlan and compress_model (heads -> MLP -> SVD -> tokens)
     energy        the one selection rule (keep the fewest units reaching tau of the energy)
+    importance    per-head / per-unit scores: energy (the notes), taylor, activation
+    allocation    how tau spreads over layers: per_layer (the notes) or one global ranking
     heads, mlp    head and MLP hidden-unit pruning; surgery (keep_heads/keep_units, shared with io)
     svd, whitening, linear   truncated SVD (raw or whitened), input statistics, LowRankLinear
     prehab        low-rank regularizers
@@ -15,8 +17,10 @@ Model surgery only: imports neither Ray, Optuna, trainables nor tune.
     checks, params, report, targets   argument checks, parameter counts, decisions, SVD target roles
 """
 
+from compress.allocation import ALLOCATIONS, allocate
 from compress.energy import keep_count
 from compress.heads import prune_attention_heads
+from compress.importance import IMPORTANCES, UnitScores, load_unit_scores, save_unit_scores, unit_scores
 from compress.io import load_compressed, save_compressed
 from compress.linear import LowRankLinear
 from compress.mlp import prune_mlp_neurons
@@ -32,15 +36,19 @@ from compress.tokens import disable_token_pruning, enable_token_pruning, keep_sc
 from compress.whitening import InputStats, collect_input_stats, load_input_stats, save_input_stats
 
 __all__ = [
+    "ALLOCATIONS",
     "CompressionPlan",
     "CompressionReport",
     "FISHER_WEIGHTED",
+    "IMPORTANCES",
     "InputStats",
     "LayerDecision",
     "LowRankLinear",
     "PENALTY_KINDS",
     "REGULARIZERS",
     "TokenPlan",
+    "UnitScores",
+    "allocate",
     "collect_input_stats",
     "collect_output_fisher",
     "compress_model",
@@ -53,6 +61,7 @@ __all__ = [
     "keep_schedule",
     "load_compressed",
     "load_input_stats",
+    "load_unit_scores",
     "lowrank_penalty",
     "nuclear_ratio",
     "nuclear_ratio_plus_effective_rank",
@@ -60,6 +69,8 @@ __all__ = [
     "prune_mlp_neurons",
     "save_compressed",
     "save_input_stats",
+    "save_unit_scores",
     "stable_rank",
     "truncate_svd",
+    "unit_scores",
 ]

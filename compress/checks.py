@@ -2,7 +2,7 @@
 
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -49,3 +49,15 @@ def _real(name: str, value: object) -> float:
     if math.isnan(number):
         raise ValueError(f"{name} must be a number, got NaN")
     return number
+
+
+def check_scores(name: str, scores: Sequence[torch.Tensor], sizes: Sequence[int]) -> list[torch.Tensor]:
+    """Return `scores` as a list if it holds one tensor of sizes[l] values per layer l; raise naming `name`."""
+    scores = list(scores)
+    if len(scores) != len(sizes):
+        raise ValueError(f"{name} must hold one tensor per layer ({len(sizes)}), got {len(scores)}")
+    for index, (layer_scores, size) in enumerate(zip(scores, sizes)):
+        if torch.as_tensor(layer_scores).numel() != size:
+            raise ValueError(f"{name}[{index}] must hold {size} values (one per unit), "
+                             f"got {torch.as_tensor(layer_scores).numel()}")
+    return scores

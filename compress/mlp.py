@@ -1,11 +1,13 @@
-"""MLP hidden-unit pruning by the salience of each unit's input row and output column."""
+"""MLP hidden-unit pruning: by the salience of each unit's input row and output column, or by given scores."""
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from compress.adapters import adapter_for
-from compress.checks import check_finite_weights, check_fraction
-from compress.energy import select_units
+from compress.allocation import allocate
+from compress.checks import check_finite_weights, check_fraction, check_scores
 from compress.linear import dense_weight
 from compress.params import count_params
 from compress.report import LayerDecision
@@ -26,11 +28,24 @@ def neuron_energies(
     return salience.pow(2)
 
 
-def prune_mlp_neurons(model: nn.Module, tau: float) -> list[LayerDecision]:
-    """Keep, per layer, the fewest MLP hidden units whose energy reaches `tau`; return one decision per layer.
+def mlp_unit_energies(model: nn.Module) -> list[torch.Tensor]:
+    """Return neuron_energies of every layer of `model`, in the adapter's layer order."""
+    adapter = adapter_for(model)
+    energies = []
+    for _, layer in adapter.layers(model):
+        weights = {role: dense_weight(module) for role in (*adapter.neuron_output_roles, adapter.neuron_input_role)
+                   if (module := adapter.linear(layer, role)) is not None}
+        energies.append(neuron_energies(weights["up"], weights["down"], weights.get("gate")))
+    return energies
 
-    Kept units keep their rows of W_up and W_gate (with biases) and their columns of W_down
-    (bias unchanged). Modifies `model`.
+
+def prune_mlp_neurons(model: nn.Module, tau: float, scores: Sequence[torch.Tensor] | None = None,
+                      allocation: str = "per_layer") -> list[LayerDecision]:
+    """Keep the fewest MLP hidden units whose score reaches `tau` (compress.allocation); one decision per layer.
+
+    `scores` holds one tensor per layer (one value per unit); None scores by energy, the
+    notes' rule. Kept units keep their rows of W_up and W_gate (with biases) and their
+    columns of W_down (bias unchanged). Modifies `model`.
     """
     tau = check_fraction("tau", tau)
     adapter = adapter_for(model)
@@ -42,16 +57,10 @@ def prune_mlp_neurons(model: nn.Module, tau: float) -> list[LayerDecision]:
         for role in roles
         if (module := adapter.linear(layer, role)) is not None
     )
+    widths = [adapter.mlp_width(layer) for _, layer in layers]
+    scores = mlp_unit_energies(model) if scores is None else check_scores("scores", scores, widths)
     decisions = []
-    for index, (name, layer) in enumerate(layers):
-        weights = {
-            role: dense_weight(module)
-            for role in roles
-            if (module := adapter.linear(layer, role)) is not None
-        }
-        energies = neuron_energies(weights["up"], weights["down"], weights.get("gate"))
-        kept = select_units(energies, tau)
-        width = energies.numel()
+    for index, ((name, layer), kept, width) in enumerate(zip(layers, allocate(scores, tau, allocation), widths)):
         params_before = count_params(layer)
         applied = kept.numel() < width
         if applied:

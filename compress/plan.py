@@ -9,8 +9,10 @@ from typing import Any
 from torch import nn
 
 from compress.adapters import adapter_for
+from compress.allocation import check_allocation
 from compress.checks import check_fraction, check_half_open_unit, check_positive
 from compress.heads import prune_attention_heads
+from compress.importance import UnitScores, check_importance, unit_scores
 from compress.mlp import prune_mlp_neurons
 from compress.params import count_params
 from compress.report import CompressionReport, LayerDecision
@@ -48,6 +50,10 @@ class CompressionPlan:
     svd_targets: tuple[str, ...] = DEFAULT_TARGETS
     # Whitened SVD factors S + svd_damping * mean(diag S) * I (compress.whitening.whitening_factor).
     svd_damping: float = keyed_when_set(DEFAULT_DAMPING)
+    # Which heads / MLP units count most (compress.importance) and how tau spreads over layers
+    # (compress.allocation); energy / per_layer is the notes' rule.
+    importance: str = keyed_when_set("energy")
+    allocation: str = keyed_when_set("per_layer")
 
     def __post_init__(self) -> None:
         for name in ("tau_heads", "tau_mlp", "tau_svd"):
@@ -56,6 +62,13 @@ class CompressionPlan:
             raise ValueError(f"compress.svd_space must be one of {', '.join(SVD_SPACES)}, got {self.svd_space!r}")
         object.__setattr__(self, "svd_targets", check_targets("compress.svd_targets", self.svd_targets))
         object.__setattr__(self, "svd_damping", check_positive("compress.svd_damping", self.svd_damping))
+        check_importance("compress.importance", self.importance)
+        check_allocation("compress.allocation", self.allocation)
+
+    @property
+    def needs_scores(self) -> bool:
+        """Whether heads or MLP units are pruned by a data-aware importance (calibration scores needed)."""
+        return self.importance != "energy" and (self.tau_heads < 1.0 or self.tau_mlp < 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plan as a JSON-able dict (svd_targets as a list)."""
@@ -127,11 +140,15 @@ def compress_model(
     plan: CompressionPlan,
     calibration: Calibration | None = None,
     tokens: TokenPlan | None = None,
+    scores: UnitScores | None = None,
 ) -> tuple[nn.Module, CompressionReport]:
     """Return (a compressed deep copy of `model`, its report); `model` itself is not modified.
 
     Order: attention heads (plan.tau_heads) -> MLP units (tau_mlp) -> truncated SVD (tau_svd,
     raw or whitened) -> token pruning (`tokens`; skipped when None or at r_max = 0).
+    Heads and units are ranked by plan.importance and kept by plan.allocation. A data-aware
+    importance (taylor, activation) uses `scores` of `model` (compress.importance.unit_scores,
+    e.g. cached by a trial) or, when None, computes them from `calibration` batches.
     Whitened SVD with tau_svd < 1 needs `calibration`: either {name: InputStats} collected on the
     uncompressed model (o/down statistics are restricted to the kept heads/units here) or an
     iterable of batches, from which statistics are collected on the pruned model.
@@ -147,10 +164,25 @@ def compress_model(
             "compress.svd_space='whitened' needs calibration: pass calibration=collect_input_stats(model, batches) "
             "(statistics of the uncompressed model) or calibration=<iterable of pixel batches>"
         )
+    if scores is not None and not isinstance(scores, UnitScores):
+        raise TypeError(f"scores must be UnitScores or None, got {type(scores).__name__}")
+    if plan.needs_scores and scores is None:
+        if calibration is None or isinstance(calibration, Mapping):
+            raise ValueError(
+                f"compress.importance={plan.importance!r} needs scores=unit_scores(model, {plan.importance!r}, "
+                "batches) or calibration=<iterable of labelled pixel batches>"
+            )
+        calibration = list(calibration)  # read again below when whitened SVD collects statistics
+        scores = unit_scores(model, plan.importance, calibration)
+    if scores is not None and plan.needs_scores and scores.importance != plan.importance:
+        raise ValueError(f"scores are {scores.importance!r} scores, but compress.importance is {plan.importance!r}")
     params_before = count_params(model)
     compressed = copy.deepcopy(model)
-    heads = prune_attention_heads(compressed, plan.tau_heads)
-    mlp = prune_mlp_neurons(compressed, plan.tau_mlp)
+    # Data-aware scores are those of the unpruned model, MLP units' included; energy is read
+    # from the weights at each step (None), as the notes do.
+    head_scores, mlp_scores = (scores.heads, scores.mlp) if plan.needs_scores else (None, None)
+    heads = prune_attention_heads(compressed, plan.tau_heads, head_scores, plan.allocation)
+    mlp = prune_mlp_neurons(compressed, plan.tau_mlp, mlp_scores, plan.allocation)
     svd: list[LayerDecision] = []
     if plan.tau_svd < 1.0 and plan.svd_targets:
         whitening = None

@@ -1,7 +1,7 @@
 """Input second moments of linear layers from calibration data, and their whitening factors."""
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,23 +137,8 @@ def collect_input_stats(
 
         return hook
 
-    was_training = model.training
-    device = next(model.parameters()).device
-    handles = [module.register_forward_pre_hook(make_hook(name)) for name, module in modules.items()]
-    num_batches = 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in batches:
-                model(_pixels(batch).to(device))
-                num_batches += 1
-                latest.update(tensor=None, gram=None)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    if num_batches == 0:
-        raise ValueError("batches must yield at least one batch of pixels, got none")
+    forward_with_hooks(model, batches, [(module, make_hook(name)) for name, module in modules.items()],
+                       after_batch=lambda: latest.update(tensor=None, gram=None))
     stats: dict[str, InputStats] = {}
     by_history: dict[tuple[int, ...], InputStats] = {}
     for name in modules:
@@ -185,7 +170,33 @@ def load_input_stats(path: str) -> dict[str, InputStats]:
     return stats
 
 
-def _pixels(batch: Any) -> torch.Tensor:
+def forward_with_hooks(model: nn.Module, batches: Iterable[Any], pre_hooks: Iterable[tuple[nn.Module, Callable]],
+                       after_batch: Callable[[], Any] | None = None) -> int:
+    """Run `model` on each batch's pixels in eval mode under no_grad with the forward pre-hooks attached;
+    return the number of batches (ValueError when none). Hooks and the training flag are restored."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    handles = [module.register_forward_pre_hook(hook) for module, hook in pre_hooks]
+    num_batches = 0
+    try:
+        model.eval()
+        with torch.no_grad():
+            for batch in batches:
+                model(batch_pixels(batch).to(device))
+                num_batches += 1
+                if after_batch is not None:
+                    after_batch()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if num_batches == 0:
+        raise ValueError("batches must yield at least one batch of pixels, got none")
+    return num_batches
+
+
+def batch_pixels(batch: Any) -> torch.Tensor:
+    """Return the pixel tensor of a calibration batch (a tensor, a (pixels, labels) pair or a dict)."""
     if isinstance(batch, torch.Tensor):
         return batch
     if isinstance(batch, Mapping) and "pixel_values" in batch:

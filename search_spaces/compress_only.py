@@ -1,4 +1,4 @@
-"""The cheap parameters only: thresholds, SVD space and token pruning.
+"""The cheap parameters only: thresholds, head / MLP unit importance and allocation, SVD space and token pruning.
 
 The fine-tune method, LoRA rank and prehab lambda come from the preset, so every trial
 after the first hits the fine-tune (and prehab) cache: the fastest sweep there is.
@@ -8,7 +8,8 @@ Its rows are the default space's.
 from search_spaces import default
 
 TABLE = default.TABLE.only((
-    "compress.tau_heads", "compress.tau_mlp", "compress.tau_svd", "compress.svd_space",
+    "compress.tau_heads", "compress.tau_mlp", "compress.importance", "compress.allocation",
+    "compress.tau_svd", "compress.svd_space",
     "tokens.enabled", "tokens.r_max", "tokens.alpha",
 ))
 

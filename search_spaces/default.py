@@ -8,7 +8,12 @@ Parameters as they appear in Optuna (and in the trial config), in suggestion ord
 - ``model.head``: categorical {linear, svd_taps, mlp} (keys the fine-tune cache, like the method);
   mlp is the DeiT log's 187,108-parameter head (compress.classifier.MLPHead), the svd_taps
   classifier without its taps, so the two isolate what the taps add
-- ``compress.tau_heads``, ``compress.tau_mlp``, ``compress.tau_svd``: uniform [0.5, 1.0]
+- ``compress.tau_heads``, ``compress.tau_mlp``: uniform [0.2, 1.0] (the small end of the front;
+  every layer keeps at least one head and one MLP unit at any tau); ``compress.tau_svd``: uniform [0.5, 1.0]
+- ``compress.importance``: categorical {energy, taylor, activation}, what ranks heads and MLP units
+  (compress.importance; taylor and activation read the calibration batches, a cached stage), and
+  ``compress.allocation``: categorical {per_layer, global}, how tau spreads over the layers
+  (compress.allocation); the reference keeps the notes' energy / per_layer
 - ``compress.svd_space``: categorical {raw, whitened}; when whitened, ``compress.svd_damping``:
   categorical {1e-8, 1e-6, 1e-4, 1e-2}, the damping of S + d * mean(diag S) * I before the
   Cholesky factor (1e-6 was the fixed value before it was searched)
@@ -39,12 +44,13 @@ would run one prehab stage per trial) and the sweep can print, before it starts,
 training stages the space can request (tune.sweep.training_stage_bound).
 """
 
-from compress import REGULARIZERS
+from compress import ALLOCATIONS, IMPORTANCES, REGULARIZERS
 from compress.whitening import DEFAULT_DAMPING
 from search_spaces._seed import SEED_CONFIG
 from search_spaces._table import Param, Table, categorical, switch, uniform
 
 TAU = uniform(0.5, 1.0)
+TAU_UNITS = uniform(0.2, 1.0)
 SVD_SPACE = categorical("raw", "whitened")
 TOKENS_ON = ("tokens.enabled", True)
 PREHAB_ON = ("prehab.enabled", True)
@@ -57,8 +63,10 @@ TABLE = Table((
     Param("finetune.lora_rank", categorical(4, 8, 16, 32), 8, when=("finetune.method", "lora")),
     Param("finetune.lora_mlp", categorical(False, True), False, when=("finetune.method", "lora")),
     Param("model.head", categorical("linear", "svd_taps", "mlp"), "linear"),
-    Param("compress.tau_heads", TAU, SEED_CONFIG["compress.tau_heads"]),
-    Param("compress.tau_mlp", TAU, SEED_CONFIG["compress.tau_mlp"]),
+    Param("compress.tau_heads", TAU_UNITS, SEED_CONFIG["compress.tau_heads"]),
+    Param("compress.tau_mlp", TAU_UNITS, SEED_CONFIG["compress.tau_mlp"]),
+    Param("compress.importance", categorical(*IMPORTANCES), "energy"),
+    Param("compress.allocation", categorical(*ALLOCATIONS), "per_layer"),
     Param("compress.tau_svd", TAU, SEED_CONFIG["compress.tau_svd"]),
     Param("compress.svd_space", SVD_SPACE, SEED_CONFIG["compress.svd_space"]),
     Param("compress.svd_damping", categorical(1e-8, 1e-6, 1e-4, 1e-2), DEFAULT_DAMPING,

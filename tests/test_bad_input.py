@@ -127,6 +127,10 @@ def _cli_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
         "r_max_debug": (["--debug-trial", "--set", "tokens.r_max=-0.2"], ["tokens.r_max", "[0, 1)", "-0.2"]),
         "alpha_zero": (["--space", "seed_only", "--set", "tokens.alpha=0"], ["tokens.alpha", "> 0", "0"]),
         "tau_not_a_number": (["--set", "compress.tau_mlp=high"], ["compress.tau_mlp", "float", "'high'"]),
+        "unknown_importance": (["--space", "seed_only", "--set", "compress.importance=magnitude"],
+                               ["compress.importance", "energy, taylor, activation", "'magnitude'"]),
+        "unknown_allocation": (["--space", "seed_only", "--set", "compress.allocation=uniform"],
+                               ["compress.allocation", "per_layer, global", "'uniform'"]),
         "unknown_set_key": (["--set", "compress.tau_mpl=0.9"], ["'compress.tau_mpl'", "compress.tau_mlp"]),
         "unknown_space": (["--space", "pareto_magic"], ["'pareto_magic'", "compress_only", "default"]),
         "postgres_unreachable": (["--name", "s", "--storage", "postgresql://vs:hunter2@127.0.0.1:1/x"],
@@ -160,8 +164,8 @@ CLI_CASES = [
     *(f"debug_pcam_{fault}" for fault in DATA_FAULTS), "sweep_pcam_present_but_truncated",
     "debug_pcam_absent", "sweep_weights_not_dinov3", "debug_weights_not_dinov3", "debug_weights_missing",
     "tau_heads_zero", "tau_svd_above_one", "r_max_one", "r_max_debug", "alpha_zero", "tau_not_a_number",
-    "unknown_set_key", "unknown_space", "postgres_unreachable", "sqlite_dir_missing",
-    "results_dir_under_a_file", "name_holds_another_sweep", "name_folder_not_empty",
+    "unknown_importance", "unknown_allocation", "unknown_set_key", "unknown_space", "postgres_unreachable",
+    "sqlite_dir_missing", "results_dir_under_a_file", "name_holds_another_sweep", "name_folder_not_empty",
 ]
 
 # A few cases go through `python tune/run.py` itself (imports, exit status, nothing but one

@@ -35,6 +35,7 @@ class TrainJob:
     init_weights: str | None = None       # backbone weights dir/HF id (finetune from pretrained)
     whitening_path: str | None = None     # input stats (whitened prehab, or whitened SVD for recover)
     fisher_path: str | None = None        # the SVD targets' output Fisher (prehab.kind fisher_weighted)
+    scores_path: str | None = None        # head / MLP unit importance scores (recover, data-aware importance)
     threads: int = 0                      # torch threads in this worker (0 = leave torch's default)
 
     def __post_init__(self):
@@ -125,15 +126,19 @@ def build_stage_model(job: TrainJob) -> nn.Module:
     if job.stage == "recover":
         # Compression is deterministic given weights and statistics, so every worker rebuilds
         # the same compressed model instead of shipping it between nodes.
-        model, _ = compress_structure(model, cfg, job.whitening_path, job.cache_root)
+        model, _ = compress_structure(model, cfg, job.whitening_path, job.cache_root, job.scores_path)
         return wrap_lora(model, rank=cfg.recover.lora_rank, alpha=2.0 * cfg.recover.lora_rank,
                          include_mlp=True, linear_names=linear_names(model))
     return model  # prehab trains every weight: the penalty acts on the backbone's linears
 
 
-def compress_structure(model: nn.Module, cfg: TrialConfig, stats_ref: str | None, cache_root: str):
-    """Return (compressed copy, report) after heads -> MLP -> SVD; token pruning is applied later."""
-    from compress import compress_model, load_input_stats
+def compress_structure(model: nn.Module, cfg: TrialConfig, stats_ref: str | None, cache_root: str,
+                       scores_ref: str | None = None):
+    """Return (compressed copy, report) after heads -> MLP -> SVD; token pruning is applied later.
+
+    `scores_ref` names the cached importance scores a data-aware compress.importance needs."""
+    from compress import compress_model, load_input_stats, load_unit_scores
 
     stats = load_input_stats(str(resolve_ref(stats_ref, cache_root))) if stats_ref else None
-    return compress_model(model, cfg.compress, calibration=stats)
+    scores = load_unit_scores(str(resolve_ref(scores_ref, cache_root))) if scores_ref else None
+    return compress_model(model, cfg.compress, calibration=stats, scores=scores)

@@ -1,6 +1,6 @@
 """The stages of one trial, each a function of the frozen `TrialConfig` and its parent's output.
 
-A training stage (pretrain, finetune, features, whitening, prehab, recover) is content
+A training stage (pretrain, finetune, features, whitening, importance, prehab, recover) is content
 addressed: its cache key hashes what determines its result, written out once per stage
 below (`*_key_config`), its parent's key and the data fingerprint. Each stage function
 returns a `StageOutput`: a `cache:` reference to its result and that key, which the next
@@ -11,6 +11,7 @@ stage takes as its parent. The in-process stages (compress, tokens) return model
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import shutil
@@ -25,6 +26,7 @@ from torch import nn
 
 from compress import (
     collect_input_stats, count_params, enable_token_pruning, load_compressed, save_compressed, save_input_stats,
+    save_unit_scores, unit_scores,
 )
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig
@@ -102,6 +104,11 @@ def features_key_config(cfg: TrialConfig, parent: str | None) -> dict[str, Any]:
 
 def whitening_key_config(cfg: TrialConfig) -> dict[str, Any]:
     return {"calib": dataclasses.asdict(cfg.calib), "targets": list(cfg.compress.svd_targets)}
+
+
+def importance_key_config(cfg: TrialConfig) -> dict[str, Any]:
+    """The calibration batches and the score: what the heads' and MLP units' importance depends on."""
+    return {"calib": dataclasses.asdict(cfg.calib), "importance": cfg.compress.importance}
 
 
 def prehab_key_config(cfg: TrialConfig) -> dict[str, Any]:
@@ -315,11 +322,32 @@ def output_fisher(run: TrialRun, of: StageOutput) -> StageOutput:
         model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir))
         loader = DataLoader(make_dataset(cfg, run.data_root, "train"), batch_size=cfg.calib.batch_size,
                             shuffle=False)
-        batches = (batch for index, batch in zip(range(cfg.calib.batches), loader))
-        torch.save(collect_output_fisher(model, batches, targets=cfg.compress.svd_targets), out / "fisher.pt")
+        fisher = collect_output_fisher(model, itertools.islice(loader, cfg.calib.batches),
+                                       targets=cfg.compress.svd_targets)
+        torch.save(fisher, out / "fisher.pt")
 
     run.cached("fisher", key, compute)
     return StageOutput(cache_ref("fisher", key, "fisher.pt"), key)
+
+
+def importance(run: TrialRun, of: StageOutput) -> StageOutput:
+    """Return the importance scores (compress.importance) of a model's heads and MLP units on the
+    calibration batches the whitening stage reads; cached like it."""
+    cfg = run.cfg
+    key = run.key("importance", importance_key_config(cfg), of.key)
+
+    def compute(out: Path) -> None:
+        from torch.utils.data import DataLoader
+
+        model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir)).to(run.device)
+        loader = DataLoader(make_dataset(cfg, run.data_root, "train"), batch_size=cfg.calib.batch_size,
+                            shuffle=False)
+        # The whitening stage's batches, labels kept (taylor's loss needs them).
+        scores = unit_scores(model, cfg.compress.importance, itertools.islice(loader, cfg.calib.batches))
+        save_unit_scores(scores, str(out / "scores.pt"))
+
+    run.cached("importance", key, compute)
+    return StageOutput(cache_ref("importance", key, "scores.pt"), key)
 
 
 def prehab(run: TrialRun, tuned: StageOutput) -> StageOutput:
@@ -342,21 +370,23 @@ def prehab(run: TrialRun, tuned: StageOutput) -> StageOutput:
     return regularised
 
 
-def compress(run: TrialRun, model: StageOutput, stats: StageOutput):
+def compress(run: TrialRun, model: StageOutput, stats: StageOutput, scores: StageOutput = StageOutput(None, None)):
     """Return (the model after heads -> MLP -> SVD, its report, its parameter count before)."""
     base = load_compressed(resolve_ref(model.ref, run.ctx.results_dir))
     before = count_params(base)
     compressed, report = run.timed("compress", lambda: compress_structure(base, run.cfg, stats.ref,
-                                                                          run.ctx.results_dir))
+                                                                          run.ctx.results_dir, scores.ref))
     return compressed, report, before
 
 
-def recover(run: TrialRun, model: StageOutput, stats: StageOutput) -> nn.Module:
+def recover(run: TrialRun, model: StageOutput, stats: StageOutput,
+            scores: StageOutput = StageOutput(None, None)) -> nn.Module:
     """Return the compressed model after a short LoRA fine-tune, merged back."""
     key = run.key("recover", recover_key_config(run.cfg), model.key)
 
     def compute(out: Path) -> None:
-        trained = run.train(run.job("recover", init_path=model.ref, whitening_path=stats.ref), key, out)
+        trained = run.train(run.job("recover", init_path=model.ref, whitening_path=stats.ref,
+                                    scores_path=scores.ref), key, out)
         save_compressed(trained, out / "model")
 
     return load_compressed(run.cached("recover", key, compute) / "model")

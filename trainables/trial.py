@@ -7,8 +7,8 @@ is its pipeline, one call per stage (trainables.stages). The Tune sweep wraps it
 --debug-trial`) run it in this process without Ray, with progress bars and working
 breakpoints, and print the metrics the sweep would record.
 
-Training stages (pretrain, finetune, whitening statistics, prehab, recover) are cached by
-content (trainables.cache): a trial whose training stages are all hits starts no Ray Train
+Training stages (pretrain, finetune, whitening statistics, importance scores, prehab, recover)
+are cached by content (trainables.cache): a trial whose training stages are all hits starts no Ray Train
 run and spends its time on compression and evaluation only.
 """
 
@@ -115,9 +115,12 @@ def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) 
     stats = StageOutput(None, None)
     if cfg.compress.svd_space == "whitened" and cfg.compress.tau_svd < 1.0:
         stats = stages.calibrate(run, model)          # input statistics of the model to factorise
-    compressed, report, params_before = stages.compress(run, model, stats)
+    scores = StageOutput(None, None)
+    if cfg.compress.needs_scores:
+        scores = stages.importance(run, model)        # taylor / activation scores of heads and MLP units
+    compressed, report, params_before = stages.compress(run, model, stats, scores)
     if cfg.recover.epochs > 0:
-        compressed = stages.recover(run, model, stats)
+        compressed = stages.recover(run, model, stats, scores)
     tokens = stages.prune_tokens(cfg, compressed)
     return TrialModel(model=compressed, cfg=cfg, data_root=run.data_root, data_fingerprint=run.fingerprint,
                       report=report, tokens=tokens, params_uncompressed=params_before, stages=run,

@@ -14,6 +14,7 @@ from compress import (
     prune_mlp_neurons,
     save_compressed,
     truncate_svd,
+    unit_scores,
 )
 
 
@@ -21,15 +22,25 @@ def _whitened(model, tau, batches):
     return truncate_svd(model, tau, whitening=collect_input_stats(model, batches))
 
 
+def _activation_global(prune, kind):
+    def method(model, tau, batches):
+        return prune(model, tau, getattr(unit_scores(model, "activation", batches), kind), "global")
+    return method
+
+
 METHODS = {
     "heads": lambda model, tau, batches: prune_attention_heads(model, tau),
     "mlp": lambda model, tau, batches: prune_mlp_neurons(model, tau),
+    "heads_activation_global": _activation_global(prune_attention_heads, "heads"),
+    "mlp_activation_global": _activation_global(prune_mlp_neurons, "mlp"),
     "svd_raw": lambda model, tau, batches: truncate_svd(model, tau),
     "svd_whitened": _whitened,
 }
 PLANS = {
     "heads": dict(tau_heads=0.6),
     "mlp": dict(tau_mlp=0.6),
+    "heads_activation_global": dict(tau_heads=0.6, importance="activation", allocation="global"),
+    "mlp_activation_global": dict(tau_mlp=0.6, importance="activation", allocation="global"),
     "svd_raw": dict(tau_svd=0.6),
     "svd_whitened": dict(tau_svd=0.6, svd_space="whitened"),
 }

@@ -70,6 +70,20 @@ def test_whitened_svd_and_prehab_stages_run_and_are_cached(first, results):
 
 
 @pytest.mark.slow
+def test_data_aware_importance_scores_are_a_cached_stage(first, results):
+    flat = {**TINY, "compress.tau_heads": 0.5, "compress.tau_mlp": 0.5, "compress.importance": "taylor",
+            "compress.allocation": "global"}
+    ctx = TrialContext(results_dir=results, show_progress=False)
+    once = run_trial(flat, ctx)
+    # recover rebuilds the compressed model from the cached scores (TrainJob.scores_path).
+    again = run_trial({**flat, "compress.tau_mlp": 0.4, "recover.epochs": 1}, ctx)
+    assert once["cache_hit_importance"] is False and again["cache_hit_importance"] is True
+    assert again["cache_hit_recover"] is False
+    assert again["params"] < once["params"] < first["params"]
+    assert "cache_hit_importance" not in first
+
+
+@pytest.mark.slow
 def test_recover_stage_trains_the_compressed_model(first, results):
     metrics = run_trial({**TINY, "compress.tau_heads": 0.7, "recover.epochs": 1},
                         TrialContext(results_dir=results, show_progress=False))

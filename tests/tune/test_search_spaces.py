@@ -55,8 +55,11 @@ def test_default_space_suggests_lora_rank_only_for_lora():
 def test_default_space_values_stay_in_their_ranges():
     for config in _sample_configs("default", 60):
         assert config["finetune.method"] in {"head_only", "lora", "full"}
-        for key in ("compress.tau_heads", "compress.tau_mlp", "compress.tau_svd"):
-            assert 0.5 <= config[key] <= 1.0
+        for key in ("compress.tau_heads", "compress.tau_mlp"):
+            assert 0.2 <= config[key] <= 1.0
+        assert 0.5 <= config["compress.tau_svd"] <= 1.0
+        assert config["compress.importance"] in {"energy", "taylor", "activation"}
+        assert config["compress.allocation"] in {"per_layer", "global"}
         assert config["compress.svd_space"] in {"raw", "whitened"}
         assert 0.0 <= config["tokens.r_max"] <= 0.9
         assert 0.5 <= config["tokens.alpha"] <= 3.0
@@ -107,7 +110,7 @@ def test_every_default_space_draw_is_a_valid_trial_config():
 def test_compress_only_space_searches_only_cheap_parameters():
     keys = set().union(*(c.keys() for c in _sample_configs("compress_only", 10)))
     assert keys == {
-        "compress.tau_heads", "compress.tau_mlp", "compress.tau_svd",
+        "compress.tau_heads", "compress.tau_mlp", "compress.importance", "compress.allocation", "compress.tau_svd",
         "compress.svd_space", "tokens.enabled", "tokens.r_max", "tokens.alpha",
     }
 
@@ -195,8 +198,11 @@ BEFORE = json.loads((Path(__file__).parent / "space_tables_before.json").read_te
 # Rows added since, each a knob: draws of a space that gained one differ (more suggestions).
 # Rows whose choices changed are left out of both sides too; a study stored before such a
 # change does not resume (Optuna refuses a categorical whose choices changed).
+# tau_heads / tau_mlp: their range grew to [0.2, 1] with compress.importance / allocation.
+UNITS = {"compress.importance", "compress.allocation", "compress.tau_heads", "compress.tau_mlp"}
 ADDED = {"default": {"compress.svd_damping", "model.head",   # model.head: gained mlp
-                     "tokens.train_r_max", "tokens.train_alpha"}}
+                     "tokens.train_r_max", "tokens.train_alpha", *UNITS},
+         "compress_only": UNITS}
 PRESETS = [{}, {"finetune.method": "lora"}, {"finetune.method": "full", "tokens.r_max": 0.4, "tokens.alpha": 2.0},
            {"finetune.method": "lora", "finetune.lora_rank": 16, "model.head": "svd_taps", "eval.tta": "flips",
             "prehab.kind": "stable_rank", "tokens.train_from_epoch": "middle"}]
@@ -246,12 +252,18 @@ def _rounded(draw: dict) -> dict:
     return {key: round(value, 12) if isinstance(value, float) else value for key, value in draw.items()}
 
 
+# Knobs whose reference (the notes' rule) every seed point gains; the rest of a point is as before.
+NOTES_RULE = {"compress.importance": "energy", "compress.allocation": "per_layer"}
+
+
 @pytest.mark.parametrize("name", sorted(BEFORE))
 def test_derived_seed_points_are_the_hand_written_ones(name):
-    assert [seed_points(name, preset) for preset in PRESETS] == BEFORE[name]["seed_points"]
     table = search_spaces.load_table(name)
+    rule = NOTES_RULE if "compress.importance" in table.distributions() else {}
+    assert [[{**point, **rule} for point in points] for points in BEFORE[name]["seed_points"]] == \
+        [seed_points(name, preset) for preset in PRESETS]
     assert [table.seed_point(seed) for seed, _ in BEFORE[name]["direct_seeds"]] == \
-        [point for _, point in BEFORE[name]["direct_seeds"]]
+        [{**point, **rule} for _, point in BEFORE[name]["direct_seeds"]]
 
 
 @pytest.mark.parametrize("name", ["default", "compress_only", "seed_only"])
