@@ -396,7 +396,8 @@ def _write_model_card(path: Path, settings: SweepSettings, cfg, metrics: dict[st
               "```", ""]
     if onnx:
         lines += [f"`model.onnx` takes `pixel_values` (batch, 3, {cfg.data.image_size}, {cfg.data.image_size}) "
-                  f"and returns `logits` (divided by the temperature, as `load_compressed` returns them); "
+                  "and returns `logits`" + (" (divided by the temperature, as `load_compressed` returns them)"
+                                            if metrics["temperature"] is not None else "") + "; "
                   f"it matched PyTorch within {ONNX_TOLERANCE} on {onnx['parity_images']} "
                   "validation images in ONNX Runtime (CPU).", ""]
     lines += ["## Licence", "", licence["text"], ""]

@@ -118,6 +118,7 @@ def test_exported_model_loads_in_a_fresh_process_without_trainables_to_the_sweep
     assert torch.allclose(torch.from_numpy(run_onnx(session, pixels)), expected, rtol=0, atol=1e-4)
     card = (exported / "README.md").read_text()
     assert card.startswith("---\nlicense: apache-2.0\n") and metrics["data_fingerprint"] in card
+    assert f"temperature T = {temperature:.4g}" in card and "calibrated=False" in card
 
 
 @pytest.mark.slow
