@@ -14,6 +14,7 @@ Model surgery only: imports neither Ray, Optuna, trainables nor tune.
                   token-pruning encoder (dinov3_tokens): the only modules that spell DINOv3 internals
     classifier, svd_taps   the classifier and its svd_taps head
     io, onnx_export        save/load a compressed model; ONNX export
+    temperature   TemperatureScaled: logits / T, the calibration an export carries
     checks, params, report, targets   argument checks, parameter counts, decisions, SVD target roles
 """
 
@@ -32,6 +33,7 @@ from compress.prehab import (
 )
 from compress.report import CompressionReport, LayerDecision
 from compress.svd import truncate_svd
+from compress.temperature import TemperatureScaled
 from compress.tokens import disable_token_pruning, enable_token_pruning, keep_schedule
 from compress.whitening import InputStats, collect_input_stats, load_input_stats, save_input_stats
 
@@ -46,6 +48,7 @@ __all__ = [
     "LowRankLinear",
     "PENALTY_KINDS",
     "REGULARIZERS",
+    "TemperatureScaled",
     "TokenPlan",
     "UnitScores",
     "allocate",

@@ -15,6 +15,7 @@ from compress import tokens
 from compress.adapters import adapter_for, adapter_named
 from compress.linear import LowRankLinear, linear_bias
 from compress.surgery import keep_heads, keep_units
+from compress.temperature import TEMPERATURE_KEY, TemperatureScaled, check_temperature, unwrap_temperature
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +27,19 @@ _MOVED_WRAPPERS = {"trainables.model:ViTClassifier": "compress.classifier:ViTCla
 
 
 def save_compressed(model: nn.Module, path: str | Path, *, image_size: int | None = None,
-                    extra: Mapping[str, Any] | None = None) -> Path:
+                    extra: Mapping[str, Any] | None = None, temperature: float | None = None) -> Path:
     """Write `model` to directory `path` (structure.json + model.safetensors); return the directory.
 
     The structure records the family config, per-layer head counts, MLP widths and low-rank
     ranks, token-pruning settings, and how to rebuild an outer wrapper: a model that is not the
     bare backbone must offer spec() (JSON-able) and a classmethod from_spec(spec). With
     `image_size` it also records the input size and the token-pruning schedule at that size;
-    `extra` adds descriptive keys (never read back by load_compressed).
+    `extra` adds descriptive keys (never read back by load_compressed). `temperature` (or that of
+    a TemperatureScaled model) is recorded for load_compressed to divide the logits by.
     """
+    model, wrapped_temperature = unwrap_temperature(model)
+    if temperature is None:
+        temperature = wrapped_temperature
     adapter = adapter_for(model)
     found = adapter.backbone(model)
     if found is None:
@@ -54,6 +59,8 @@ def save_compressed(model: nn.Module, path: str | Path, *, image_size: int | Non
         structure["image_size"] = image_size
         if structure["token_pruning"] is not None:
             structure["token_pruning"]["schedule"] = tokens.schedule_at(backbone, image_size)
+    if temperature is not None:
+        structure[TEMPERATURE_KEY] = check_temperature(temperature, "temperature")
     clashes = sorted(set(extra or {}) & set(structure))
     if clashes:
         raise ValueError(f"extra must not replace the structure's own keys {clashes}")
@@ -67,8 +74,13 @@ def save_compressed(model: nn.Module, path: str | Path, *, image_size: int | Non
     return directory
 
 
-def load_compressed(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Return the model saved by save_compressed in `path`, rebuilt to its structure, in eval mode."""
+def load_compressed(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    calibrated: bool = True) -> nn.Module:
+    """Return the model saved by save_compressed in `path`, rebuilt to its structure, in eval mode.
+
+    When the save recorded a temperature T, the model comes wrapped in TemperatureScaled (logits / T)
+    unless `calibrated=False`, which returns the raw logits; a save without one has T = 1.
+    """
     directory = Path(path)
     structure_file, weights_file = directory / STRUCTURE_FILE, directory / WEIGHTS_FILE
     for required in (structure_file, weights_file):
@@ -101,6 +113,9 @@ def load_compressed(path: str | Path, map_location: str | torch.device = "cpu") 
     if settings is not None:
         tokens.enable_token_pruning(model, settings["r_max"], settings["alpha"],
                                     fuse=settings.get("fuse", False))
+    if calibrated and TEMPERATURE_KEY in structure:
+        model = TemperatureScaled(model, check_temperature(structure[TEMPERATURE_KEY],
+                                                           f"{structure_file}: {TEMPERATURE_KEY}"))
     return model.eval()
 
 

@@ -26,7 +26,7 @@ from trainables.config import TrialConfig
 from trainables.data import make_dataset
 from trainables.loop import predict
 from trainables.latency import count_gflops, measure_latency, measure_relative_latency
-from trainables.metrics import TTA_TRANSFORMS, classification_metrics, tta_probs
+from trainables.metrics import TTA_TRANSFORMS, calibration_metrics, classification_metrics, tta_probs
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,18 @@ def split_evaluation(model: nn.Module, cfg: TrialConfig, data_root: str, split: 
     """Return (split metrics with 95% bootstrap intervals, the predictions they come from).
 
     Binary targets get <prefix>_auroc_lo/_hi, _auprc_lo/_hi and _accuracy_lo/_hi from a
-    stratified bootstrap over the split's images (trainables.bootstrap, fixed seed).
+    stratified bootstrap over the split's images (trainables.bootstrap, fixed seed). The
+    validation split also gets val_temperature, the temperature fitted on it by NLL, and
+    val_ece_cal / val_nll_cal, its ECE and NLL after temperature scaling cross-fitted within
+    the split (trainables.metrics.calibration_metrics); a test split is never fitted on.
     """
     labels, probs = split_probabilities(model, cfg, data_root, split, device)
     metrics = classification_metrics(labels, probs)
     predictions = Predictions.of(labels, probs)
     if predictions.probs.ndim == 1:
         metrics.update(metric_intervals(predictions.labels, predictions.probs))
+    if split == "valid":
+        metrics.update(calibration_metrics(predictions.labels, predictions.probs))
     return {f"{split_prefix(split)}_{name}": value for name, value in metrics.items()}, predictions
 
 
@@ -344,12 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     from compress import load_compressed
+    from compress.temperature import unwrap_temperature
+    from trainables.metrics import temperature_scale
     from trainables.sessions import pick_device
 
     parser = argparse.ArgumentParser(
         prog="python -m trainables.evaluate",
         description="Score a model exported by `python tune/run.py --export` on any data in PCam's "
-                    "HDF5 layout: AUROC, AUPRC, accuracy, Sens@95%%Spec and ECE with 95%% intervals.")
+                    "HDF5 layout: AUROC, AUPRC, accuracy, Sens@95%%Spec and ECE with 95%% intervals, of the "
+                    "model's own probabilities; with the export's temperature also ECE and NLL after it.")
     parser.add_argument("--model", required=True, help="the export folder")
     parser.add_argument("--data", required=True, help="folder holding <prefix>_split_<split>_{x,y}.h5")
     parser.add_argument("--split", required=True, choices=("valid", "test"))
@@ -379,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _data_config(_export_config(model_dir), args.data, args.split, args.limit)
         if args.tta is not None:
             cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, tta=args.tta))
-        model = load_compressed(model_dir)
+        model, temperature = unwrap_temperature(load_compressed(model_dir))
         device = pick_device(args.device or cfg.run.device)
     except (OSError, ValueError, TypeError) as err:
         parser.error(str(err).splitlines()[0])
@@ -392,12 +400,19 @@ def main(argv: list[str] | None = None) -> int:
         result[f"{prefix}_{name}"] = value
         if name in intervals:
             result[f"{prefix}_{name}_lo"], result[f"{prefix}_{name}_hi"] = intervals[name]
+    if temperature is not None:
+        calibrated = classification_metrics(labels, temperature_scale(probs.numpy(), temperature))
+        result.update({"temperature": temperature, f"{prefix}_ece_cal": calibrated["ece"],
+                       f"{prefix}_nll_cal": calibrated["nll"]})
     print(f"{model_dir} on {args.data} ({args.split}, {len(labels)} images, "
           f"TTA {cfg.eval.tta}, {device.type}):")
     for name in INTERVAL_METRICS:
         if name in point:
             low, high = intervals[name]
             print(f"  {prefix}_{name:<16} {point[name]:.4f}  95% CI [{low:.4f}, {high:.4f}]")
+    if temperature is not None:
+        print(f"  after the export's temperature {temperature:.4g}: {prefix}_ece {result[f'{prefix}_ece_cal']:.4f}, "
+              f"{prefix}_nll {result[f'{prefix}_nll_cal']:.4f} (was {point['nll']:.4f})")
     if args.json:
         described = {"model": str(model_dir), "data": str(args.data), "split": args.split,
                      "images": len(labels), "tta": cfg.eval.tta, "bootstrap_resamples": args.resamples,

@@ -1,4 +1,4 @@
-"""Classification metrics (scikit-learn where it has them) and dihedral test-time augmentation."""
+"""Classification metrics (scikit-learn where it has them), temperature scaling, and dihedral test-time augmentation."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ from sklearn.metrics import (
 from trainables.augment import DIHEDRAL_COUNT, dihedral
 
 ECE_BINS = 15
+# Temperatures searched when fitting (a log-spaced bracket; NLL is unimodal in log T).
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
+CALIBRATION_FOLDS = 2
+# Probabilities are floored here before their log, so a float32 0 or 1 stays a finite log-odds.
+_LOG_FLOOR = 1e-12
 TARGET_SPECIFICITY = 0.95
 TTA_TRANSFORMS = {"none": (0,), "flips": (0, 2, 4, 6), "dihedral": tuple(range(DIHEDRAL_COUNT))}
 
@@ -118,6 +123,74 @@ def classification_metrics(y_true, probs) -> dict[str, float]:
     if array.ndim == 2 and array.shape[1] == 2:
         return binary_metrics(y_true, array[:, 1])
     return multiclass_metrics(y_true, array)
+
+
+def _log_probs(probs: np.ndarray) -> np.ndarray:
+    """Return (N, K) log-probabilities of 1-D positive-class or (N, K) probabilities (floored at _LOG_FLOOR)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim == 1:
+        probs = np.stack([1.0 - probs, probs], axis=1)
+    return np.log(np.clip(probs, _LOG_FLOOR, 1.0))
+
+
+def temperature_scale(probs, temperature: float) -> np.ndarray:
+    """Return softmax(log p / T) in probs' own layout (1-D positive-class or (N, K)).
+
+    For softmax outputs log p = z - logsumexp(z), so this equals softmax(z / T) of the logits
+    z that produced them: a model's logits divided by T give the same probabilities.
+    """
+    from scipy.special import softmax
+
+    scaled = softmax(_log_probs(probs) / temperature, axis=1)
+    return scaled[:, 1] if np.asarray(probs).ndim == 1 else scaled
+
+
+def _scaled_nll(log_probs: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    from scipy.special import log_softmax
+
+    return float(-log_softmax(log_probs / temperature, axis=1)[np.arange(labels.size), labels].mean())
+
+
+def fit_temperature(y_true, probs) -> float:
+    """Return the temperature T in TEMPERATURE_BOUNDS minimising NLL = -mean log softmax(log p / T)[y].
+
+    One scalar for all classes (Guo et al. 2017, temperature scaling): it rescales confidence
+    and keeps every ranking, so AUROC and the predicted class do not change. NLL is convex in
+    1/T, so a bounded Brent search over log T finds its minimum (scipy.optimize.minimize_scalar).
+    """
+    from scipy.optimize import minimize_scalar
+
+    log_probs = _log_probs(_as_probs(probs))
+    labels = _as_labels(y_true, log_probs.shape[0])
+    low, high = np.log(TEMPERATURE_BOUNDS)
+    result = minimize_scalar(lambda log_t: _scaled_nll(log_probs, labels, float(np.exp(log_t))),
+                             bounds=(low, high), method="bounded", options={"xatol": 1e-5})
+    return float(np.exp(result.x))
+
+
+def cross_fitted_probs(y_true, probs, folds: int = CALIBRATION_FOLDS, seed: int = 0) -> np.ndarray:
+    """Return the probabilities temperature-scaled out of fold: each row by the T fitted on the other folds.
+
+    The folds are stratified by class (scikit-learn's StratifiedKFold, shuffled with `seed`), so
+    no row is scored with a temperature that was fitted on it.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    probs = _as_probs(probs)
+    labels = _as_labels(y_true, probs.shape[0])
+    scaled = np.empty_like(probs)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fit_rows, score_rows in splitter.split(np.zeros(labels.size), labels):
+        scaled[score_rows] = temperature_scale(probs[score_rows], fit_temperature(labels[fit_rows], probs[fit_rows]))
+    return scaled
+
+
+def calibration_metrics(y_true, probs, folds: int = CALIBRATION_FOLDS, seed: int = 0) -> dict[str, float]:
+    """Return temperature (fitted on every row) and ece_cal, nll_cal: the ECE and NLL of the
+    cross-fitted probabilities (cross_fitted_probs), ECE and NLL as classification_metrics defines them."""
+    probs = _as_probs(probs)
+    pooled = classification_metrics(y_true, cross_fitted_probs(y_true, probs, folds, seed))
+    return {"temperature": fit_temperature(y_true, probs), "ece_cal": pooled["ece"], "nll_cal": pooled["nll"]}
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Take a trial away: rebuild its model from the stage cache and write a folder `compress` alone loads.
 
-The folder (Hugging Face layout): model.safetensors + structure.json (compress.save_compressed),
+The folder (Hugging Face layout): model.safetensors + structure.json (compress.save_compressed, with
+the trial's validation temperature, which compress.load_compressed applies to the logits),
 config.json (the flat trial config), metrics.json (what the sweep recorded, test metrics when
 --final-eval ran, export-time latencies), README.md (a model card) and, with --onnx,
 model.onnx checked in ONNX Runtime. It is built in a hidden sibling folder and renamed into
@@ -28,7 +29,7 @@ from optuna.trial import TrialState
 
 from trainables.writable import NotWritableError, check_writable_folder
 from tune.study import CONFIG_ATTR, TUNE_TRIAL_ID_ATTR
-from tune.summary import _trial_flat_config, front_frame
+from tune.summary import _trial_flat_config, front_frame, trial_temperature
 from tune.sweep import SweepSettings
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ def export_trial(settings: SweepSettings, study: optuna.Study, which: str, out: 
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
     try:
-        metrics = _write_folder(staging, settings, trial, role, on_front, built, onnx=onnx)
+        metrics = _write_folder(staging, settings, trial, role, on_front, built, onnx=onnx,
+                                temperature=trial_temperature(settings, trial))
         if destination.exists():
             raise ExportError(f"{destination} appeared while exporting; remove it or pass another --out")
         _open_permissions(staging)
@@ -152,12 +154,15 @@ def _open_permissions(folder: Path) -> None:
 
 
 def _write_folder(folder: Path, settings: SweepSettings, trial, role: str, on_front: bool, built, *,
-                  onnx: bool) -> dict[str, Any]:
-    """Write every file of the export into `folder`; return the metrics written."""
-    from compress import load_compressed, save_compressed
+                  onnx: bool, temperature: float | None) -> dict[str, Any]:
+    """Write every file of the export into `folder`; return the metrics written. The model is saved, checked
+    and converted to ONNX as deployed: with its logits divided by `temperature` when there is one."""
+    from compress import TemperatureScaled, load_compressed, save_compressed
 
     cfg = built.cfg
     model = built.model.cpu().eval()
+    if temperature is not None:
+        model = TemperatureScaled(model, temperature).eval()
     save_compressed(model, folder, image_size=cfg.data.image_size, extra={
         "surgery": built.report.to_dict(),
         "preprocessing": _preprocessing(cfg),
@@ -180,6 +185,7 @@ def _write_folder(folder: Path, settings: SweepSettings, trial, role: str, on_fr
         "test_metrics": _final_eval_metrics(settings, trial.number),
         "data_fingerprint": built.data_fingerprint,
         "reload_max_abs_diff": reload_diff,
+        "temperature": temperature,
     }
     if onnx:
         metrics["onnx"] = _export_onnx(folder, model, cfg, pixels, trial.user_attrs)
@@ -352,7 +358,8 @@ def _write_model_card(path: Path, settings: SweepSettings, cfg, metrics: dict[st
         "Every recorded figure is in `metrics.json`.", "",
         "| metric | value |", "|---|---|",
     ]
-    for name in ("val_auroc", "val_auprc", "val_accuracy", "val_sens_at_95spec", "val_ece", "val_nll", "val_brier"):
+    for name in ("val_auroc", "val_auprc", "val_accuracy", "val_sens_at_95spec", "val_ece", "val_nll", "val_brier",
+                 "val_temperature", "val_ece_cal", "val_nll_cal"):
         if name in sweep:
             interval = ""
             if f"{name}_lo" in sweep and f"{name}_hi" in sweep:
@@ -380,7 +387,7 @@ def _write_model_card(path: Path, settings: SweepSettings, cfg, metrics: dict[st
               "```python", "import torch", "from compress import load_compressed", "",
               'model = load_compressed("path/to/this/folder")   # eval mode, structure and token pruning restored',
               f"pixels = torch.randn(1, 3, {cfg.data.image_size}, {cfg.data.image_size})  # see preprocessing below",
-              "probs = model(pixels).softmax(-1)", "```", "",
+              "probs = model(pixels).softmax(-1)", "```", "", _calibration_line(metrics["temperature"]), "",
               f"Preprocessing: RGB, resized to {cfg.data.image_size}x{cfg.data.image_size} (bilinear, antialiased), "
               "scaled to [0, 1]" + (", then normalised with the ImageNet mean/std (in `structure.json`)."
                                     if cfg.data.normalize else "."),
@@ -389,10 +396,20 @@ def _write_model_card(path: Path, settings: SweepSettings, cfg, metrics: dict[st
               "```", ""]
     if onnx:
         lines += [f"`model.onnx` takes `pixel_values` (batch, 3, {cfg.data.image_size}, {cfg.data.image_size}) "
-                  f"and returns `logits`; it matched PyTorch within {ONNX_TOLERANCE} on {onnx['parity_images']} "
+                  "and returns `logits`" + (" (divided by the temperature, as `load_compressed` returns them)"
+                                            if metrics["temperature"] is not None else "") + "; "
+                  f"it matched PyTorch within {ONNX_TOLERANCE} on {onnx['parity_images']} "
                   "validation images in ONNX Runtime (CPU).", ""]
     lines += ["## Licence", "", licence["text"], ""]
     path.write_text("\n".join(front + lines), encoding="utf-8")
+
+
+def _calibration_line(temperature: float | None) -> str:
+    if temperature is None:
+        return "Calibration: none recorded (the sweep kept no validation predictions); the logits are the model's own."
+    return (f"Calibration: the logits come divided by the temperature T = {temperature:.4g}, fitted on the "
+            "validation split by NLL (`temperature` in `structure.json`; val_ece_cal and val_nll_cal above are "
+            "cross-fitted within that split). `load_compressed(path, calibrated=False)` returns the raw logits.")
 
 
 def _role_text(metrics: dict[str, Any]) -> str:

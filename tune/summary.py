@@ -218,13 +218,28 @@ def _trial_flat_config(settings: SweepSettings, trial: optuna.trial.FrozenTrial)
     return {**settings.base, **config_values(config or trial.params)}
 
 
+def trial_temperature(settings: SweepSettings, trial: optuna.trial.FrozenTrial) -> float | None:
+    """Return the trial's temperature fitted on the validation split: its recorded val_temperature, else
+    (a sweep from before calibration) fitted now on its stored validation predictions; None without either."""
+    from trainables.metrics import fit_temperature
+
+    recorded = trial.user_attrs.get("val_temperature")
+    if isinstance(recorded, (int, float)) and math.isfinite(recorded) and recorded > 0:
+        return float(recorded)
+    stored = predictions_loader(settings)(trial.user_attrs)
+    return fit_temperature(stored.labels, stored.probs) if stored is not None else None
+
+
 def final_eval(settings: SweepSettings, study: optuna.Study, *, show_progress: bool = False) -> pd.DataFrame:
     """Evaluate the reference and every Pareto-optimal config on the test split; write final_eval.csv/md.
 
-    Each config runs through trainables.trial.run_trial(split="test") in this process; the
-    training stages are cache hits from the sweep, so only compression and evaluation run.
+    Each config runs through trainables.trial.evaluate_trial(split="test") in this process; the
+    training stages are cache hits from the sweep, so only compression and evaluation run. With
+    the trial's validation temperature (trial_temperature) the test probabilities are also scored
+    after temperature scaling: test_ece_cal, test_nll_cal.
     """
-    from trainables.trial import TrialContext, run_trial
+    from trainables.metrics import classification_metrics, temperature_scale
+    from trainables.trial import TrialContext, evaluate_trial
 
     table = front_frame(settings, study)
     if table.empty:
@@ -235,10 +250,14 @@ def final_eval(settings: SweepSettings, study: optuna.Study, *, show_progress: b
     rows = []
     for role, number in zip(table["role"], table["number"]):
         trial = by_number[int(number)]
-        metrics = run_trial(_trial_flat_config(settings, trial), context, split="test")
+        metrics, predictions = evaluate_trial(_trial_flat_config(settings, trial), context, split="test")
         row = {"role": role, "number": int(number)}
         row.update({f"sweep_{name}": value for name, value in zip(settings.metric_names, trial.values)})
         row.update({k: v for k, v in metrics.items() if k.startswith("test_")})
+        temperature = trial_temperature(settings, trial)
+        if temperature is not None:
+            scaled = classification_metrics(predictions.labels, temperature_scale(predictions.probs, temperature))
+            row.update({"temperature": temperature, "test_ece_cal": scaled["ece"], "test_nll_cal": scaled["nll"]})
         row.update({k: metrics[k] for k in ("params", "latency_ms", "gflops") if k in metrics})
         row.update(trial.params)
         rows.append(row)
@@ -247,11 +266,14 @@ def final_eval(settings: SweepSettings, study: optuna.Study, *, show_progress: b
     out = settings.local_dir
     out.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out / "final_eval.csv", index=False)
+    calibration = ("test_ece/test_nll are the model's own probabilities; test_ece_cal/test_nll_cal the same "
+                   "after dividing its logits by `temperature`, fitted on the validation split (what "
+                   "an export applies).\n\n" if "temperature" in frame else "")
     (out / "final_eval.md").write_text(
         f"# Final evaluation of sweep {settings.name!r} on the test split\n\n"
         f"{len(frame) - 1 if (frame['role'] == 'reference').any() else len(frame)} Pareto-optimal "
         "configs and the reference, scored once on test (the search used valid).\n\n"
-        + markdown_table(frame), encoding="utf-8")
+        + calibration + markdown_table(frame), encoding="utf-8")
     if is_uri(settings.results_dir):
         _copy_to_results(out, settings, ["final_eval.csv", "final_eval.md"])
     return frame

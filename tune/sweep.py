@@ -39,7 +39,8 @@ TUNE_DIRNAME = "tune"
 # latency_rel: the trial's latency over the uncompressed reference's, timed interleaved on its own
 # device (trainables.evaluate.reference_model); naming it switches eval.latency_rel on.
 OBJECTIVE_CHOICES = ("val_auroc", "params", "latency_ms", "latency_rel", "gflops", "val_auprc", "val_accuracy",
-                     "val_ece", "val_nll", "val_brier", "params_ratio", "throughput_img_s")
+                     "val_ece", "val_nll", "val_brier", "val_ece_cal", "val_nll_cal", "params_ratio",
+                     "throughput_img_s")
 _LOCAL_FALLBACK_DIR = "results"
 
 

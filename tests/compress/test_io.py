@@ -7,6 +7,7 @@ from tiny_vit import make_model
 from compress import (
     CompressionPlan,
     LowRankLinear,
+    TemperatureScaled,
     TokenPlan,
     compress_model,
     load_compressed,
@@ -91,3 +92,33 @@ def test_fused_token_pruning_survives_save_and_load(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x).last_hidden_state, loaded(x).last_hidden_state)
+
+
+def test_a_saved_temperature_divides_the_logits_unless_raw_ones_are_asked_for(classifier, pixels, tmp_path):
+    folder = save_compressed(classifier, tmp_path / "t", temperature=2.5)
+    calibrated, raw = load_compressed(folder), load_compressed(folder, calibrated=False)
+    with torch.no_grad():
+        expected = classifier(pixels)
+        assert torch.allclose(calibrated(pixels), expected / 2.5, atol=1e-6)
+        assert torch.equal(raw(pixels), expected)
+    assert isinstance(calibrated, TemperatureScaled) and type(raw) is type(classifier)
+
+
+def test_a_save_without_a_temperature_loads_as_temperature_one(classifier, pixels, tmp_path):
+    folder = save_compressed(classifier, tmp_path / "old")  # what every export before temperatures wrote
+    assert "temperature" not in json.loads((folder / "structure.json").read_text())
+    loaded = load_compressed(folder)
+    assert type(loaded) is type(classifier) and torch.equal(loaded(pixels), classifier(pixels))
+
+
+def test_a_temperature_scaled_model_saves_its_temperature(classifier, pixels, tmp_path):
+    loaded = load_compressed(save_compressed(TemperatureScaled(classifier, 0.7), tmp_path / "w"))
+    assert loaded.temperature == 0.7 and torch.allclose(loaded(pixels), classifier(pixels) / 0.7, atol=1e-6)
+
+
+def test_an_invalid_recorded_temperature_names_the_file(classifier, tmp_path):
+    folder = save_compressed(classifier, tmp_path / "bad", temperature=2.0)
+    structure = json.loads((folder / "structure.json").read_text())
+    (folder / "structure.json").write_text(json.dumps({**structure, "temperature": -1}))
+    with pytest.raises(ValueError, match=r"structure.json: temperature must be a finite number > 0, got -1"):
+        load_compressed(folder)

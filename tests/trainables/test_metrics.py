@@ -8,11 +8,16 @@ import pytest
 import torch
 from torch import nn
 
+from trainables import metrics as metrics_module
 from trainables.metrics import (
     binary_metrics,
+    calibration_metrics,
     classification_metrics,
+    cross_fitted_probs,
     expected_calibration_error,
+    fit_temperature,
     multiclass_metrics,
+    temperature_scale,
     tta_probs,
 )
 
@@ -191,3 +196,62 @@ def test_tta_rejects_unknown_transforms():
 
 def test_nll_is_finite_for_hard_zero_probabilities():
     assert math.isfinite(binary_metrics([0, 1], [1.0, 0.0])["nll"])
+
+
+def _overconfident(classes: int, sharpen: float, n: int = 2000, seed: int = 0):
+    """Return (labels drawn from softmax(z), softmax(sharpen * z)): a model `sharpen` times too confident."""
+    from scipy.special import softmax
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, classes)) * 1.5
+    labels = np.array([rng.choice(classes, p=p) for p in softmax(logits, axis=1)])
+    probs = softmax(sharpen * logits, axis=1)
+    return labels, probs if classes > 2 else probs[:, 1]
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_fitted_temperature_undoes_overconfidence_and_lowers_nll(classes):
+    labels, probs = _overconfident(classes, sharpen=3.0)
+    temperature = fit_temperature(labels, probs)
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    before, after = classification_metrics(labels, probs), classification_metrics(
+        labels, temperature_scale(probs, temperature))
+    assert after["nll"] < before["nll"] - 0.05 and after["ece"] < before["ece"] / 2
+
+
+def test_temperature_scaled_probabilities_equal_the_softmax_of_scaled_logits():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]], dtype=torch.float64)
+    scaled = temperature_scale(torch.softmax(logits, dim=1).numpy(), 2.5)
+    assert np.allclose(scaled, torch.softmax(logits / 2.5, dim=1).numpy(), atol=1e-12)
+    binary = temperature_scale(np.array([0.9, 0.2]), 2.0)
+    assert np.allclose(binary, 1 / (1 + np.exp(-np.log(np.array([9.0, 0.25])) / 2.0)))
+
+
+def test_cross_fitted_rows_are_scored_with_a_temperature_fitted_without_them(monkeypatch):
+    labels, probs = _overconfident(2, sharpen=2.0, n=400, seed=1)
+    fitted_on: list[set[float]] = []
+
+    def spy(y, p):
+        fitted_on.append(set(np.asarray(p).tolist()))
+        return [2.0, 0.5][len(fitted_on) - 1]  # one temperature per fold, told apart below
+
+    monkeypatch.setattr(metrics_module, "fit_temperature", spy)
+    scaled = cross_fitted_probs(labels, probs, folds=2)
+    assert len(fitted_on) == 2 and not fitted_on[0] & fitted_on[1]
+    for row, (p, out) in enumerate(zip(probs.tolist(), scaled)):
+        fold = 0 if np.isclose(out, temperature_scale(np.array([p]), 2.0)[0]) else 1
+        assert np.isclose(out, temperature_scale(np.array([p]), [2.0, 0.5][fold])[0]), row
+        assert p not in fitted_on[fold], f"row {row} was scored with a temperature fitted on it"
+
+
+def test_cross_fitted_calibration_lowers_nll_and_ece_of_an_overconfident_set():
+    labels, probs = _overconfident(2, sharpen=3.0, n=600, seed=2)
+    before = classification_metrics(labels, probs)
+    after = calibration_metrics(labels, probs)
+    assert after["temperature"] > 1.5
+    assert after["nll_cal"] < before["nll"] and after["ece_cal"] < before["ece"]
+
+
+def test_a_calibrated_model_keeps_a_temperature_near_one():
+    labels, probs = _overconfident(2, sharpen=1.0)
+    assert fit_temperature(labels, probs) == pytest.approx(1.0, abs=0.1)

@@ -36,6 +36,12 @@ def test_trial_reports_objectives_and_secondary_metrics(first):
 
 
 @pytest.mark.slow
+def test_trial_records_its_validation_temperature_and_cross_fitted_calibration(first):
+    assert 0.01 <= first["val_temperature"] <= 100.0
+    assert 0.0 <= first["val_ece_cal"] <= 1.0 and first["val_nll_cal"] > 0.0
+
+
+@pytest.mark.slow
 def test_trial_reports_intervals_around_its_metrics(first):
     for name in ("val_auroc", "val_auprc", "val_accuracy", "latency_ms"):
         assert first[f"{name}_lo"] <= first[name] <= first[f"{name}_hi"], name

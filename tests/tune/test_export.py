@@ -91,8 +91,9 @@ def test_exported_model_loads_in_a_fresh_process_without_trainables_to_the_sweep
     torch.save(pixels, tmp_path / "pixels.pt")
     subprocess.run([sys.executable, "-c", LOAD, str(exported), str(tmp_path / "pixels.pt"),
                     str(tmp_path / "logits.pt")], check=True, cwd=REPO, timeout=300)
+    temperature = sweep[1][1]["val_temperature"]  # the export divides the logits by the trial's temperature
     with torch.no_grad():
-        expected = in_sweep.model.eval()(pixels)
+        expected = in_sweep.model.eval()(pixels) / temperature
     assert torch.allclose(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=1e-6)
 
     # The folder carries what the issue lists, with the sweep's numbers and the ONNX check.
@@ -112,8 +113,12 @@ def test_exported_model_loads_in_a_fresh_process_without_trainables_to_the_sweep
     session = onnx_session(exported / "model.onnx")
     for batch in (1, 5):  # the batch dimension is dynamic
         assert run_onnx(session, pixels[:batch]).shape == (batch, 2)
+    # The ONNX graph carries the temperature: its logits are the calibrated ones.
+    assert metrics["temperature"] == temperature and structure["temperature"] == temperature
+    assert torch.allclose(torch.from_numpy(run_onnx(session, pixels)), expected, rtol=0, atol=1e-4)
     card = (exported / "README.md").read_text()
     assert card.startswith("---\nlicense: apache-2.0\n") and metrics["data_fingerprint"] in card
+    assert f"temperature T = {temperature:.4g}" in card and "calibrated=False" in card
 
 
 @pytest.mark.slow
@@ -129,6 +134,9 @@ def test_evaluate_cli_on_the_export_reproduces_the_sweeps_validation_metrics(swe
     for name in ("val_auroc", "val_auprc", "val_accuracy", "val_sens_at_95spec", "val_ece"):
         assert scored[name] == measured[1][name]
         assert scored[f"{name}_lo"] <= scored[name] <= scored[f"{name}_hi"]
+    # The raw probabilities as the sweep scored them, then after the export's temperature (fitted on valid).
+    assert scored["temperature"] == measured[1]["val_temperature"]
+    assert scored["val_nll_cal"] < scored["val_nll"] == pytest.approx(measured[1]["val_nll"])
 
 
 @pytest.fixture
@@ -220,3 +228,60 @@ def test_reference_exports_to_the_default_folder_and_refuses_to_overwrite(sweep,
     with pytest.raises(SystemExit) as caught:
         _export(settings, "--trial", "reference")
     assert caught.value.code == 2 and "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_exported_temperature_lowers_the_digits_references_validation_nll(sweep, tmp_path):
+    from compress import load_compressed
+    from trainables.evaluate import split_probabilities
+    from trainables.metrics import classification_metrics, temperature_scale
+
+    settings, measured, _ = sweep
+    assert _export(settings, "--trial", "reference", "--out", str(tmp_path / "ref")) == 0
+    cfg = TrialConfig.from_flat(json.loads((tmp_path / "ref" / "config.json").read_text()))
+    root = str(Path(settings.results_dir) / "data" / "digits")
+    scored = {}
+    for calibrated in (True, False):
+        model = load_compressed(tmp_path / "ref", calibrated=calibrated)
+        scored[calibrated] = split_probabilities(model, cfg, root, "valid", torch.device("cpu"))
+    (labels, calibrated), (_, raw) = scored[True], scored[False]
+    temperature = measured[0]["val_temperature"]
+    assert classification_metrics(labels, raw)["nll"] == pytest.approx(measured[0]["val_nll"], abs=1e-6)
+    assert classification_metrics(labels, calibrated)["nll"] < measured[0]["val_nll"]
+    # load_compressed reproduces the calibrated probabilities the sweep's temperature gives.
+    assert torch.allclose(calibrated, torch.from_numpy(temperature_scale(raw.numpy(), temperature)), atol=1e-5)
+
+
+def test_a_trial_recorded_before_calibration_gets_its_temperature_from_its_stored_predictions(tmp_path):
+    import numpy as np
+
+    from trainables.cache import StageCache
+    from trainables.evaluate import Predictions
+    from trainables.metrics import fit_temperature
+    from tune.summary import trial_temperature
+
+    settings = SweepSettings(name=NAME, results_dir=str(tmp_path), storage_url=None, preset="digits",
+                             space="default", sampler="tpe", seed=0, objectives=OBJECTIVES, num_samples=1,
+                             max_concurrent=1, trial_resources={"cpu": 1}, max_failures=0, base=BASE)
+    rng = np.random.default_rng(0)
+    stored = Predictions(labels=np.repeat([0, 1], 50), probs=rng.uniform(size=100).astype(np.float32))
+    StageCache(str(tmp_path)).get_or_compute("outcome", "0123abcd", stored.save)
+    old = optuna.trial.create_trial(values=[0.9, 1.0, 1.0], user_attrs={"outcome_key": "0123abcd"})
+    assert trial_temperature(settings, old) == pytest.approx(fit_temperature(stored.labels, stored.probs))
+    assert trial_temperature(settings, optuna.trial.create_trial(values=[0.9, 1.0, 1.0])) is None
+    recorded = optuna.trial.create_trial(values=[0.9, 1.0, 1.0], user_attrs={"val_temperature": 1.7})
+    assert trial_temperature(settings, recorded) == 1.7
+
+
+@pytest.mark.slow
+def test_final_eval_reports_test_ece_before_and_after_each_trials_temperature(sweep):
+    from tune.summary import final_eval
+
+    settings, measured, _ = sweep
+    study = optuna.load_study(study_name=NAME, storage=make_storage(None, Path(settings.results_dir), NAME))
+    frame = final_eval(settings, study)
+    for _, row in frame.iterrows():
+        assert row["temperature"] == measured[int(row["number"])]["val_temperature"]
+        assert 0.0 <= row["test_ece_cal"] <= 1.0 and row["test_ece_cal"] != row["test_ece"]
+    text = (settings.local_dir / "final_eval.md").read_text()
+    assert "test_ece_cal" in text and "fitted on the validation split" in text
