@@ -12,6 +12,7 @@ Model surgery only: imports neither Ray, Optuna, trainables nor tune.
                   token-pruning encoder (dinov3_tokens): the only modules that spell DINOv3 internals
     classifier, svd_taps   the classifier and its svd_taps head
     io, onnx_export        save/load a compressed model; ONNX export
+    quant                  post-training quantization (int8 Linears, bf16), the last step; model_bytes
     checks, params, report, targets   argument checks, parameter counts, decisions, SVD target roles
 """
 
@@ -25,6 +26,7 @@ from compress.plan import CompressionPlan, TokenPlan, compress_model
 from compress.prehab import (
     REGULARIZERS, effective_rank, lowrank_penalty, nuclear_ratio, nuclear_ratio_plus_effective_rank, stable_rank,
 )
+from compress.quant import QUANT_MODES, model_bytes, quantize_model
 from compress.report import CompressionReport, LayerDecision
 from compress.svd import truncate_svd
 from compress.tokens import disable_token_pruning, enable_token_pruning, keep_schedule
@@ -36,6 +38,7 @@ __all__ = [
     "InputStats",
     "LayerDecision",
     "LowRankLinear",
+    "QUANT_MODES",
     "REGULARIZERS",
     "TokenPlan",
     "collect_input_stats",
@@ -49,10 +52,12 @@ __all__ = [
     "load_compressed",
     "load_input_stats",
     "lowrank_penalty",
+    "model_bytes",
     "nuclear_ratio",
     "nuclear_ratio_plus_effective_rank",
     "prune_attention_heads",
     "prune_mlp_neurons",
+    "quantize_model",
     "save_compressed",
     "save_input_stats",
     "stable_rank",

@@ -13,6 +13,7 @@ from compress.checks import check_fraction, check_half_open_unit, check_positive
 from compress.heads import prune_attention_heads
 from compress.mlp import prune_mlp_neurons
 from compress.params import count_params
+from compress.quant import check_quant
 from compress.report import CompressionReport, LayerDecision
 from compress.svd import truncate_svd
 from compress.targets import DEFAULT_TARGETS, check_targets
@@ -48,6 +49,9 @@ class CompressionPlan:
     svd_targets: tuple[str, ...] = DEFAULT_TARGETS
     # Whitened SVD factors S + svd_damping * mean(diag S) * I (compress.whitening.whitening_factor).
     svd_damping: float = keyed_when_set(DEFAULT_DAMPING)
+    # Post-training quantization (compress.quant): none, int8 or bf16. Not applied by compress_model:
+    # it ends the trial's model, after any recovery fine-tune (compress.quantize_model).
+    quant: str = keyed_when_set("none")
 
     def __post_init__(self) -> None:
         for name in ("tau_heads", "tau_mlp", "tau_svd"):
@@ -56,6 +60,7 @@ class CompressionPlan:
             raise ValueError(f"compress.svd_space must be one of {', '.join(SVD_SPACES)}, got {self.svd_space!r}")
         object.__setattr__(self, "svd_targets", check_targets("compress.svd_targets", self.svd_targets))
         object.__setattr__(self, "svd_damping", check_positive("compress.svd_damping", self.svd_damping))
+        check_quant(self.quant)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plan as a JSON-able dict (svd_targets as a list)."""
