@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 class OrtModel(nn.Module):
     """An ONNX Runtime session as a module: float32 pixels in, float32 logits out, on the CPU."""
 
-    def __init__(self, session, quant: str):
+    def __init__(self, session, quant: str, onnx_bytes: bytes):
         super().__init__()
         self.session, self.quant = session, quant
+        self.onnx_bytes = onnx_bytes   # the model the session runs (int8: as ONNX Runtime quantized it)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         from compress.onnx_export import run_onnx
@@ -41,7 +42,7 @@ def onnxruntime_model(float_model: nn.Module, quant: str, image_size: int, *, th
         if quant == "int8":
             path = quantize_onnx_int8(path, Path(folder) / "model.int8.onnx")
         session = onnx_session(path, threads=threads)  # the session holds the model; the files can go
-    return OrtModel(session, quant)
+        return OrtModel(session, quant, path.read_bytes())
 
 
 def quantize_onnx_int8(source: Path, target: Path) -> Path:
@@ -58,12 +59,14 @@ def quantize_onnx_int8(source: Path, target: Path) -> Path:
     return target
 
 
-def runtime_model(model: nn.Module, float_model: nn.Module, runtime: str, quant: str, image_size: int) -> nn.Module:
-    """Return what `runtime` scores and times: `model` itself (torch) or an OrtModel of `float_model`."""
+def runtime_model(model: nn.Module, float_model: nn.Module, runtime: str, quant: str, image_size: int,
+                  *, threads: int | None = None) -> nn.Module:
+    """Return what `runtime` scores and times: `model` itself (torch) or an OrtModel of `float_model` whose
+    session runs `threads` intra-op threads (default: torch's, as the trial times PyTorch with)."""
     if runtime == "torch":
         return model
     log.info("exporting the trial's model to ONNX Runtime (quant %s)", quant)
-    return onnxruntime_model(float_model, quant, image_size, threads=torch.get_num_threads())
+    return onnxruntime_model(float_model, quant, image_size, threads=threads or torch.get_num_threads())
 
 
 def check_runtime_device(runtime: str, device: torch.device) -> None:
