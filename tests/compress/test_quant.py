@@ -1,12 +1,14 @@
 """compress.quant: int8 and bf16 post-training quantization, its byte count, its storable state."""
 
+import json
+
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 from tiny_vit import TinyClassifier, make_classifier, tiny_config
 from torch import nn
 
-from compress import CompressionPlan, count_params, enable_token_pruning
+from compress import CompressionPlan, count_params, enable_token_pruning, load_compressed, save_compressed
 from compress.quant import (
     check_quant_device, load_storable_state, model_bytes, quant_mode, quantize_model, quantized_linears,
     storable_state,
@@ -96,3 +98,22 @@ def test_int8_on_cuda_is_refused_in_one_line():
         check_quant_device("int8", "cuda")
     assert "compress.quant=int8" in str(refused.value) and "\n" not in str(refused.value)
     check_quant_device("int8", "cpu")
+
+
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_a_quantized_model_saves_and_loads_as_it_ran(classifier, pixels, tmp_path, mode):
+    enable_token_pruning(classifier, 0.5, 1.0)
+    quantized = quantize_model(classifier, mode)
+    save_compressed(quantized, tmp_path, image_size=32)
+    loaded = load_compressed(tmp_path)
+    assert json.loads((tmp_path / "structure.json").read_text())["quant"] == mode
+    assert quant_mode(loaded) == mode and token_pruning_settings(loaded.backbone) is not None
+    with torch.no_grad():
+        assert torch.equal(loaded(pixels), quantized(pixels))
+
+
+def test_int8_weights_are_stored_as_one_byte_each(classifier, tmp_path):
+    save_compressed(quantize_model(classifier, "int8"), tmp_path / "int8")
+    save_compressed(classifier, tmp_path / "fp32")
+    stored = {name: (tmp_path / name / "model.safetensors").stat().st_size for name in ("int8", "fp32")}
+    assert stored["int8"] < 0.45 * stored["fp32"]
