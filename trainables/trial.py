@@ -115,9 +115,10 @@ def build_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> tup
 def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> TrialModel:
     """Return the trial's compressed model, built through its cached stages (computing missing ones)."""
     cfg = TrialConfig.from_flat(flat)
-    device = pick_device(cfg.run.device)
-    check_quant_device(cfg.compress.quant, device)   # before any training: one line, not a failed stage
-    check_runtime_device(cfg.eval.runtime, device)
+    if cfg.compress.quant != "none" or cfg.eval.runtime != "torch":   # before any training: one line
+        device = pick_device(cfg.run.device)
+        check_quant_device(cfg.compress.quant, device)
+        check_runtime_device(cfg.eval.runtime, device)
     run = TrialRun.start(cfg, ctx)
     weights = stages.pretrain(run)                    # digits preset: a backbone pretrained on 10 classes
     model = stages.finetune(run, weights)             # + the collapse watch
