@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
 
     from compress import load_compressed
+    from compress.quant import check_quant_device, quant_mode
     from trainables.sessions import pick_device
 
     parser = argparse.ArgumentParser(
@@ -392,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, tta=args.tta))
         model = load_compressed(model_dir)
         device = pick_device(args.device or cfg.run.device)
+        check_quant_device(quant_mode(model), device)   # an int8 export runs on a CPU only
     except (OSError, ValueError, TypeError) as err:
         parser.error(str(err).splitlines()[0])
     labels, probs = split_probabilities(model, cfg, cfg.data.root, args.split, device)
