@@ -179,9 +179,20 @@ def reference_model(cfg: TrialConfig, device: torch.device, dtype: torch.dtype =
     a dense forward's time does not depend on the values of its weights, and building it
     from the architecture needs neither another trial's cache entry nor a download.
     Cached per (backbone, pooling, classes, device, dtype) in this process (a Tune trial
-    actor is reused across trials, so a sweep builds it once per actor).
+    actor is reused across trials, so a sweep builds it once per actor). With
+    eval.runtime=onnxruntime it is that model in an ONNX Runtime session (fp32), cached too.
     """
-    return _reference_model(cfg.model.backbone, cfg.model.pooling, cfg.model.num_classes, str(device), dtype)
+    reference = _reference_model(cfg.model.backbone, cfg.model.pooling, cfg.model.num_classes, str(device), dtype)
+    if cfg.eval.runtime == "onnxruntime":  # the ratio is taken on the trial's runtime, both sides
+        return _onnxruntime_reference(reference, cfg.data.image_size, torch.get_num_threads())
+    return reference
+
+
+@functools.lru_cache(maxsize=2)
+def _onnxruntime_reference(reference: nn.Module, image_size: int, threads: int) -> nn.Module:
+    from trainables.runtime import onnxruntime_model
+
+    return onnxruntime_model(reference, "none", image_size, threads=threads)
 
 
 @functools.lru_cache(maxsize=4)

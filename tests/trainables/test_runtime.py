@@ -55,3 +55,12 @@ def _graph(ort: OrtModel):
     import onnx
 
     return onnx.load_from_string(ort.onnx_bytes).graph
+
+
+def test_latency_rel_on_onnxruntime_divides_by_the_reference_in_onnx_runtime():
+    from trainables.evaluate import reference_model
+
+    cfg = TrialConfig.from_flat({"eval.runtime": "onnxruntime", "eval.latency_rel": True})
+    reference = reference_model(cfg, torch.device("cpu"))
+    assert isinstance(reference, OrtModel) and reference.quant == "none"
+    assert reference_model(cfg, torch.device("cpu")) is reference  # exported once per process
