@@ -59,7 +59,8 @@ def bench(backbone: str, size: int, batch: int, threads: int, rounds: int, repea
     times: dict[str, list[float]] = {name: [] for name in names}
     with torch.inference_mode():
         reference_logits = models["eager fp32"][0](pixels)
-        differences = {name: float((model(pixels) - reference_logits).abs().max()) for name, (model, _) in models.items()}
+        differences = {name: float((model(pixels) - reference_logits).abs().max())
+                       for name, (model, _) in models.items()}
         for round_ in range(rounds):
             shift = round_ % len(names)
             for name in names[shift:] + names[:shift]:

@@ -50,7 +50,7 @@ __all__ = ["OBJECTIVE_METRICS", "OUTCOME_KEY_ATTR", "TRIAL_ERROR_KEY", "TrialCon
 class TrialModel:
     """The model one trial evaluates, rebuilt from its stages, and what went into it."""
 
-    model: nn.Module                  # compressed, token pruning enabled when the trial prunes, compress.quant applied
+    model: nn.Module                  # compressed, token pruning on when the trial prunes, compress.quant applied
     float_model: nn.Module            # the same before compress.quant (what the ONNX runtime exports)
     cfg: TrialConfig
     data_root: str
@@ -75,7 +75,7 @@ def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
     """Run one trial from its flat config; return (its metrics, its predictions on the evaluated split)."""
     started = time.perf_counter()
     built = build_trial_model(flat, ctx)
-    cfg, run, compressed, tokens = built.cfg, built.stages, built.model, built.tokens
+    cfg, run, tokens = built.cfg, built.stages, built.tokens
     device = pick_device(cfg.run.device)
     eval_split = split or cfg.eval.split
     metrics, predictions = run.timed(
@@ -133,8 +133,8 @@ def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) 
     tokens = stages.prune_tokens(cfg, compressed)
     final = quantize_model(compressed, cfg.compress.quant)   # the last step: nothing trains after it
     return TrialModel(model=final, float_model=compressed, cfg=cfg, data_root=run.data_root,
-                      data_fingerprint=run.fingerprint, report=report, tokens=tokens, params_uncompressed=params_before, stages=run,
-                      facts=run.facts)
+                      data_fingerprint=run.fingerprint, report=report, tokens=tokens,
+                      params_uncompressed=params_before, stages=run, facts=run.facts)
 
 
 def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: TrialContext,

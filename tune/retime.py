@@ -4,8 +4,9 @@ In-sweep latencies are taken minutes apart under whatever else the machine was d
 once per trial. The pass rebuilds each config (its training stages are cache hits, as in
 the final evaluation), then times them in rounds — ref, a, b, ..., ref, a, b, ... — each
 at its trial's batch size and thread count, so every latency on the front comes from the
-same conditions, on the trial's runtime (eval.runtime: PyTorch or ONNX Runtime). A second, separately rebuilt copy of the reference is timed too ("repeat"),
-which measures how far one configuration's median moves within one pass.
+same conditions, on the trial's runtime (eval.runtime: PyTorch or ONNX Runtime). A second,
+separately rebuilt copy of the reference is timed too ("repeat"), which measures how far one
+configuration's median moves within one pass.
 
 Per config: latency_ms_retimed = median over rounds of that round's per-image median,
 with the order-statistic 95% interval of the median (trainables.latency.median_interval);

@@ -38,7 +38,8 @@ from search_spaces import SEED_CONFIG, available_spaces  # noqa: E402
 from tune.presets import PRESETS, get_preset  # noqa: E402
 from tune.sweep import (  # noqa: E402
     OBJECTIVE_CHOICES, SAMPLERS, STUDY_DB_FILENAME, SweepSettings, build_base, check_space, check_trial_device,
-    is_uri, parse_objectives, read_settings, sweep_exists, training_stage_bound, tune_experiment_path, write_settings,
+    is_uri, parse_objectives, read_settings, sweep_exists, training_stage_bound, tune_experiment_path,
+    write_settings,
 )
 
 log = logging.getLogger("tune.run")
