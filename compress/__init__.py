@@ -15,6 +15,7 @@ Model surgery only: imports neither Ray, Optuna, trainables nor tune.
     classifier, svd_taps   the classifier and its svd_taps head
     io, onnx_export        save/load a compressed model; ONNX export
     temperature   TemperatureScaled: logits / T, the calibration an export carries
+    quant                  post-training quantization (int8 Linears, bf16), the last step; model_bytes
     checks, params, report, targets   argument checks, parameter counts, decisions, SVD target roles
 """
 
@@ -31,6 +32,7 @@ from compress.prehab import (
     FISHER_WEIGHTED, PENALTY_KINDS, REGULARIZERS, collect_output_fisher, effective_rank, fisher_weighted,
     lowrank_penalty, nuclear_ratio, nuclear_ratio_plus_effective_rank, stable_rank,
 )
+from compress.quant import QUANT_MODES, model_bytes, quantize_model
 from compress.report import CompressionReport, LayerDecision
 from compress.svd import truncate_svd
 from compress.temperature import TemperatureScaled
@@ -47,6 +49,7 @@ __all__ = [
     "LayerDecision",
     "LowRankLinear",
     "PENALTY_KINDS",
+    "QUANT_MODES",
     "REGULARIZERS",
     "TemperatureScaled",
     "TokenPlan",
@@ -66,10 +69,12 @@ __all__ = [
     "load_input_stats",
     "load_unit_scores",
     "lowrank_penalty",
+    "model_bytes",
     "nuclear_ratio",
     "nuclear_ratio_plus_effective_rank",
     "prune_attention_heads",
     "prune_mlp_neurons",
+    "quantize_model",
     "save_compressed",
     "save_input_stats",
     "save_unit_scores",

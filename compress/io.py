@@ -14,6 +14,7 @@ from torch import nn
 from compress import tokens
 from compress.adapters import adapter_for, adapter_named
 from compress.linear import LowRankLinear, linear_bias
+from compress.quant import load_storable_state, quant_mode, quantize_model, storable_state
 from compress.surgery import keep_heads, keep_units
 from compress.temperature import TEMPERATURE_KEY, TemperatureScaled, check_temperature, unwrap_temperature
 
@@ -31,7 +32,8 @@ def save_compressed(model: nn.Module, path: str | Path, *, image_size: int | Non
     """Write `model` to directory `path` (structure.json + model.safetensors); return the directory.
 
     The structure records the family config, per-layer head counts, MLP widths and low-rank
-    ranks, token-pruning settings, and how to rebuild an outer wrapper: a model that is not the
+    ranks, token-pruning settings, the quantization (compress.quant; int8 weights are stored as
+    int8 with their scales), and how to rebuild an outer wrapper: a model that is not the
     bare backbone must offer spec() (JSON-able) and a classmethod from_spec(spec). With
     `image_size` it also records the input size and the token-pruning schedule at that size;
     `extra` adds descriptive keys (never read back by load_compressed). `temperature` (or that of
@@ -55,6 +57,8 @@ def save_compressed(model: nn.Module, path: str | Path, *, image_size: int | Non
         "layers": [_layer_record(adapter, layer) for _, layer in adapter.layers(model)],
         "token_pruning": tokens.token_pruning_settings(backbone),
     }
+    if quant_mode(model) != "none":
+        structure["quant"] = quant_mode(model)   # load_compressed quantizes the rebuilt model the same way
     if image_size is not None:
         structure["image_size"] = image_size
         if structure["token_pruning"] is not None:
@@ -67,7 +71,7 @@ def save_compressed(model: nn.Module, path: str | Path, *, image_size: int | Non
     structure.update(extra or {})
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    weights = storable_state(model)  # int8 Linears as plain int8 weights with their scales
     # "format": "pt" is the metadata Hugging Face tools expect in a PyTorch safetensors file.
     save_file(weights, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     (directory / STRUCTURE_FILE).write_text(json.dumps(structure, indent=1, sort_keys=True))
@@ -106,8 +110,9 @@ def load_compressed(path: str | Path, map_location: str | torch.device = "cpu", 
         raise ValueError(
             f"cannot read {weights_file}: {error} — the file is truncated or not a safetensors file"
         ) from None
+    model = quantize_model(model, structure.get("quant", "none"))
     _check_matches(model, weights, weights_file)
-    model.load_state_dict(weights, assign=True)
+    load_storable_state(model, weights)
     model.to(map_location)
     settings = structure.get("token_pruning")
     if settings is not None:
@@ -221,7 +226,7 @@ def _rebuild_outer(adapter, structure: dict[str, Any], structure_file: Path) -> 
 
 
 def _check_matches(model: nn.Module, weights: dict[str, torch.Tensor], weights_file: Path) -> None:
-    expected = model.state_dict()
+    expected = storable_state(model)
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:

@@ -15,6 +15,7 @@ from compress.heads import prune_attention_heads
 from compress.importance import UnitScores, check_importance, unit_scores
 from compress.mlp import prune_mlp_neurons
 from compress.params import count_params
+from compress.quant import check_quant
 from compress.report import CompressionReport, LayerDecision
 from compress.svd import truncate_svd
 from compress.targets import DEFAULT_TARGETS, check_targets
@@ -54,6 +55,9 @@ class CompressionPlan:
     # (compress.allocation); energy / per_layer is the notes' rule.
     importance: str = keyed_when_set("energy")
     allocation: str = keyed_when_set("per_layer")
+    # Post-training quantization (compress.quant): none, int8 or bf16. Not applied by compress_model:
+    # it ends the trial's model, after any recovery fine-tune (compress.quantize_model).
+    quant: str = keyed_when_set("none")
 
     def __post_init__(self) -> None:
         for name in ("tau_heads", "tau_mlp", "tau_svd"):
@@ -69,6 +73,7 @@ class CompressionPlan:
     def needs_scores(self) -> bool:
         """Whether heads or MLP units are pruned by a data-aware importance (calibration scores needed)."""
         return self.importance != "energy" and (self.tau_heads < 1.0 or self.tau_mlp < 1.0)
+        check_quant(self.quant)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plan as a JSON-able dict (svd_targets as a list)."""

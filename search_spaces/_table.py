@@ -12,7 +12,7 @@ the switch's constants (e.g. r_max = 0) and the trial config gets those values.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -40,12 +40,17 @@ class Param:
     reference: Any = None             # None: the seed point leaves it out unless seed or preset sets it
     when: tuple[str, Any] | None = None   # (earlier row, value): searched only when that row took the value
     off: Mapping[str, Any] | None = None  # a switch: the constants returned when it is False
+    # The choices searched on each device type (cpu, cuda, mps), where they differ: see Table.for_device.
+    devices: Mapping[str, tuple[Any, ...]] | None = None
 
     def __post_init__(self):
         if self.off is not None and self.distribution != categorical(False, True):
             raise ValueError(f"switch {self.name} must be categorical(False, True)")
         if self.reference is not None and not _contains(self.distribution, self.reference):
             raise ValueError(f"{self.name}: reference {self.reference!r} is outside its distribution {self.distribution}")
+        for kind, choices in (self.devices or {}).items():
+            if not all(_contains(self.distribution, choice) for choice in choices):
+                raise ValueError(f"{self.name}: choices {choices} on {kind} are not all in {self.distribution}")
 
     def applies(self, values: Mapping[str, Any]) -> bool:
         """Whether this row is searched, given the values of the earlier rows."""
@@ -86,6 +91,17 @@ class Table:
         if unknown:
             raise ValueError(f"no rows {sorted(unknown)} in this table")
         return Table(tuple(row for row in self.rows if row.name in wanted))
+
+    def for_device(self, kind: str) -> "Table":
+        """Return this table with each row that has per-device choices cut to those of device type `kind`
+        (its reference alone on a device it names none for)."""
+        rows = []
+        for row in self.rows:
+            if row.devices is not None:
+                choices = row.devices.get(kind, (row.reference,))
+                row = replace(row, distribution=categorical(*choices), devices=None)
+            rows.append(row)
+        return Table(tuple(rows))
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any] | None:
         """Suggest every applicable row on `trial`; return the constants of the switches that are off."""

@@ -31,6 +31,11 @@ Parameters as they appear in Optuna (and in the trial config), in suggestion ord
 - ``prehab.enabled``: categorical {False, True}; when enabled ``prehab.lambda``: categorical
   on the log grid 1e-4, 3e-4, ..., 1e-1, ``prehab.kind``: categorical over the surrogates
   (compress.REGULARIZERS) and ``prehab.space``: categorical {whitened, raw}.
+- ``compress.quant``: post-training quantization, the last step of the model (compress.quant);
+  evaluation only, like eval.tta. What a sweep searches depends on the trials' device
+  (Table.for_device): {none, int8} on a CPU, {none, bf16} on CUDA and MPS. bf16 runs on a CPU
+  too (--set), but without bf16 matrix units it is slower than fp32 there, so a CPU sweep does
+  not spend trials on it; int8 (torch.ao's dynamic kernels) runs on a CPU only.
 
 r_max = 0 (no pruning, the seed's choice) is a point of measure zero in [0, 0.9], so a
 continuous sampler would never try it again; the switch makes it a real option. It
@@ -57,6 +62,7 @@ PREHAB_ON = ("prehab.enabled", True)
 TRAINED = ("tokens.train_from_epoch", "middle")
 TRAIN_R_MAX = categorical(0.3, 0.6)
 TRAIN_ALPHA = categorical(1.2, 2.0)
+QUANT_BY_DEVICE = {"cpu": ("none", "int8"), "cuda": ("none", "bf16"), "mps": ("none", "bf16")}
 
 TABLE = Table((
     Param("finetune.method", categorical("head_only", "lora", "full")),   # reference: the preset's
@@ -83,6 +89,8 @@ TABLE = Table((
     Param("prehab.lambda", categorical(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), when=PREHAB_ON),
     Param("prehab.kind", categorical(*REGULARIZERS), "nuclear_ratio+effective_rank", when=PREHAB_ON),
     Param("prehab.space", categorical("whitened", "raw"), "whitened", when=PREHAB_ON),
+    # Last, so adding it left the draws of every row above it unchanged within a trial.
+    Param("compress.quant", categorical("none", "int8", "bf16"), "none", devices=QUANT_BY_DEVICE),
 ))
 
 # The rows whose values key each training stage (each categorical, with its conditions'

@@ -133,6 +133,12 @@ def _cli_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                                ["compress.allocation", "per_layer, global", "'uniform'"]),
         "unknown_set_key": (["--set", "compress.tau_mpl=0.9"], ["'compress.tau_mpl'", "compress.tau_mlp"]),
         "unknown_space": (["--space", "pareto_magic"], ["'pareto_magic'", "compress_only", "default"]),
+        "quant_int8_on_cuda": (["--space", "seed_only", "--set", "run.device=cuda", "--set", "compress.quant=int8"],
+                               ["compress.quant=int8", "cuda", "run.device=cpu"]),
+        "quant_bf16_on_onnxruntime": (["--space", "seed_only", "--set", "compress.quant=bf16", "--set",
+                                       "eval.runtime=onnxruntime"], ["compress.quant=bf16", "eval.runtime=onnxruntime"]),
+        "quant_unknown_debug": (["--debug-trial", "--set", "compress.quant=int4"],
+                                ["compress.quant", "none, int8, bf16", "'int4'"]),
         "postgres_unreachable": (["--name", "s", "--storage", "postgresql://vs:hunter2@127.0.0.1:1/x"],
                                  ["cannot open Optuna storage", "127.0.0.1:1"]),
         "sqlite_dir_missing": (["--name", "s", "--storage", f"sqlite:///{tmp}/no/such/dir/optuna.db"],
@@ -164,7 +170,8 @@ CLI_CASES = [
     *(f"debug_pcam_{fault}" for fault in DATA_FAULTS), "sweep_pcam_present_but_truncated",
     "debug_pcam_absent", "sweep_weights_not_dinov3", "debug_weights_not_dinov3", "debug_weights_missing",
     "tau_heads_zero", "tau_svd_above_one", "r_max_one", "r_max_debug", "alpha_zero", "tau_not_a_number",
-    "unknown_importance", "unknown_allocation", "unknown_set_key", "unknown_space", "postgres_unreachable",
+    "unknown_importance", "unknown_allocation", "unknown_set_key", "unknown_space", "quant_int8_on_cuda",
+    "quant_bf16_on_onnxruntime", "quant_unknown_debug", "postgres_unreachable",
     "sqlite_dir_missing", "results_dir_under_a_file", "name_holds_another_sweep", "name_folder_not_empty",
 ]
 

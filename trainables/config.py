@@ -285,6 +285,7 @@ class RecoverConfig:
 
 
 TTA_MODES = ("none", "flips", "dihedral")
+RUNTIMES = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -305,10 +306,15 @@ class EvalConfig:
     # same rounds. Comparable across nodes; costs a second model's timing. keyed_when_set: off,
     # it leaves the outcome keys stored before it existed valid.
     latency_rel: bool = keyed_when_set(False)
+    # Where the model is scored and timed: torch (eager PyTorch) or onnxruntime (the model exported
+    # to ONNX, int8 through ONNX Runtime's dynamic quantizer, run by the CPU provider with the
+    # trial's threads; trainables.runtime).
+    runtime: str = keyed_when_set("torch")
 
     def __post_init__(self):
         _choice("eval.split", self.split, ("valid", "test"))
         _choice("eval.tta", self.tta, TTA_MODES)
+        _choice("eval.runtime", self.runtime, RUNTIMES)
         for name in ("batch_size", "latency_batch", "latency_repeats", "latency_rounds"):
             _at_least(f"eval.{name}", getattr(self, name), 1)
         _at_least("eval.latency_warmup", self.latency_warmup, 0)
@@ -416,6 +422,9 @@ class TrialConfig:
 
     def _check_across_sections(self) -> None:
         """Raise ValueError for settings that contradict each other across sections."""
+        if self.eval.runtime == "onnxruntime" and self.compress.quant == "bf16":
+            raise ValueError("compress.quant=bf16 cannot run with eval.runtime=onnxruntime (its CPU provider has "
+                             "no bf16 kernels for a ViT's ops); use compress.quant=none or int8, or eval.runtime=torch")
         start = self.tokens.train_from_epoch
         if start > 0 and self.tokens.training_schedule[0] == 0:
             raise ValueError(f"tokens.train_from_epoch={start} prunes while fine-tuning, but tokens.r_max and "
@@ -442,10 +451,12 @@ class TrialConfig:
         """Return what keys the recover stage: its settings and the structural plan it recovers from.
 
         The plan record keeps the shape it had when it also carried token pruning (r_max 0,
-        the trial's alpha and fuse), so existing recover entries stay valid.
+        the trial's alpha and fuse), so existing recover entries stay valid. compress.quant is left
+        out: quantization comes after the recovery fine-tune, so int8 and fp32 trials share it.
         """
         plan = {**_key_record(self.compress), "r_max": 0.0, "alpha": self.tokens.alpha,
                 "fuse_pruned_tokens": self.tokens.fuse}
+        plan.pop("quant", None)
         return {"recover": dataclasses.asdict(self.recover), "plan": plan}
 
     def key_flat(self) -> dict[str, Any]:

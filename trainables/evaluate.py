@@ -184,9 +184,20 @@ def reference_model(cfg: TrialConfig, device: torch.device, dtype: torch.dtype =
     a dense forward's time does not depend on the values of its weights, and building it
     from the architecture needs neither another trial's cache entry nor a download.
     Cached per (backbone, pooling, classes, device, dtype) in this process (a Tune trial
-    actor is reused across trials, so a sweep builds it once per actor).
+    actor is reused across trials, so a sweep builds it once per actor). With
+    eval.runtime=onnxruntime it is that model in an ONNX Runtime session (fp32), cached too.
     """
-    return _reference_model(cfg.model.backbone, cfg.model.pooling, cfg.model.num_classes, str(device), dtype)
+    reference = _reference_model(cfg.model.backbone, cfg.model.pooling, cfg.model.num_classes, str(device), dtype)
+    if cfg.eval.runtime == "onnxruntime":  # the ratio is taken on the trial's runtime, both sides
+        return _onnxruntime_reference(reference, cfg.data.image_size, torch.get_num_threads())
+    return reference
+
+
+@functools.lru_cache(maxsize=2)
+def _onnxruntime_reference(reference: nn.Module, image_size: int, threads: int) -> nn.Module:
+    from trainables.runtime import onnxruntime_model
+
+    return onnxruntime_model(reference, "none", image_size, threads=threads)
 
 
 @functools.lru_cache(maxsize=4)
@@ -200,7 +211,8 @@ def _reference_model(backbone: str, pooling: str, num_classes: int, device: str,
     return model.to(device=device, dtype=dtype).eval()
 
 
-def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> dict[str, Any]:
+def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device, *,
+                 timed: nn.Module | None = None, float_model: nn.Module | None = None) -> dict[str, Any]:
     """Return params, GFLOPs per image, and latency (median ms per image over rounds, its interval, IQR,
     throughput, thread count, device); with eval.latency_rel also latency_rel, its interval and
     latency_ref_ms (the reference's own median).
@@ -209,16 +221,23 @@ def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> di
     pass included, so a TTA setting pays for its accuracy on the front. With eval.latency_rel
     the model is timed in rounds interleaved with reference_model (measure_relative_latency),
     and latency_ms is the model's figure from those same rounds.
+    `model` is the trial's final PyTorch model (compress.quant applied): params and model_bytes
+    count it. `timed` is what the runtime runs (trainables.runtime; default `model`); GFLOPs are
+    counted on `float_model` (default `model`), the same operations before quantization.
     """
+    from compress.quant import model_bytes
+
     shape = (3, cfg.data.image_size, cfg.data.image_size)
     model = model.to(device).eval()
-    deployed = as_deployed(model, cfg)
+    deployed = as_deployed(timed if timed is not None else model, cfg)
     timing = dict(device=device, warmup=cfg.eval.latency_warmup, repeats=cfg.eval.latency_repeats,
                   batch_size=cfg.eval.latency_batch, rounds=cfg.eval.latency_rounds,
                   pause_s=cfg.eval.latency_pause_s)
     relative: dict[str, float] = {}
     if cfg.eval.latency_rel:
-        reference = reference_model(cfg, device, next(model.parameters()).dtype)
+        # bf16 is a compression too: its ratio is to the float32 reference (its input cast timed with it).
+        dtype = torch.float32 if cfg.compress.quant == "bf16" else next(model.parameters()).dtype
+        reference = reference_model(cfg, device, dtype)
         with timing_lock(device):
             paired = measure_relative_latency(deployed, reference, shape, **timing)
         latency = paired.model
@@ -229,7 +248,10 @@ def cost_metrics(model: nn.Module, cfg: TrialConfig, device: torch.device) -> di
             latency = measure_latency(deployed, shape, **timing)
     return {
         "params": count_params(model),
-        "gflops": count_gflops(deployed, shape),
+        "model_bytes": model_bytes(model),
+        "quant": cfg.compress.quant,
+        "eval_runtime": cfg.eval.runtime,
+        "gflops": count_gflops(as_deployed(float_model if float_model is not None else model, cfg), shape),
         "tta_passes": tta_passes(cfg.eval.tta),
         "latency_ms": latency.latency_ms,
         "latency_ms_lo": latency.latency_ms_lo,
@@ -351,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     from compress import load_compressed
     from compress.temperature import unwrap_temperature
     from trainables.metrics import temperature_scale
+    from compress.quant import check_quant_device, quant_mode
     from trainables.sessions import pick_device
 
     parser = argparse.ArgumentParser(
@@ -389,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, tta=args.tta))
         model, temperature = unwrap_temperature(load_compressed(model_dir))
         device = pick_device(args.device or cfg.run.device)
+        check_quant_device(quant_mode(model), device)   # an int8 export runs on a CPU only
     except (OSError, ValueError, TypeError) as err:
         parser.error(str(err).splitlines()[0])
     labels, probs = split_probabilities(model, cfg, cfg.data.root, args.split, device)

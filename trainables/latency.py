@@ -147,7 +147,8 @@ def measure_relative_latency(
     target = _model_device(model) if device is None else torch.device(device)
     model.to(target)
     reference.to(target)
-    inputs = torch.randn((batch_size, *input_shape), device=target, dtype=_model_dtype(model))
+    # The reference's dtype: a bf16 model (compress.quant) casts float32 inputs itself.
+    inputs = torch.randn((batch_size, *input_shape), device=target, dtype=_model_dtype(reference))
 
     model_blocks_s, reference_blocks_s = [], []
     timed = ((model, model_blocks_s), (reference, reference_blocks_s))

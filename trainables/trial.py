@@ -26,11 +26,13 @@ from typing import Any, Callable
 
 from torch import nn
 
+from compress.quant import check_quant_device, quantize_model
 from trainables import stages
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig, parse_overrides
 from trainables.evaluate import Predictions, check_finite, cost_metrics, split_evaluation
 from trainables.report_keys import NODE_ID_KEY, OUTCOME_KEY_ATTR, TRIAL_ERROR_KEY
+from trainables.runtime import check_runtime_device, runtime_model
 from trainables.sessions import pick_device
 from trainables.stages import StageOutput, TrialContext, TrialRun, data_root
 
@@ -48,7 +50,8 @@ __all__ = ["OBJECTIVE_METRICS", "OUTCOME_KEY_ATTR", "TRIAL_ERROR_KEY", "TrialCon
 class TrialModel:
     """The model one trial evaluates, rebuilt from its stages, and what went into it."""
 
-    model: nn.Module                  # compressed, token pruning enabled when the trial prunes
+    model: nn.Module                  # compressed, token pruning on when the trial prunes, compress.quant applied
+    float_model: nn.Module            # the same before compress.quant (what the ONNX runtime exports)
     cfg: TrialConfig
     data_root: str
     data_fingerprint: str
@@ -72,11 +75,11 @@ def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
     """Run one trial from its flat config; return (its metrics, its predictions on the evaluated split)."""
     started = time.perf_counter()
     built = build_trial_model(flat, ctx)
-    cfg, run, compressed, tokens = built.cfg, built.stages, built.model, built.tokens
+    cfg, run, tokens = built.cfg, built.stages, built.tokens
     device = pick_device(cfg.run.device)
     eval_split = split or cfg.eval.split
     metrics, predictions = run.timed(
-        "evaluate", lambda: _evaluate(compressed, cfg, built.data_root, eval_split, device))
+        "evaluate", lambda: _evaluate(built, eval_split, device))
     metrics.update({
         "params_uncompressed": built.params_uncompressed,
         "params_ratio": metrics["params"] / built.params_uncompressed,
@@ -87,14 +90,19 @@ def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
         **built.facts,
     })
     prefix = "val" if eval_split == "valid" else eval_split
-    check_finite(metrics, [f"{prefix}_auroc", "params", "latency_ms", "gflops"]
+    check_finite(metrics, [f"{prefix}_auroc", "params", "model_bytes", "latency_ms", "gflops"]
                  + ([RELATIVE_LATENCY] if cfg.eval.latency_rel else []))
     return metrics, predictions
 
 
-def _evaluate(model: nn.Module, cfg: TrialConfig, root: str, split: str, device) -> tuple[dict[str, Any], Predictions]:
-    metrics, predictions = split_evaluation(model, cfg, root, split, device)
-    return {**metrics, **cost_metrics(model, cfg, device)}, predictions
+def _evaluate(built: TrialModel, split: str, device) -> tuple[dict[str, Any], Predictions]:
+    """Score and time the model on eval.runtime: the AUROC is that of the model that is timed."""
+    cfg = built.cfg
+    scored = runtime_model(built.model, built.float_model, cfg.eval.runtime, cfg.compress.quant,
+                           cfg.data.image_size)
+    metrics, predictions = split_evaluation(scored, cfg, built.data_root, split, device)
+    costs = cost_metrics(built.model, cfg, device, timed=scored, float_model=built.float_model)
+    return {**metrics, **costs}, predictions
 
 
 def build_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> tuple[nn.Module, TrialConfig]:
@@ -107,6 +115,10 @@ def build_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> tup
 def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> TrialModel:
     """Return the trial's compressed model, built through its cached stages (computing missing ones)."""
     cfg = TrialConfig.from_flat(flat)
+    if cfg.compress.quant != "none" or cfg.eval.runtime != "torch":   # before any training: one line
+        device = pick_device(cfg.run.device)
+        check_quant_device(cfg.compress.quant, device)
+        check_runtime_device(cfg.eval.runtime, device)
     run = TrialRun.start(cfg, ctx)
     weights = stages.pretrain(run)                    # digits preset: a backbone pretrained on 10 classes
     model = stages.finetune(run, weights)             # + the collapse watch
@@ -122,9 +134,10 @@ def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) 
     if cfg.recover.epochs > 0:
         compressed = stages.recover(run, model, stats, scores)
     tokens = stages.prune_tokens(cfg, compressed)
-    return TrialModel(model=compressed, cfg=cfg, data_root=run.data_root, data_fingerprint=run.fingerprint,
-                      report=report, tokens=tokens, params_uncompressed=params_before, stages=run,
-                      facts=run.facts)
+    final = quantize_model(compressed, cfg.compress.quant)   # the last step: nothing trains after it
+    return TrialModel(model=final, float_model=compressed, cfg=cfg, data_root=run.data_root,
+                      data_fingerprint=run.fingerprint, report=report, tokens=tokens,
+                      params_uncompressed=params_before, stages=run, facts=run.facts)
 
 
 def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: TrialContext,

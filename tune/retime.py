@@ -4,8 +4,9 @@ In-sweep latencies are taken minutes apart under whatever else the machine was d
 once per trial. The pass rebuilds each config (its training stages are cache hits, as in
 the final evaluation), then times them in rounds — ref, a, b, ..., ref, a, b, ... — each
 at its trial's batch size and thread count, so every latency on the front comes from the
-same conditions. A second, separately rebuilt copy of the reference is timed too ("repeat"),
-which measures how far one configuration's median moves within one pass.
+same conditions, on the trial's runtime (eval.runtime: PyTorch or ONNX Runtime). A second,
+separately rebuilt copy of the reference is timed too ("repeat"), which measures how far one
+configuration's median moves within one pass.
 
 Per config: latency_ms_retimed = median over rounds of that round's per-image median,
 with the order-statistic 95% interval of the median (trainables.latency.median_interval);
@@ -87,7 +88,8 @@ def summarize(models: Sequence[TimedModel], times: dict[str, list[float]]) -> pd
             "delta_latency_ms": delta, "delta_latency_ms_lo": delta_lo, "delta_latency_ms_hi": delta_hi,
             "verdict_latency_ms": "reference" if m is reference
             else latency_verdict(delta, delta_lo, delta_hi, ref_median),
-            "threads": m.threads, "batch": m.cfg.eval.latency_batch, "rounds": len(times[m.label]),
+            "threads": m.threads, "batch": m.cfg.eval.latency_batch, "runtime": m.cfg.eval.runtime,
+            "rounds": len(times[m.label]),
             "round_ms": " ".join(f"{t:.5g}" for t in times[m.label]),
         })
     return pd.DataFrame(rows)
@@ -102,7 +104,8 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     """
     from trainables.evaluate import as_deployed, timing_lock
     from trainables.sessions import pick_device
-    from trainables.trial import TrialContext, build_model
+    from trainables.runtime import runtime_model
+    from trainables.trial import TrialContext, build_trial_model
     from trainables.storage import atomic_write
     from tune.summary import _trial_flat_config, front_frame
 
@@ -120,11 +123,14 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     models = []
     for role, number in plan:
         trial = by_number[number]
-        model, cfg = build_model(_trial_flat_config(settings, trial), context)
-        threads = trial.user_attrs.get("latency_threads")
+        built = build_trial_model(_trial_flat_config(settings, trial), context)
+        cfg, threads = built.cfg, trial.user_attrs.get("latency_threads")
+        threads = int(threads) if isinstance(threads, int) else torch.get_num_threads()
+        # The trial's runtime (eval.runtime): an ONNX Runtime session gets the trial's threads.
+        model = runtime_model(built.model, built.float_model, cfg.eval.runtime, cfg.compress.quant,
+                              cfg.data.image_size, threads=threads)
         models.append(TimedModel(label=f"{role}-{number}", number=number, role=role,
-                                 model=as_deployed(model.eval(), cfg),
-                                 cfg=cfg, threads=int(threads) if isinstance(threads, int) else torch.get_num_threads()))
+                                 model=as_deployed(model.eval(), cfg), cfg=cfg, threads=threads))
     device = pick_device(models[0].cfg.run.device)
     built_s = time.perf_counter() - started
     with timing_lock(device):

@@ -38,8 +38,9 @@ from search_spaces import SEED_CONFIG, available_spaces  # noqa: E402
 from tune.budget import Bound, budget_text, check_measured, parse_budget  # noqa: E402
 from tune.presets import PRESETS, get_preset  # noqa: E402
 from tune.sweep import (  # noqa: E402
-    OBJECTIVE_CHOICES, SAMPLERS, STUDY_DB_FILENAME, SweepSettings, build_base, check_space, is_uri,
-    parse_objectives, read_settings, sweep_exists, training_stage_bound, tune_experiment_path, write_settings,
+    OBJECTIVE_CHOICES, SAMPLERS, STUDY_DB_FILENAME, SweepSettings, build_base, check_space, check_trial_device,
+    is_uri, parse_objectives, read_settings, sweep_exists, training_stage_bound, tune_experiment_path,
+    write_settings,
 )
 
 log = logging.getLogger("tune.run")
@@ -271,6 +272,11 @@ def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     except (TypeError, ValueError) as err:
         parser.error(str(err))
     _check_local_inputs(base, parser)
+    trial_resources = args.trial_resources or (smoke["trial_resources"] if smoke else dict(preset.trial_resources))
+    try:
+        check_trial_device(base, trial_resources)   # compress.quant, eval.runtime on the trials' device
+    except ValueError as err:
+        parser.error(str(err))
     name = args.name or f"{preset.name}-{'smoke-' if smoke else ''}{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or not name.strip() or name.startswith("."):
         parser.error(f"--name must be a plain folder name, got {name!r}")
@@ -282,8 +288,8 @@ def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         # A smoke run's trials go one at a time: the second reuses the first one's fine-tune, and
         # on one machine two trial drivers would hold the CPUs its Train worker needs.
         max_concurrent=args.max_concurrent or (1 if smoke else preset.max_concurrent),
-        trial_resources=args.trial_resources or (smoke["trial_resources"] if smoke else dict(preset.trial_resources)),
-        max_failures=preset.max_failures, base=base, overrides=overrides, budget=args.budget or ())
+        trial_resources=trial_resources, max_failures=preset.max_failures, base=base, overrides=overrides,
+        budget=args.budget or ())
 
 
 def _smoke(preset) -> dict:

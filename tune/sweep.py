@@ -38,9 +38,10 @@ TUNE_DIRNAME = "tune"
 # Metrics every trial reports that make sense as objectives (trainables.trial.run_trial).
 # latency_rel: the trial's latency over the uncompressed reference's, timed interleaved on its own
 # device (trainables.evaluate.reference_model); naming it switches eval.latency_rel on.
+# model_bytes: the weights as stored (compress.quant: int8 a quarter of fp32, bf16 a half).
 OBJECTIVE_CHOICES = ("val_auroc", "params", "latency_ms", "latency_rel", "gflops", "val_auprc", "val_accuracy",
                      "val_ece", "val_nll", "val_brier", "val_ece_cal", "val_nll_cal", "params_ratio",
-                     "throughput_img_s")
+                     "throughput_img_s", "model_bytes")
 _LOCAL_FALLBACK_DIR = "results"
 
 
@@ -347,11 +348,11 @@ def make_trainable(settings: SweepSettings):
 
 def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage):
     """Return the SweepSearch on the sweep's study, the seed configuration queued first."""
-    from search_spaces import load_space
+    from search_spaces import load_table
     from tune.study import SweepSearch, make_sampler
 
     return SweepSearch(
-        load_space(settings.space),
+        load_table(settings.space).for_device(trial_device_type(settings.base, settings.trial_resources)).suggest,
         metric=settings.metric_names,
         mode=[mode for _, mode in settings.objectives],
         storage=storage,
@@ -360,6 +361,33 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
         points_to_evaluate=seed_config_points(settings.space, settings.base),
         budget=settings.budget,
     )
+
+
+def trial_device_type(base: Mapping[str, Any], trial_resources: Mapping[str, Any]) -> str:
+    """Return the device type the sweep's trials evaluate on: run.device where set, else cuda when Ray
+    gives each trial a GPU, else what this machine picks (trials without a GPU see none under Ray)."""
+    from trainables.sessions import pick_device
+
+    requested = str(base.get("run.device", "auto"))
+    if requested != "auto":
+        return requested
+    if float(trial_resources.get("gpu", 0) or 0) > 0:
+        return "cuda"
+    return "mps" if pick_device("auto").type == "mps" else "cpu"
+
+
+def check_trial_device(base: Mapping[str, Any], trial_resources: Mapping[str, Any]) -> None:
+    """Raise ValueError (one line) when the trials' device cannot run the base config's compress.quant or
+    eval.runtime (a searched compress.quant is cut to the device's modes: Table.for_device)."""
+    import torch
+
+    from compress.quant import check_quant_device
+    from trainables.config import TrialConfig
+    from trainables.runtime import check_runtime_device
+
+    cfg, device = TrialConfig.from_flat(dict(base)), torch.device(trial_device_type(base, trial_resources))
+    check_quant_device(cfg.compress.quant, device)
+    check_runtime_device(cfg.eval.runtime, device)
 
 
 def _callbacks(settings: SweepSettings, use_wandb: bool) -> list:
@@ -424,7 +452,8 @@ def run_tune(settings: SweepSettings, storage: optuna.storages.BaseStorage, *, r
 
 
 __all__ = [
-    "OBJECTIVE_CHOICES", "SAMPLERS", "STUDY_DB_FILENAME", "SweepSettings", "build_base", "check_space", "make_searcher",
+    "OBJECTIVE_CHOICES", "SAMPLERS", "STUDY_DB_FILENAME", "SweepSettings", "build_base", "check_space",
+    "check_trial_device", "make_searcher", "trial_device_type",
     "make_trainable", "parse_objectives", "read_settings", "run_tune", "check_training_starts", "training_stage_bound",
     "sweep_exists", "tune_experiment_path", "write_settings",
 ]

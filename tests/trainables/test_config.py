@@ -203,3 +203,25 @@ def test_lora_with_norms_and_biases_keys_the_backbone_lr():
     base = {"finetune.method": "lora", "finetune.train_norms_biases": True}
     assert TrialConfig.from_flat(base).finetune.key_fields() != \
         TrialConfig.from_flat({**base, "finetune.backbone_lr": 1e-5}).finetune.key_fields()
+
+
+def test_quant_and_runtime_at_their_defaults_leave_every_key_unchanged():
+    default = TrialConfig.from_flat({})
+    explicit = TrialConfig.from_flat({"compress.quant": "none", "eval.runtime": "torch"})
+    assert explicit.key_flat() == default.key_flat()
+    assert "compress.quant" not in default.key_flat() and "eval.runtime" not in default.key_flat()
+
+
+def test_quant_does_not_key_the_recover_stage():
+    int8 = TrialConfig.from_flat({"compress.quant": "int8", "recover.epochs": 1})
+    assert int8.recover_key_fields() == TrialConfig.from_flat({"recover.epochs": 1}).recover_key_fields()
+
+
+def test_bf16_on_onnxruntime_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"^compress.quant=bf16 cannot run with eval.runtime=onnxruntime [^\n]*$"):
+        TrialConfig.from_flat({"compress.quant": "bf16", "eval.runtime": "onnxruntime"})
+
+
+def test_unknown_runtime_names_the_choices():
+    with pytest.raises(ValueError, match="eval.runtime must be one of torch, onnxruntime, got 'tensorrt'"):
+        TrialConfig.from_flat({"eval.runtime": "tensorrt"})

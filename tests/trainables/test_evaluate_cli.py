@@ -67,3 +67,20 @@ def test_tta_and_no_tta_together_exit_2(export_with, capsys):
         evaluate.main(["--model", str(model), "--data", str(data), "--split", "valid", "--tta", "flips", "--no-tta"])
     assert caught.value.code == 2
     assert "not allowed with argument" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_an_int8_export_on_cuda_exits_2_in_one_line(tmp_path, write_h5, capsys, monkeypatch):
+    import trainables.sessions
+    from compress import quantize_model
+
+    monkeypatch.setattr(trainables.sessions, "pick_device", lambda requested: torch.device("cuda"))  # a GPU box
+
+    write_h5(tmp_path / "data", "valid", n=4, size=32)
+    folder = tmp_path / "export-int8"
+    save_compressed(quantize_model(build_classifier("digits-vit", 2), "int8"), folder)
+    (folder / "config.json").write_text(json.dumps(TrialConfig.from_flat({"run.device": "cpu"}).to_flat()))
+    with pytest.raises(SystemExit) as caught:
+        evaluate.main(["--model", str(folder), "--data", str(tmp_path / "data"), "--split", "valid",
+                       "--device", "cuda"])
+    assert caught.value.code == 2
+    assert "compress.quant=int8 cannot run on cuda" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -64,6 +64,17 @@ def test_same_finetune_config_is_a_cache_hit(first, results):
 
 
 @pytest.mark.slow
+def test_an_int8_trial_is_scored_and_timed_in_onnx_runtime(first, results):
+    metrics = run_trial({**TINY, "compress.quant": "int8", "eval.runtime": "onnxruntime"},
+                        TrialContext(results_dir=results, show_progress=False))
+    assert metrics["eval_runtime"] == "onnxruntime" and metrics["quant"] == "int8"
+    assert metrics["params"] == first["params"]            # the count is the count, whatever the storage
+    assert metrics["model_bytes"] < first["model_bytes"] / 3
+    assert metrics["cache_hit_finetune"] is True            # quantization keys no training stage
+    assert 0.0 <= metrics["val_auroc"] <= 1.0 and metrics["latency_ms"] > 0
+
+
+@pytest.mark.slow
 def test_whitened_svd_and_prehab_stages_run_and_are_cached(first, results):
     flat = {**TINY, "compress.svd_space": "whitened", "compress.tau_svd": 0.8, "prehab.lambda": 0.01,
             "prehab.space": "whitened"}

@@ -285,3 +285,57 @@ def test_final_eval_reports_test_ece_before_and_after_each_trials_temperature(sw
         assert 0.0 <= row["test_ece_cal"] <= 1.0 and row["test_ece_cal"] != row["test_ece"]
     text = (settings.local_dir / "final_eval.md").read_text()
     assert "test_ece_cal" in text and "fitted on the validation split" in text
+
+
+@pytest.fixture(scope="module")
+def int8_exported(sweep, tmp_path_factory):
+    """A second study in the same results (its stages cache hits): the reference and an int8 trial, exported with ONNX."""
+    settings, measured, context = sweep
+    name = "tiny-int8"
+    write_settings(SweepSettings(**{**settings.__dict__, "name": name}))
+    study = optuna.create_study(study_name=name, storage=make_storage(None, settings.results_dir, name),
+                                directions=["maximize", "minimize", "minimize"])
+    study.set_metric_names([metric for metric, _ in OBJECTIVES])
+    int8 = run_trial({**BASE, **INT8}, context)
+    _tell(study, dict(SEED_CONFIG), measured[0], enqueued=True)
+    _tell(study, INT8, int8)
+    out = tmp_path_factory.mktemp("export-int8") / "trial-1"
+    assert run_main(["--export", name, "--results-dir", settings.results_dir, "--trial", "1", "--out", str(out),
+                     "--onnx"]) == 0
+    return out, int8
+
+
+INT8 = {**COMPRESSED, "compress.quant": "int8"}
+
+
+@pytest.mark.slow
+def test_an_int8_export_loads_in_a_fresh_process_and_scores_the_trials_auroc(sweep, int8_exported, tmp_path):
+    from trainables.evaluate import main as evaluate_main
+
+    settings, _, context = sweep
+    exported, measured = int8_exported
+    in_sweep = build_trial_model({**BASE, **INT8}, context)
+    pixels = export_module._validation_pixels(in_sweep.cfg, in_sweep.data_root)
+    torch.save(pixels, tmp_path / "pixels.pt")
+    subprocess.run([sys.executable, "-c", LOAD, str(exported), str(tmp_path / "pixels.pt"),
+                    str(tmp_path / "logits.pt")], check=True, cwd=REPO, timeout=300)
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "logits.pt"), in_sweep.model(pixels))  # int8 weights as stored
+    assert json.loads((exported / "structure.json").read_text())["quant"] == "int8"
+    onnx = json.loads((exported / "metrics.json").read_text())["onnx"]
+    assert onnx["quant"] == "int8" and 0 < onnx["max_abs_diff"] <= onnx["tolerance"]
+    target = tmp_path / "valid.json"
+    assert evaluate_main(["--model", str(exported), "--data", str(Path(settings.results_dir) / "data" / "digits"),
+                          "--split", "valid", "--json", str(target), "--resamples", "50"]) == 0
+    assert json.loads(target.read_text())["val_auroc"] == measured["val_auroc"]
+
+
+def test_a_bf16_trial_with_onnx_exits_2_before_it_is_rebuilt(listed_sweep, tmp_path, capsys):
+    study = optuna.load_study(study_name=NAME, storage=make_storage(None, tmp_path, NAME))
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 1000.0, 1.0],
+                                              user_attrs={CONFIG_ATTR: {"compress.quant": "bf16"}}))
+    with pytest.raises(SystemExit) as caught:
+        _export(listed_sweep, "--trial", "3", "--out", str(tmp_path / "out"), "--onnx")
+    assert caught.value.code == 2
+    assert "--onnx: trial 3 is compress.quant=bf16" in capsys.readouterr().err.splitlines()[-1]
+    assert not (tmp_path / "out").exists()

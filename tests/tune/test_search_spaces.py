@@ -111,7 +111,7 @@ def test_compress_only_space_searches_only_cheap_parameters():
     keys = set().union(*(c.keys() for c in _sample_configs("compress_only", 10)))
     assert keys == {
         "compress.tau_heads", "compress.tau_mlp", "compress.importance", "compress.allocation", "compress.tau_svd",
-        "compress.svd_space", "tokens.enabled", "tokens.r_max", "tokens.alpha",
+        "compress.svd_space", "tokens.enabled", "tokens.r_max", "tokens.alpha", "compress.quant",
     }
 
 
@@ -201,8 +201,8 @@ BEFORE = json.loads((Path(__file__).parent / "space_tables_before.json").read_te
 # tau_heads / tau_mlp: their range grew to [0.2, 1] with compress.importance / allocation.
 UNITS = {"compress.importance", "compress.allocation", "compress.tau_heads", "compress.tau_mlp"}
 ADDED = {"default": {"compress.svd_damping", "model.head",   # model.head: gained mlp
-                     "tokens.train_r_max", "tokens.train_alpha", *UNITS},
-         "compress_only": UNITS}
+                     "tokens.train_r_max", "tokens.train_alpha", *UNITS, "compress.quant"},
+         "compress_only": {*UNITS, "compress.quant"}}
 PRESETS = [{}, {"finetune.method": "lora"}, {"finetune.method": "full", "tokens.r_max": 0.4, "tokens.alpha": 2.0},
            {"finetune.method": "lora", "finetune.lora_rank": 16, "model.head": "svd_taps", "eval.tta": "flips",
             "prehab.kind": "stable_rank", "tokens.train_from_epoch": "middle"}]
@@ -244,6 +244,14 @@ def test_table_space_draws_what_the_hand_written_space_drew(name):
     assert [_rounded(draw) for draw in draws] == [_rounded(draw) for draw in BEFORE[name]["tpe_draws"]]
 
 
+def test_the_quant_row_searches_what_the_device_runs():
+    for name in ("default", "compress_only"):
+        table = search_spaces.load_table(name)
+        assert table.for_device("cpu").distributions()["compress.quant"].choices == ("none", "int8")
+        assert table.for_device("cuda").distributions()["compress.quant"].choices == ("none", "bf16")
+        assert table.for_device("xla").distributions()["compress.quant"].choices == ("none",)
+
+
 def _without(record: dict, keys) -> dict:
     return {key: value for key, value in record.items() if key not in keys}
 
@@ -260,10 +268,12 @@ NOTES_RULE = {"compress.importance": "energy", "compress.allocation": "per_layer
 def test_derived_seed_points_are_the_hand_written_ones(name):
     table = search_spaces.load_table(name)
     rule = NOTES_RULE if "compress.importance" in table.distributions() else {}
-    assert [[{**point, **rule} for point in points] for points in BEFORE[name]["seed_points"]] == \
-        [seed_points(name, preset) for preset in PRESETS]
-    assert [table.seed_point(seed) for seed, _ in BEFORE[name]["direct_seeds"]] == \
-        [{**point, **rule} for _, point in BEFORE[name]["direct_seeds"]]
+    derived = [seed_points(name, preset) for preset in PRESETS]
+    direct = [table.seed_point(seed) for seed, _ in BEFORE[name]["direct_seeds"]]
+    # compress.quant was added since: every seed point is the unquantized reference.
+    assert all(point.pop("compress.quant", "none") == "none" for point in [*direct, *sum(derived, [])])
+    assert [[{**point, **rule} for point in points] for points in BEFORE[name]["seed_points"]] == derived
+    assert direct == [{**point, **rule} for _, point in BEFORE[name]["direct_seeds"]]
 
 
 @pytest.mark.parametrize("name", ["default", "compress_only", "seed_only"])

@@ -466,3 +466,27 @@ def test_a_stored_config_with_the_spaces_switches_still_loads():
     flat = _trial_flat_config(_settings(base={"finetune.epochs": 1}), study.trials[0])
     assert "tokens.enabled" not in flat and "prehab.enabled" not in flat
     assert TrialConfig.from_flat(flat).prehab.lambda_ == 0.01
+
+
+def test_the_trials_device_is_run_device_then_a_trial_gpu_then_the_cpu():
+    from tune.sweep import trial_device_type
+
+    assert trial_device_type({"run.device": "mps"}, {"gpu": 1}) == "mps"
+    assert trial_device_type({}, {"cpu": 2, "gpu": 1}) == "cuda"
+    assert trial_device_type({"run.device": "auto"}, {"cpu": 1}) == "cpu"  # this CPU-only machine
+
+
+def test_a_cuda_sweep_searches_bf16_and_a_cpu_sweep_int8(monkeypatch):
+    import tune.study
+    from tune.sweep import make_searcher
+
+    spaces = []
+    monkeypatch.setattr(tune.study, "SweepSearch", lambda space, **kwargs: spaces.append(space))
+    for resources in ({"cpu": 1}, {"cpu": 1, "gpu": 1}):
+        make_searcher(_settings(space="compress_only", trial_resources=resources), None)
+    drawn = []
+    for space in spaces:
+        trial = optuna.create_study().ask()
+        space(trial)
+        drawn.append(trial.distributions["compress.quant"].choices)
+    assert drawn == [("none", "int8"), ("none", "bf16")]
