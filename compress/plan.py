@@ -68,12 +68,12 @@ class CompressionPlan:
         object.__setattr__(self, "svd_damping", check_positive("compress.svd_damping", self.svd_damping))
         check_importance("compress.importance", self.importance)
         check_allocation("compress.allocation", self.allocation)
+        check_quant(self.quant)
 
     @property
     def needs_scores(self) -> bool:
         """Whether heads or MLP units are pruned by a data-aware importance (calibration scores needed)."""
         return self.importance != "energy" and (self.tau_heads < 1.0 or self.tau_mlp < 1.0)
-        check_quant(self.quant)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plan as a JSON-able dict (svd_targets as a list)."""
