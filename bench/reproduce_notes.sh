@@ -32,10 +32,10 @@ echo "figure                                   notes    measured"
 printf '%-40s %-8s %s\n' "PCam AUROC, full fine-tune" 0.9800 "$(auroc --set finetune.method=full)"
 printf '%-40s %-8s %s\n' "PCam AUROC, LoRA r 8 q/k/v/o + MLP" 0.9746 "$(auroc)"
 if [[ "${SMOKE:-0}" == 1 ]]; then
-    params=$(python bench/bench_seed_params.py | awk '/notes. seed/ {print $(NF-1)}')
+    params="$(python bench/bench_seed_params.py | awk '/notes. seed/ {print $(NF-1)}') (random init)"
 else
-    params=$(python bench/bench_seed_params.py --weights "$WEIGHTS" | awk '/notes. seed/ {print $(NF-1)}')
+    params="$(python bench/bench_seed_params.py --weights "$WEIGHTS" | awk '/notes. seed/ {print $(NF-1)}') (pretrained weights, not fine-tuned)"
 fi
-printf '%-40s %-8s %s\n' "params at tau [0.89, 0.975, 0.975]" -7.0% "$params (pretrained weights, not fine-tuned)"
+printf '%-40s %-8s %s\n' "params at tau [0.89, 0.975, 0.975]" -7.0% "$params"
 echo "token pruning speed-up (notes 1.85x): python bench/bench_tokens.py --rounds 7 (CPU, any weights: timing only)"
 echo "SVD taps +4.16 points: not scripted (the DeiT log's 100-class data is not a dataset this project loads)"
