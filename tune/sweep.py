@@ -351,7 +351,7 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
         mode=[mode for _, mode in settings.objectives],
         storage=storage,
         study_name=settings.name,
-        sampler=make_sampler(settings.sampler, settings.seed),
+        sampler=make_sampler(settings.sampler, settings.seed, max_concurrent=settings.max_concurrent),
         points_to_evaluate=seed_config_points(settings.space, settings.base),
     )
 
