@@ -139,6 +139,7 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
     """
     from tune.notes import publish_answer
     from tune.replicates import replicate_notes
+    from tune.warm_start import warm_start_notes
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         written = write_reports(study, settings.local_dir, settings.objectives)
@@ -148,7 +149,8 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
                                 predictions=predictions_loader(settings), retimed=retimed,
                                 notes=recipe_notes(settings, study)
                                 + retime_notes(retimed if "latency_ms" in settings.metric_names else None)
-                                + replicate_notes(replicated, settings.metric_names[0]),
+                                + replicate_notes(replicated, settings.metric_names[0])
+                                + warm_start_notes(study),
                                 margins=margins, prefer=prefer)
     if "answer.md" in written:
         publish_answer(study, written["answer.md"].read_text(encoding="utf-8"), pd.read_csv(written["pareto.csv"]),

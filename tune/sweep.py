@@ -78,6 +78,7 @@ class SweepSettings:
     max_failures: int
     base: Mapping[str, Any]           # flat trial config: preset + --set overrides
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    warm_start: tuple[str, ...] = ()  # finished sweeps under results_dir whose trials seed this one
 
     @property
     def sweep_dir(self) -> str:
@@ -116,6 +117,7 @@ class SweepSettings:
         elif storage_url is not None:
             data["storage_url"] = storage_url
         data["objectives"] = tuple(tuple(o) for o in data["objectives"])
+        data["warm_start"] = tuple(data.get("warm_start", ()))  # absent from sweeps saved before warm starts
         return cls(**data)
 
 
@@ -341,11 +343,12 @@ def make_trainable(settings: SweepSettings):
 
 
 def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage):
-    """Return the SweepSearch on the sweep's study, the seed configuration queued first."""
+    """Return the SweepSearch on the sweep's study, the seed configuration queued first, then what
+    the sweeps of settings.warm_start give it (tune.warm_start)."""
     from search_spaces import load_space
     from tune.study import SweepSearch, make_sampler
 
-    return SweepSearch(
+    searcher = SweepSearch(
         load_space(settings.space),
         metric=settings.metric_names,
         mode=[mode for _, mode in settings.objectives],
@@ -354,6 +357,12 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
         sampler=make_sampler(settings.sampler, settings.seed, max_concurrent=settings.max_concurrent),
         points_to_evaluate=seed_config_points(settings.space, settings.base),
     )
+    if settings.warm_start:
+        from tune.warm_start import apply_warm_start, front_queue_size, load_warm_start, read_sources
+
+        warm = load_warm_start(settings, read_sources(settings.results_dir, settings.warm_start, settings.name))
+        apply_warm_start(searcher.study, warm, front_queue_size(settings.num_samples))
+    return searcher
 
 
 def _callbacks(settings: SweepSettings, use_wandb: bool) -> list:
