@@ -20,7 +20,8 @@ mean 48-trial hypervolume. Writes runs.jsonl (one line per run, resumable), samp
 and samplers.png into --out.
 
 Samplers are named as make_sampler takes them, with options after a colon:
-"tpe", "tpe:startup=5", "tpe:uni" (independent TPE), "gp:startup=5", "nsga2:startup=12".
+"tpe", "tpe:startup=5", "tpe:uni" (independent TPE), "tpe:noliar" (no constant liar even when
+B > 1), "gp:startup=5", "nsga2:startup=12".
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
     for option in filter(None, options.split(",")):
         if option == "uni":
             kwargs["multivariate"] = False
+        elif option == "noliar":
+            kwargs["max_concurrent"] = 1  # built as if trials ran one at a time: no constant liar
         elif option.startswith("startup="):
             kwargs["startup_trials"] = int(option.removeprefix("startup="))
         else:
-            raise ValueError(f"sampler option {option!r} in {spec!r}: expected uni or startup=N")
+            raise ValueError(f"sampler option {option!r} in {spec!r}: expected uni, noliar or startup=N")
     return name, kwargs
 
 
@@ -103,7 +106,7 @@ class Evaluator:
 def run_one(spec: str, seed: int, batch: int, trials: int, evaluate: Evaluator) -> dict[str, Any]:
     """Run one study of `trials` trials, `batch` asked at a time; return its record (values per trial in order)."""
     name, kwargs = parse_sampler(spec)
-    sampler = make_sampler(name, seed, max_concurrent=batch, **kwargs)
+    sampler = make_sampler(name, seed, **{"max_concurrent": batch, **kwargs})
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     study.enqueue_trial(evaluate.seed_point)
     space = load_space(SPACE)
@@ -171,30 +174,34 @@ def summarise(runs: list[dict[str, Any]], params_uncompressed: float, trials: in
     return "\n".join(lines) + "\n", {"curves": curves, "target": target, "union": union_hv}
 
 
-def plot(summary: dict, out: Path) -> None:
-    """Draw mean hypervolume against trials, one panel per batch size."""
+def plot(summary: dict, out: Path, shown: set[str]) -> None:
+    """Draw the mean regret to the union front (% of its hypervolume, log scale) against trials of the
+    samplers in `shown`, one panel per batch size; the dotted line is random's mean at the end."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    union = summary["union"]
+    regret = lambda hv: 100 * (union - np.asarray(hv)) / union  # noqa: E731
     batches = sorted({batch for _, batch in summary["curves"]})
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.2), sharey=True, squeeze=False)
     for ax, batch in zip(axes[0], batches):
         for (spec, b), cs in sorted(summary["curves"].items()):
-            if b != batch and not (spec == "random" and b == 1):
+            if spec not in shown or (b != batch and not (spec == "random" and b == 1)):
                 continue
-            mean = np.mean(cs, axis=0)
-            ax.plot(np.arange(1, len(mean) + 1), mean, label=f"{spec} ({len(cs)} seeds)",
+            mean = regret(np.mean(cs, axis=0))
+            ax.plot(np.arange(1, len(mean) + 1)[4:], mean[4:], label=f"{spec} ({len(cs)} seeds)",
                     linestyle="--" if spec == "random" else "-")
-        ax.axhline(summary["target"], color="grey", linewidth=0.8, linestyle=":")
+        ax.axhline(regret(summary["target"]), color="grey", linewidth=0.8, linestyle=":")
         ax.axvline(16, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_yscale("log")
         ax.set_title(f"{batch} at once")
         ax.set_xlabel("trials")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("hypervolume (val_auroc x params)")
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    fig.suptitle("digits, compress_only: mean hypervolume vs trials (dotted: random's mean at the end)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("regret to the union front, % of its hypervolume")
+    axes[0][-1].legend(fontsize=8, loc="upper right")
+    fig.suptitle("digits, compress_only, (val_auroc, params): mean regret vs trials (dotted: random at 48)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -209,8 +216,12 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=48)
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--plot", default="random,tpe,gp,nsga2,tpe:noliar", help="samplers drawn in samplers.png")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for evaluation")
     parser.add_argument("--report-only", action="store_true", help="summarise runs.jsonl without running")
+    parser.add_argument("--merge", nargs="+", default=(), metavar="DIR",
+                        help="with --report-only: also summarise the runs.jsonl of these --out folders "
+                             "(runs split over processes, e.g. one per seed)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -222,6 +233,10 @@ def main() -> None:
     runs_path = out / "runs.jsonl"
     runs = [json.loads(line) for line in runs_path.read_text().splitlines()] if runs_path.is_file() else []
     evaluate = Evaluator(args.results_dir, out / "memo.json")
+    for folder in map(Path, args.merge):
+        runs += [json.loads(line) for line in (folder / "runs.jsonl").read_text().splitlines()]
+        memo = json.loads((folder / "memo.json").read_text())
+        evaluate.params_uncompressed = evaluate.params_uncompressed or memo.get("__params_uncompressed__")
     if not args.report_only:
         specs = [s.strip() for s in args.samplers.split(",") if s.strip()]
         for spec in specs:
@@ -245,7 +260,7 @@ def main() -> None:
         raise SystemExit("no finished runs to summarise")
     table, summary = summarise(runs, evaluate.params_uncompressed, args.trials)
     (out / "samplers.md").write_text(table)
-    plot(summary, out / "samplers.png")
+    plot(summary, out / "samplers.png", {s.strip() for s in args.plot.split(",")})
     print(table)
     print(f"wrote {out / 'samplers.md'} and {out / 'samplers.png'}")
 

@@ -344,3 +344,21 @@ def _make_toy_trainable():
                      "stage_s/compress": 0.01})
 
     return toy_trainable
+
+
+@pytest.mark.parametrize("preset_name", ["digits", "pcam-local", "pcam-a100"])
+def test_each_preset_gets_its_sampler_with_its_concurrency(tmp_path, preset_name):
+    from tune.presets import get_preset
+    from tune.sweep import SweepSettings, build_base, make_searcher
+
+    preset = get_preset(preset_name)
+    settings = SweepSettings(
+        name="s", results_dir=str(tmp_path), storage_url=None, preset=preset.name, space=preset.space,
+        sampler=preset.sampler, seed=0, objectives=preset.objectives, num_samples=preset.num_samples,
+        max_concurrent=preset.max_concurrent, trial_resources=dict(preset.trial_resources),
+        max_failures=preset.max_failures, base=build_base(preset, {}, preset.space))
+    sampler = make_searcher(settings, make_storage(None, tmp_path, "s")).study.sampler
+    expected = make_sampler(preset.sampler, 0, max_concurrent=preset.max_concurrent)
+    assert type(sampler) is type(expected)
+    if isinstance(sampler, optuna.samplers.TPESampler):
+        assert sampler._constant_liar is (preset.max_concurrent > 1)
