@@ -133,3 +133,20 @@ def test_sweep_json_without_warm_start_loads(tmp_path):
     data = json.loads(_settings(tmp_path, "before", "compress_only").to_json())
     del data["warm_start"]
     assert SweepSettings.from_json(json.dumps(data)).warm_start == ()
+
+
+def test_pareto_md_says_where_the_trials_came_from(old_sweep, tmp_path, monkeypatch):
+    from tune import summary
+
+    study = _warm_study(tmp_path)
+    for values in ([0.95, 1000.0, 2.1], [0.93, 600.0, 1.4]):  # the seed point, then old#3 re-run
+        trial = study.ask()
+        trial.set_user_attr("params_uncompressed", 1200)
+        study.tell(trial, values)
+    monkeypatch.setattr(summary, "predictions_loader", lambda _: lambda row: None)
+    settings = _settings(tmp_path, "new", "compress_only", warm_start=("old",))
+    written = summary.build_reports(settings, study)
+    text = written["pareto.md"].read_text(encoding="utf-8")
+    assert "Warm start: 2 trials added as measured, 2 of sweep 'old''s 4 trials" in text
+    assert "1 of their 2 front configurations re-run here first" in text
+    assert "This sweep ran 2 trials of its own" in text
