@@ -226,7 +226,7 @@ def warm_start_notes(study) -> list[str]:
     for name, counts in summary["sweeps"].items():
         left = [f"{counts[key]} {what}" for key, what in (("outside", "outside this space or config"),
                                                           ("not_complete", "not complete")) if counts[key]]
-        parts.append(f"{counts['added']} of sweep {name!r}'s {counts['trials']} trials"
+        parts.append(f"{counts['added']} of the {counts['trials']} trials of sweep {name!r}"
                      + (f" ({', '.join(left)}: left out)" if left else ""))
     queued = summary["queued"]
     added = sum(counts["added"] for counts in summary["sweeps"].values())

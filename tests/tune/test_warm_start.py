@@ -77,7 +77,7 @@ def test_trials_outside_the_new_space_or_config_are_left_out_and_counted(old_swe
     study = _warm_study(tmp_path)
     counts = study.user_attrs[SUMMARY_ATTR]["sweeps"]["old"]
     assert counts == {"trials": 4, "added": 2, "outside": 1, "not_complete": 1}
-    assert "2 of sweep 'old''s 4 trials (1 outside this space or config, 1 not complete: left out)" \
+    assert "2 of the 4 trials of sweep 'old' (1 outside this space or config, 1 not complete: left out)" \
         in warm_start_notes(study)[0]
 
 
@@ -147,6 +147,6 @@ def test_pareto_md_says_where_the_trials_came_from(old_sweep, tmp_path, monkeypa
     settings = _settings(tmp_path, "new", "compress_only", warm_start=("old",))
     written = summary.build_reports(settings, study)
     text = written["pareto.md"].read_text(encoding="utf-8")
-    assert "Warm start: 2 trials added as measured, 2 of sweep 'old''s 4 trials" in text
+    assert "Warm start: 2 trials added as measured, 2 of the 4 trials of sweep 'old'" in text
     assert "1 of their 2 front configurations re-run here first" in text
     assert "This sweep ran 2 trials of its own" in text
