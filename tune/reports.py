@@ -174,13 +174,17 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 
 def reference_row(df: pd.DataFrame, objectives: Objectives, trial_number: int | None = None) -> pd.Series | None:
-    """Return the reference configuration's row: trial `trial_number`, else the first enqueued COMPLETE trial."""
+    """Return the reference configuration's row: trial `trial_number`, else the first enqueued COMPLETE trial
+    of the sweep's own (not a warm start's trial nor a re-run of its front: tune.warm_start)."""
     complete = df[np.all(np.isfinite(_losses(df, objectives)), axis=1)]
     if trial_number is not None:
         match = complete[complete["number"] == trial_number]
         if match.empty:
             raise ValueError(f"reference trial {trial_number} is not a complete trial of the study")
         return match.iloc[0]
+    for column in ("warm_start_from", "warm_start_front"):  # tune.warm_start's user attributes
+        if column in complete.columns:
+            complete = complete[complete[column].isna()]
     if "enqueued" in complete.columns:
         enqueued = complete[complete["enqueued"].astype(bool)].sort_values("number")
         if not enqueued.empty:

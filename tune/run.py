@@ -47,7 +47,7 @@ log = logging.getLogger("tune.run")
 
 # Flags that define a sweep; a resumed or reported sweep takes them from its sweep.json.
 _DEFINING_FLAGS = ("preset", "space", "num_samples", "max_concurrent", "sampler", "objectives",
-                   "set", "seed", "trial_resources", "budget")
+                   "set", "seed", "trial_resources", "budget", "warm_start")
 
 
 def _positive_int(text: str) -> int:
@@ -121,6 +121,11 @@ def make_parser() -> argparse.ArgumentParser:
                              "custom resource of your nodes; default: the preset's (digits cpu=0.1, "
                              "pcam-local cpu=1, pcam-a100 cpu=2,gpu=1)")
     parser.add_argument("--seed", type=int, default=None, help="sampler seed (default 0)")
+    parser.add_argument("--warm-start", nargs="+", default=None, metavar="NAME",
+                        help="seed a new sweep with the finished sweeps NAME ... under --results-dir: their complete "
+                             "trials that are configurations of this space are added as measured, and their front "
+                             "is re-run first (at most half of --num-samples); refused when their objectives or "
+                             "data differ")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="NAME",
                         help="continue the killed or stopped sweep NAME (or --name): same Tune "
                              "experiment, same Optuna study, settings from its sweep.json")
@@ -280,7 +285,7 @@ def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     name = args.name or f"{preset.name}-{'smoke-' if smoke else ''}{time.strftime('%Y%m%d-%H%M%S')}"
     if "/" in name or not name.strip() or name.startswith("."):
         parser.error(f"--name must be a plain folder name, got {name!r}")
-    return SweepSettings(
+    settings = SweepSettings(
         name=name, results_dir=_results_dir(args.results_dir), storage_url=args.storage,
         preset=preset.name, space=space, sampler=args.sampler or preset.sampler,
         seed=0 if args.seed is None else args.seed, objectives=tuple(objectives),
@@ -290,6 +295,16 @@ def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         max_concurrent=args.max_concurrent or (1 if smoke else preset.max_concurrent),
         trial_resources=trial_resources, max_failures=preset.max_failures, base=base, overrides=overrides,
         budget=args.budget or ())
+    if args.warm_start:
+        from tune.warm_start import WarmStartError, check_comparable, read_sources
+
+        try:
+            for source in read_sources(settings.results_dir, args.warm_start, settings.name):
+                check_comparable(settings, source)
+        except WarmStartError as err:
+            parser.error(str(err))
+        settings = dataclasses.replace(settings, warm_start=tuple(args.warm_start))
+    return settings
 
 
 def _smoke(preset) -> dict:
@@ -325,7 +340,8 @@ def _defining_values(settings: SweepSettings, args: argparse.Namespace) -> list[
     saved = {"preset": settings.preset, "space": settings.space, "num_samples": settings.num_samples,
              "max_concurrent": settings.max_concurrent, "sampler": settings.sampler, "seed": settings.seed,
              "objectives": settings.objectives, "set": {k: str(v) for k, v in settings.overrides.items()},
-             "trial_resources": dict(settings.trial_resources), "budget": settings.budget}
+             "trial_resources": dict(settings.trial_resources), "budget": settings.budget,
+             "warm_start": settings.warm_start}
     values = []
     for name in _DEFINING_FLAGS:
         given = getattr(args, name)
@@ -337,6 +353,8 @@ def _defining_values(settings: SweepSettings, args: argparse.Namespace) -> list[
                 given = parse_objectives(given)
             except ValueError:
                 pass  # shown as given
+        elif name == "warm_start":
+            given = tuple(given)
         elif name == "set":
             from trainables.config import parse_overrides
 
@@ -639,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sweep {settings.name!r}: preset {settings.preset}, space {settings.space}, "
           f"{settings.num_samples} trials, {settings.max_concurrent} at once, sampler {settings.sampler}, "
           f"objectives {', '.join(f'{n}:{m}' for n, m in settings.objectives)}"
+          + (f", warm start from {' '.join(settings.warm_start)}" if settings.warm_start else "")
           + (" (resumed)" if resume else ""), flush=True)
     bound = training_stage_bound(settings.space, settings.base)
     print(f"training stages space {settings.space} can request: at most {bound['finetune']} fine-tunes and "

@@ -127,21 +127,36 @@ def make_storage(
         ) from exc
 
 
-def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """Return the seeded Optuna sampler called `name` (tpe, nsga2, gp or random)."""
+def make_sampler(name: str, seed: int | None, *, max_concurrent: int = 1,
+                 startup_trials: int | None = None, multivariate: bool = True) -> optuna.samplers.BaseSampler:
+    """Return the seeded Optuna sampler called `name` (tpe, nsga2, gp or random).
+
+    `max_concurrent` > 1 means trials are asked while others run: TPE then lies about the
+    running ones (constant liar, so it does not propose the same region again), GP always
+    conditions on running trials (Optuna 5 picks q-batch log-EHVI when some are RUNNING),
+    and NSGA-II and random draw each trial on its own (no model to fool). `startup_trials`
+    is the number of random trials before TPE or GP model the results (Optuna's default,
+    10, when None) and NSGA-II's population size (Optuna's 50 when None). `multivariate`
+    (TPE only): one joint density over the parameters, grouped by the conditional rows.
+    """
+    if max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+    if startup_trials is not None and (startup_trials < 1 or (name == "nsga2" and startup_trials < 2)):
+        raise ValueError(f"startup_trials must be >= {2 if name == 'nsga2' else 1} for {name}, got {startup_trials}")
+    startup = {} if startup_trials is None else {"n_startup_trials": startup_trials}
     if name == "tpe":
-        # multivariate + group model the conditional parameters (LoRA rank, lambda)
-        # jointly; constant_liar keeps concurrent trials from piling on one point.
         with warnings.catch_warnings():
             # group= has been "experimental" since Optuna 2.8; the interface is stable.
             warnings.simplefilter("ignore", ExperimentalWarning)
             return optuna.samplers.TPESampler(
-                seed=seed, multivariate=True, group=True, constant_liar=True
+                seed=seed, multivariate=multivariate, group=multivariate,
+                constant_liar=max_concurrent > 1, **startup
             )
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        population = {} if startup_trials is None else {"population_size": startup_trials}
+        return optuna.samplers.NSGAIISampler(seed=seed, **population)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, **startup)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")

@@ -140,6 +140,7 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
     """
     from tune.notes import publish_answer
     from tune.replicates import replicate_notes
+    from tune.warm_start import warm_start_notes
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         written = write_reports(study, settings.local_dir, settings.objectives)
@@ -149,7 +150,8 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
                                 predictions=predictions_loader(settings), retimed=retimed,
                                 notes=recipe_notes(settings, study)
                                 + retime_notes(retimed if "latency_ms" in settings.metric_names else None)
-                                + replicate_notes(replicated, settings.metric_names[0]),
+                                + replicate_notes(replicated, settings.metric_names[0])
+                                + warm_start_notes(study),
                                 margins=margins, prefer=prefer, budget=settings.budget)
     if "answer.md" in written:
         table = pd.read_csv(written["pareto.csv"])

@@ -81,6 +81,7 @@ class SweepSettings:
     base: Mapping[str, Any]           # flat trial config: preset + --set overrides
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     budget: tuple = ()                # tune.budget.Bound terms (--budget); () = none
+    warm_start: tuple[str, ...] = ()  # finished sweeps under results_dir whose trials seed this one
 
     @property
     def sweep_dir(self) -> str:
@@ -122,6 +123,7 @@ class SweepSettings:
         from tune.budget import Bound  # tune.budget imports this module
 
         data["budget"] = tuple(Bound(*term) for term in data.get("budget", ()))  # absent before budgets
+        data["warm_start"] = tuple(data.get("warm_start", ()))  # absent from sweeps saved before warm starts
         return cls(**data)
 
 
@@ -347,20 +349,27 @@ def make_trainable(settings: SweepSettings):
 
 
 def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage):
-    """Return the SweepSearch on the sweep's study, the seed configuration queued first."""
+    """Return the SweepSearch on the sweep's study, the seed configuration queued first, then what
+    the sweeps of settings.warm_start give it (tune.warm_start)."""
     from search_spaces import load_table
     from tune.study import SweepSearch, make_sampler
 
-    return SweepSearch(
+    searcher = SweepSearch(
         load_table(settings.space).for_device(trial_device_type(settings.base, settings.trial_resources)).suggest,
         metric=settings.metric_names,
         mode=[mode for _, mode in settings.objectives],
         storage=storage,
         study_name=settings.name,
-        sampler=make_sampler(settings.sampler, settings.seed),
+        sampler=make_sampler(settings.sampler, settings.seed, max_concurrent=settings.max_concurrent),
         points_to_evaluate=seed_config_points(settings.space, settings.base),
         budget=settings.budget,
     )
+    if settings.warm_start:
+        from tune.warm_start import apply_warm_start, front_queue_size, load_warm_start, read_sources
+
+        warm = load_warm_start(settings, read_sources(settings.results_dir, settings.warm_start, settings.name))
+        apply_warm_start(searcher.study, warm, front_queue_size(settings.num_samples))
+    return searcher
 
 
 def trial_device_type(base: Mapping[str, Any], trial_resources: Mapping[str, Any]) -> str:
