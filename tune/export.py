@@ -197,8 +197,11 @@ def _write_folder(folder: Path, settings: SweepSettings, trial, role: str, on_fr
         "temperature": temperature,
     }
     if onnx:
-        metrics["onnx"] = _export_onnx(folder, model, cfg, pixels, trial.user_attrs,
-                                       float_model=built.float_model.cpu().eval())
+        # An int8 trial's ONNX is quantized from the float model: it carries the same temperature.
+        float_model = built.float_model.cpu().eval()
+        if temperature is not None:
+            float_model = TemperatureScaled(float_model, temperature).eval()
+        metrics["onnx"] = _export_onnx(folder, model, cfg, pixels, trial.user_attrs, float_model=float_model)
     _write_json(folder / METRICS_FILE, metrics)
     _write_model_card(folder / CARD_FILE, settings, cfg, metrics, built)
     return metrics

@@ -319,9 +319,13 @@ def test_an_int8_export_loads_in_a_fresh_process_and_scores_the_trials_auroc(swe
     torch.save(pixels, tmp_path / "pixels.pt")
     subprocess.run([sys.executable, "-c", LOAD, str(exported), str(tmp_path / "pixels.pt"),
                     str(tmp_path / "logits.pt")], check=True, cwd=REPO, timeout=300)
+    from compress import TemperatureScaled
+
+    structure = json.loads((exported / "structure.json").read_text())
+    deployed = TemperatureScaled(in_sweep.model, structure["temperature"]).eval()  # as load_compressed returns it
     with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / "logits.pt"), in_sweep.model(pixels))  # int8 weights as stored
-    assert json.loads((exported / "structure.json").read_text())["quant"] == "int8"
+        assert torch.equal(torch.load(tmp_path / "logits.pt"), deployed(pixels))  # int8 weights as stored
+    assert structure["quant"] == "int8"
     onnx = json.loads((exported / "metrics.json").read_text())["onnx"]
     assert onnx["quant"] == "int8" and 0 < onnx["max_abs_diff"] <= onnx["tolerance"]
     target = tmp_path / "valid.json"

@@ -19,6 +19,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SEED = {"compress.tau_heads": 0.89, "compress.tau_mlp": 0.975, "compress.tau_svd": 0.975,
         "compress.svd_space": "raw", "tokens.enabled": False}
+# Rows the default space gained after the earlier sweep ran: the seed point takes the notes' rule, unquantized.
+ADDED_SEED_ROWS = {"compress.importance": "energy", "compress.allocation": "per_layer", "compress.quant": "none"}
 FULL = {"finetune.method": "full", "model.head": "linear", "eval.tta": "none", "prehab.enabled": False}
 # The earlier sweep searched the default space: #0 is the new sweep's seed point, #1 a LoRA fine-tune
 # (the new sweep fine-tunes in full: no configuration of it), #2 failed, #3 prunes tokens.
@@ -84,7 +86,7 @@ def test_trials_outside_the_new_space_or_config_are_left_out_and_counted(old_swe
 def test_seed_point_first_then_the_front_not_already_queued(old_sweep, tmp_path):
     study = _warm_study(tmp_path)
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert waiting[0].number == 0 and waiting[0].system_attrs["fixed_params"] == SEED
+    assert waiting[0].number == 0 and waiting[0].system_attrs["fixed_params"] == {**SEED, **ADDED_SEED_ROWS}
     # old#0 is the seed point, which runs already: only old#3 is re-run.
     assert [t.user_attrs.get(WARM_FRONT_ATTR) for t in waiting[1:]] == ["old#3"]
 
