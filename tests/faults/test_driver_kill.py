@@ -218,7 +218,8 @@ def test_report_retimes_and_scores_the_front_on_test_from_the_bucket(resumed, fa
     final = pd.read_csv(io.BytesIO(_read(resumed["results"], NAME, "final_eval.csv")))
     retimed = pd.read_csv(io.BytesIO(_read(resumed["results"], NAME, "retime.csv")))
     front = pd.read_csv(io.BytesIO(_read(resumed["results"], NAME, "pareto.csv")))
-    # final_eval scores the Pareto-optimal trials by their study values; pareto.csv may also list
-    # the reference and front points judged on re-timed latencies
-    assert rc == 0 and 0 in set(final["number"]) and set(final["number"]) <= set(front["number"])
+    # final_eval scores the configs the re-timing pass timed (the reference and the front by the study's
+    # values); pareto.csv's front is judged on the re-timed latencies, so a point the pass moved off it
+    # is scored on test but not listed there (CI once saw exactly that).
+    assert rc == 0 and 0 in set(final["number"]) and set(final["number"]) == set(retimed["number"])
     assert final["test_auroc"].between(0, 1).all() and set(front["number"]) <= set(retimed["number"])
