@@ -27,7 +27,7 @@ from torch import nn
 from compress.adapters import adapter_for
 from compress.linear import dense_weight
 from compress.targets import check_targets
-from compress.whitening import InputStats
+from compress.whitening import InputStats, target_linears
 
 
 def _singular_values(weight: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
@@ -96,14 +96,6 @@ FISHER_WEIGHTED = "fisher_weighted"     # needs the Fisher of the targets' outpu
 PENALTY_KINDS = (*REGULARIZERS, FISHER_WEIGHTED)
 
 
-def _target_modules(model: nn.Module, targets: Iterable[str] | None) -> dict[str, nn.Module]:
-    adapter = adapter_for(model)
-    roles = check_targets("targets", targets)
-    return {f"{name}.{adapter.linear_path(role)}": module
-            for name, layer in adapter.layers(model) for role in roles
-            if (module := adapter.linear(layer, role)) is not None}
-
-
 def collect_output_fisher(model: nn.Module, batches: Iterable[Any], targets: Iterable[str] | None = None
                           ) -> dict[str, torch.Tensor]:
     """Return {qualified linear name: F} over `batches` of (pixels, labels): F_i is the mean over examples
@@ -112,7 +104,7 @@ def collect_output_fisher(model: nn.Module, batches: Iterable[Any], targets: Ite
     The model runs in eval mode (no dropout) with gradients; its parameters' .grad and training flag are
     left as they were.
     """
-    modules = _target_modules(model, targets)
+    modules = target_linears(model, targets)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(modules, 0)
 
@@ -183,9 +175,9 @@ def lowrank_penalty(
             if module is None:
                 continue
             weight = dense_weight(module)
+            qualified = f"{name}.{adapter.linear_path(role)}"
             factor = None
             if whitening is not None:
-                qualified = f"{name}.{adapter.linear_path(role)}"
                 if qualified not in whitening:
                     raise ValueError(
                         f"whitening has no statistics for {qualified!r}; collect them on this model "
@@ -195,7 +187,6 @@ def lowrank_penalty(
             if regularizer is not None:
                 terms.append(regularizer(weight, factor))
                 continue
-            qualified = f"{name}.{adapter.linear_path(role)}"
             if qualified not in fisher:
                 raise ValueError(f"fisher has no values for {qualified!r}; collect them on this model "
                                  "with collect_output_fisher(model, batches, targets=...)")

@@ -100,6 +100,15 @@ class InputStats:
         return cls(moment.to(torch.float64), int(record["num_samples"]))
 
 
+def target_linears(model: nn.Module, targets: Iterable[str] | None = None) -> dict[str, nn.Module]:
+    """Return {qualified name: linear} of the model's target roles (compress.targets), layer by layer."""
+    adapter = adapter_for(model)
+    roles = check_targets("targets", targets)
+    return {f"{name}.{adapter.linear_path(role)}": module
+            for name, layer in adapter.layers(model) for role in roles
+            if (module := adapter.linear(layer, role)) is not None}
+
+
 def collect_input_stats(
     model: nn.Module, batches: Iterable[Any], targets: Iterable[str] | None = None
 ) -> dict[str, InputStats]:
@@ -109,14 +118,7 @@ def collect_input_stats(
     runs in eval mode under no_grad; its training flag is restored afterwards. Linears that see the
     same input tensor (q, k, v) share one accumulation and one InputStats object.
     """
-    adapter = adapter_for(model)
-    roles = check_targets("targets", targets)
-    modules = {
-        f"{name}.{adapter.linear_path(role)}": module
-        for name, layer in adapter.layers(model)
-        for role in roles
-        if (module := adapter.linear(layer, role)) is not None
-    }
+    modules = target_linears(model, targets)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(modules, 0)
     # Each distinct input tensor gets a serial number; linears with equal serial histories

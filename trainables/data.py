@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from trainables.augment import histology_augment
 
@@ -425,11 +425,3 @@ def make_dataset(cfg: TrialConfig, root: str, split: str, labels: str = "y", *, 
         image_size=cfg.data.image_size, augment=augment, normalize=cfg.data.normalize,
         stain=make_stain_normalizer(cfg.data.stain_norm, split_path(root, "train", "x", prefix)),
     )
-
-
-def iterate_batches(loader: DataLoader, count: int) -> Iterator[torch.Tensor]:
-    """Yield the pixels of the first `count` batches of a loader."""
-    for index, (x, _) in enumerate(loader):
-        if index >= count:
-            return
-        yield x

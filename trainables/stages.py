@@ -30,7 +30,7 @@ from compress import (
 )
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig
-from trainables.data import data_fingerprint, dataset_prefix, ensure_digits, iterate_batches, make_dataset
+from trainables.data import data_fingerprint, dataset_prefix, ensure_digits, make_dataset
 from trainables.features import (
     FEATURE_SPLITS, check_collapse, pooled_feature_std, read_collapse, record_collapse,
     train_head_on_features, write_feature_cache,
@@ -201,6 +201,15 @@ class TrialRun:
         return DataLoader(make_dataset(self.cfg, self.data_root, split), batch_size=self.cfg.eval.batch_size,
                           shuffle=False, num_workers=self.cfg.data.loader_workers)
 
+    def calibration_batches(self):
+        """Return the calibration batches, (pixels, labels): the first calib.batches of the train split,
+        unshuffled, at calib.batch_size. The whitening, Fisher and importance stages all read these."""
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(make_dataset(self.cfg, self.data_root, "train"), batch_size=self.cfg.calib.batch_size,
+                            shuffle=False)
+        return itertools.islice(loader, self.cfg.calib.batches)
+
 
 def data_root(cfg: TrialConfig, ctx: TrialContext) -> str:
     """Return the local data folder; the embedded digits set is written there on first use."""
@@ -297,12 +306,8 @@ def calibrate(run: TrialRun, of: StageOutput) -> StageOutput:
     key = run.key("whitening", whitening_key_config(cfg), of.key)
 
     def compute(out: Path) -> None:
-        from torch.utils.data import DataLoader
-
         model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir)).eval()
-        loader = DataLoader(make_dataset(cfg, run.data_root, "train"), batch_size=cfg.calib.batch_size,
-                            shuffle=False)
-        stats = collect_input_stats(model, iterate_batches(loader, cfg.calib.batches), targets=cfg.compress.svd_targets)
+        stats = collect_input_stats(model, run.calibration_batches(), targets=cfg.compress.svd_targets)
         save_input_stats(stats, str(out / "stats.pt"))
 
     run.cached("whitening", key, compute)
@@ -315,15 +320,10 @@ def output_fisher(run: TrialRun, of: StageOutput) -> StageOutput:
     key = run.key("fisher", whitening_key_config(cfg), of.key)
 
     def compute(out: Path) -> None:
-        from torch.utils.data import DataLoader
-
         from compress import collect_output_fisher
 
         model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir))
-        loader = DataLoader(make_dataset(cfg, run.data_root, "train"), batch_size=cfg.calib.batch_size,
-                            shuffle=False)
-        fisher = collect_output_fisher(model, itertools.islice(loader, cfg.calib.batches),
-                                       targets=cfg.compress.svd_targets)
+        fisher = collect_output_fisher(model, run.calibration_batches(), targets=cfg.compress.svd_targets)
         torch.save(fisher, out / "fisher.pt")
 
     run.cached("fisher", key, compute)
@@ -337,13 +337,9 @@ def importance(run: TrialRun, of: StageOutput) -> StageOutput:
     key = run.key("importance", importance_key_config(cfg), of.key)
 
     def compute(out: Path) -> None:
-        from torch.utils.data import DataLoader
-
         model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir)).to(run.device)
-        loader = DataLoader(make_dataset(cfg, run.data_root, "train"), batch_size=cfg.calib.batch_size,
-                            shuffle=False)
         # The whitening stage's batches, labels kept (taylor's loss needs them).
-        scores = unit_scores(model, cfg.compress.importance, itertools.islice(loader, cfg.calib.batches))
+        scores = unit_scores(model, cfg.compress.importance, run.calibration_batches())
         save_unit_scores(scores, str(out / "scores.pt"))
 
     run.cached("importance", key, compute)
