@@ -20,8 +20,11 @@ if TYPE_CHECKING:  # optuna is imported by the space modules, not here: the CLI'
 
     from search_spaces._table import Table
 
-__all__ = ["SEED_CONFIG", "available_spaces", "config_values", "load_space", "load_table", "searched_keys",
-           "seed_points", "training_rows"]
+__all__ = ["LADDER_KEYS", "SEED_CONFIG", "available_spaces", "config_values", "ladder_points", "load_space",
+           "load_table", "searched_keys", "seed_points", "training_rows"]
+
+# The thresholds a ladder lowers together (ladder_points): the ones that set the parameter count.
+LADDER_KEYS = ("compress.tau_heads", "compress.tau_mlp", "compress.tau_svd")
 
 SpaceFn = Callable[["optuna.Trial"], "dict[str, Any] | None"]
 
@@ -72,6 +75,28 @@ def seed_points(name: str, preset_values: Mapping[str, Any] | None = None) -> li
     """
     seed = {**dict(preset_values or {}), **SEED_CONFIG}
     return [load_table(name).seed_point(seed)]
+
+
+def ladder_points(name: str, preset_values: Mapping[str, Any] | None = None, count: int = 4) -> list[dict[str, Any]]:
+    """Return `count` points of space `name` that spread the seed point over the front's size range.
+
+    Each is the seed point (seed_points) with every threshold in LADDER_KEYS that the space
+    searches set to one rung t, clipped to its row's range; the rungs split the widest of those
+    ranges into count + 1 equal steps below its top (count 4 on [0.2, 1]: 0.84, 0.68, 0.52, 0.36).
+    Everything else stays the seed's (its fine-tune, importance, no token pruning), so the rungs
+    share the seed's training stages. A space that searches none of LADDER_KEYS has no ladder.
+    """
+    if count < 0:
+        raise ValueError(f"ladder count must be >= 0, got {count}")
+    table = load_table(name)
+    ranges = {row.name: (row.distribution.low, row.distribution.high)
+              for row in table.rows if row.name in LADDER_KEYS and hasattr(row.distribution, "low")}
+    if not ranges or count == 0:
+        return []
+    low, high = min(lo for lo, _ in ranges.values()), max(hi for _, hi in ranges.values())
+    seed = seed_points(name, preset_values)[0]
+    rungs = [high - (i + 1) * (high - low) / (count + 1) for i in range(count)]
+    return [{**seed, **{key: round(min(max(t, lo), hi), 6) for key, (lo, hi) in ranges.items()}} for t in rungs]
 
 
 def config_values(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -38,8 +38,8 @@ from search_spaces import SEED_CONFIG, available_spaces  # noqa: E402
 from tune.budget import Bound, budget_text, check_measured, parse_budget  # noqa: E402
 from tune.presets import PRESETS, get_preset  # noqa: E402
 from tune.sweep import (  # noqa: E402
-    OBJECTIVE_CHOICES, SAMPLERS, STUDY_DB_FILENAME, SweepSettings, build_base, check_space, check_trial_device,
-    is_uri, parse_objectives, read_settings, sweep_exists, training_stage_bound, tune_experiment_path,
+    LADDER_MIN_TRIALS, LADDER_RUNGS, OBJECTIVE_CHOICES, SAMPLERS, STUDY_DB_FILENAME, SweepSettings, build_base,
+    check_space, check_trial_device, default_ladder, is_uri, parse_objectives, read_settings, sweep_exists, training_stage_bound, tune_experiment_path,
     write_settings,
 )
 
@@ -47,13 +47,20 @@ log = logging.getLogger("tune.run")
 
 # Flags that define a sweep; a resumed or reported sweep takes them from its sweep.json.
 _DEFINING_FLAGS = ("preset", "space", "num_samples", "max_concurrent", "sampler", "objectives",
-                   "set", "seed", "trial_resources", "budget", "warm_start")
+                   "set", "seed", "trial_resources", "budget", "warm_start", "ladder")
 
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
 
 
@@ -126,6 +133,11 @@ def make_parser() -> argparse.ArgumentParser:
                              "trials that are configurations of this space are added as measured, and their front "
                              "is re-run first (at most half of --num-samples); refused when their objectives or "
                              "data differ")
+    parser.add_argument("--ladder", type=_non_negative_int, default=None, metavar="N",
+                        help="queue N rungs after the seed configuration: the seed with its thresholds lowered "
+                             "together, spread over the space's range, so the front spans every size from the "
+                             f"first trials; 0 = none; default {LADDER_RUNGS} for {LADDER_MIN_TRIALS} or more "
+                             "trials, else 0")
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="NAME",
                         help="continue the killed or stopped sweep NAME (or --name): same Tune "
                              "experiment, same Optuna study, settings from its sweep.json")
@@ -295,6 +307,11 @@ def _new_settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         max_concurrent=args.max_concurrent or (1 if smoke else preset.max_concurrent),
         trial_resources=trial_resources, max_failures=preset.max_failures, base=base, overrides=overrides,
         budget=args.budget or ())
+    if args.ladder is not None and args.ladder + 1 > settings.num_samples:
+        parser.error(f"--ladder {args.ladder}: the seed point and {args.ladder} rungs are more than the "
+                     f"{settings.num_samples} trials of --num-samples; give at most {settings.num_samples - 1}")
+    settings = dataclasses.replace(settings, ladder=default_ladder(settings.num_samples)
+                                   if args.ladder is None else args.ladder)
     if args.warm_start:
         from tune.warm_start import WarmStartError, check_comparable, read_sources
 
@@ -341,7 +358,7 @@ def _defining_values(settings: SweepSettings, args: argparse.Namespace) -> list[
              "max_concurrent": settings.max_concurrent, "sampler": settings.sampler, "seed": settings.seed,
              "objectives": settings.objectives, "set": {k: str(v) for k, v in settings.overrides.items()},
              "trial_resources": dict(settings.trial_resources), "budget": settings.budget,
-             "warm_start": settings.warm_start}
+             "warm_start": settings.warm_start, "ladder": settings.ladder}
     values = []
     for name in _DEFINING_FLAGS:
         given = getattr(args, name)
@@ -657,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sweep {settings.name!r}: preset {settings.preset}, space {settings.space}, "
           f"{settings.num_samples} trials, {settings.max_concurrent} at once, sampler {settings.sampler}, "
           f"objectives {', '.join(f'{n}:{m}' for n, m in settings.objectives)}"
+          + (f", seed point and {settings.ladder} ladder rungs first" if settings.ladder else "")
           + (f", warm start from {' '.join(settings.warm_start)}" if settings.warm_start else "")
           + (" (resumed)" if resume else ""), flush=True)
     bound = training_stage_bound(settings.space, settings.base)

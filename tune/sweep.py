@@ -35,6 +35,8 @@ SETTINGS_FILENAME = "sweep.json"
 STUDY_DB_FILENAME = "optuna.db"
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 TUNE_DIRNAME = "tune"
+LADDER_RUNGS = 4        # default_ladder: the rungs a sweep of LADDER_MIN_TRIALS or more queues
+LADDER_MIN_TRIALS = 16
 # Metrics every trial reports that make sense as objectives (trainables.trial.run_trial).
 # latency_rel: the trial's latency over the uncompressed reference's, timed interleaved on its own
 # device (trainables.evaluate.reference_model); naming it switches eval.latency_rel on.
@@ -82,6 +84,7 @@ class SweepSettings:
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     budget: tuple = ()                # tune.budget.Bound terms (--budget); () = none
     warm_start: tuple[str, ...] = ()  # finished sweeps under results_dir whose trials seed this one
+    ladder: int = 0                   # rungs queued after the seed point (--ladder; 0 in sweeps saved before it)
 
     @property
     def sweep_dir(self) -> str:
@@ -187,21 +190,28 @@ def build_base(preset: Preset, overrides: Mapping[str, Any], space_name: str) ->
     return base
 
 
-def seed_config_points(space_name: str, base: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Return the seed point of a sweep over `space_name` on the trial config `base`.
+def seed_config_points(space_name: str, base: Mapping[str, Any], ladder: int = 0) -> list[dict[str, Any]]:
+    """Return the seed point of a sweep over `space_name` on the trial config `base`, then `ladder`
+    rungs (search_spaces.ladder_points: the seed with its thresholds lowered together).
 
     A row without a reference value ("the preset's", as `finetune.method`) that `base` leaves
     out takes the trial config's default, which is what the preset's own trial runs with: left
     out, Optuna would sample it and the reference trial would be a random configuration (digits
     on the default space drew a LoRA fine-tune for it while the preset fine-tunes in full).
     """
-    from search_spaces import load_table, seed_points
+    from search_spaces import ladder_points, load_table, seed_points
     from trainables.config import TrialConfig
 
     defaults = TrialConfig.from_flat(dict(base)).to_flat()  # switches are not config keys
     open_rows = {row.name: defaults[row.name] for row in load_table(space_name).rows
                  if row.reference is None and row.name in defaults}
-    return seed_points(space_name, {**open_rows, **base})
+    return seed_points(space_name, {**open_rows, **base}) + ladder_points(space_name, {**open_rows, **base}, ladder)
+
+
+def default_ladder(num_samples: int) -> int:
+    """Return the ladder rungs a sweep of `num_samples` trials queues by default (--ladder): 4 from 16
+    trials on (bench/RESULTS.md, "Samplers"), none below, where they would be a quarter of the sweep."""
+    return LADDER_RUNGS if num_samples >= LADDER_MIN_TRIALS else 0
 
 
 def check_training_starts(space_name: str, epochs: int) -> None:
@@ -361,7 +371,7 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
         storage=storage,
         study_name=settings.name,
         sampler=make_sampler(settings.sampler, settings.seed, max_concurrent=settings.max_concurrent),
-        points_to_evaluate=seed_config_points(settings.space, settings.base),
+        points_to_evaluate=seed_config_points(settings.space, settings.base, settings.ladder),
         budget=settings.budget,
     )
     if settings.warm_start:

@@ -136,22 +136,35 @@ def load_warm_start(new, sources: Sequence) -> WarmStart:
     Raises WarmStartError (one line) when a source cannot be compared (check_comparable).
     """
     import optuna
-    from optuna.trial import TrialState
 
-    from search_spaces import config_values, load_table
-    from tune.study import CONFIG_ATTR, make_storage
+    from tune.study import make_storage
 
-    distributions = load_table(new.space).distributions()
-    warm = WarmStart()
-    candidates: list[tuple[list[float], dict[str, Any], str]] = []
+    studies = []
     for old in sources:
         check_comparable(new, old)
         try:
             study = optuna.load_study(study_name=old.name, storage=make_storage(old.storage_url, old.results_dir, old.name))
         except KeyError as err:
             raise WarmStartError(f"--warm-start {old.name}: its Optuna storage holds no study {old.name!r}") from err
+        studies.append((old, study.get_trials(deepcopy=False)))
+    return warm_start_of(new, studies)
+
+
+def warm_start_of(new, studies: Sequence[tuple[Any, Sequence]]) -> WarmStart:
+    """Return what finished trials give sweep `new`: `studies` pairs each comparable sweep's settings
+    (checked by check_comparable) with its Optuna trials. load_warm_start reads them from storage."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from search_spaces import config_values, load_table
+    from tune.study import CONFIG_ATTR
+
+    distributions = load_table(new.space).distributions()
+    warm = WarmStart()
+    candidates: list[tuple[list[float], dict[str, Any], str]] = []
+    for old, trials in studies:
         counts = {"trials": 0, "added": 0, "outside": 0, "not_complete": 0}
-        for trial in study.get_trials(deepcopy=False):
+        for trial in trials:
             counts["trials"] += 1
             if trial.state != TrialState.COMPLETE or trial.values is None:
                 counts["not_complete"] += 1
