@@ -22,6 +22,8 @@ from optuna.trial import TrialState
 
 from trainables.storage import atomic_write
 from tune.budget import Bound, budget_text, is_feasible, unrecorded
+from tune.sweep import LADDER_ATTR
+from tune.warm_start import WARM_FRONT_ATTR, WARM_START_ATTR
 from tune.verdicts import (
     LATENCY_TIE_FRACTION, QUALITY_MARGINS, add_deltas, add_noninferiority, add_verdicts, headline, parse_prefer,
     quality_objectives, recommend,
@@ -175,14 +177,15 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 def reference_row(df: pd.DataFrame, objectives: Objectives, trial_number: int | None = None) -> pd.Series | None:
     """Return the reference configuration's row: trial `trial_number`, else the first enqueued COMPLETE trial
-    of the sweep's own (not a warm start's trial nor a re-run of its front: tune.warm_start)."""
+    of the sweep's own that is no ladder rung (tune.sweep.LADDER_ATTR), warm start's trial nor re-run of
+    its front (tune.warm_start): the seed configuration."""
     complete = df[np.all(np.isfinite(_losses(df, objectives)), axis=1)]
     if trial_number is not None:
         match = complete[complete["number"] == trial_number]
         if match.empty:
             raise ValueError(f"reference trial {trial_number} is not a complete trial of the study")
         return match.iloc[0]
-    for column in ("warm_start_from", "warm_start_front"):  # tune.warm_start's user attributes
+    for column in (WARM_START_ATTR, WARM_FRONT_ATTR, LADDER_ATTR):
         if column in complete.columns:
             complete = complete[complete[column].isna()]
     if "enqueued" in complete.columns:

@@ -23,7 +23,7 @@ from tune.reports import markdown_table, front_table, reference_row, trials_fram
 from tune.spectra import write_spectra
 from tune.study import CONFIG_ATTR, dashboard_command, verify_study
 from trainables.storage import results_location
-from tune.sweep import SweepSettings, is_uri
+from tune.sweep import LADDER_ATTR, SweepSettings, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,20 @@ def recipe_notes(settings: SweepSettings, study: optuna.Study) -> list[str]:
             f"{'; '.join(differences)}."]
 
 
+def ladder_notes(study: optuna.Study) -> list[str]:
+    """Return pareto.md's line on the ladder's rungs (tune.sweep.LADDER_ATTR), [] for a sweep without them."""
+    from search_spaces import LADDER_KEYS
+
+    rungs = sorted((t.user_attrs[LADDER_ATTR], t) for t in study.get_trials(deepcopy=False)
+                   if LADDER_ATTR in t.user_attrs)
+    if not rungs:
+        return []
+    shown = ", ".join(f"#{t.number} at {min(t.params[k] for k in LADDER_KEYS if k in t.params):g}" for _, t in rungs)
+    return [f"Ladder (--ladder {len(rungs)}): trials {shown} ran the seed configuration with its thresholds "
+            "lowered together to that value (each clipped to its range), so the front spans the sizes from the "
+            "first trials."]
+
+
 def build_reports(settings: SweepSettings, study: optuna.Study,
                   retimed: pd.DataFrame | None = None, replicated: pd.DataFrame | None = None,
                   margins: dict[str, float] | None = None, prefer: str | None = None) -> dict[str, Path]:
@@ -151,7 +165,7 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
                                 notes=recipe_notes(settings, study)
                                 + retime_notes(retimed if "latency_ms" in settings.metric_names else None)
                                 + replicate_notes(replicated, settings.metric_names[0])
-                                + warm_start_notes(study),
+                                + ladder_notes(study) + warm_start_notes(study),
                                 margins=margins, prefer=prefer, budget=settings.budget)
     if "answer.md" in written:
         table = pd.read_csv(written["pareto.csv"])

@@ -37,6 +37,7 @@ SAMPLERS = ("tpe", "nsga2", "gp", "random")
 TUNE_DIRNAME = "tune"
 LADDER_RUNGS = 4        # default_ladder: the rungs a sweep of LADDER_MIN_TRIALS or more queues
 LADDER_MIN_TRIALS = 16
+LADDER_ATTR = "ladder_rung"  # user attribute of a queued rung: its place on the ladder, 1 = the largest
 # Metrics every trial reports that make sense as objectives (trainables.trial.run_trial).
 # latency_rel: the trial's latency over the uncompressed reference's, timed interleaved on its own
 # device (trainables.evaluate.reference_model); naming it switches eval.latency_rel on.
@@ -359,8 +360,9 @@ def make_trainable(settings: SweepSettings):
 
 
 def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage):
-    """Return the SweepSearch on the sweep's study, the seed configuration queued first, then what
-    the sweeps of settings.warm_start give it (tune.warm_start)."""
+    """Return the SweepSearch on the sweep's study, the seed configuration queued first, then the
+    settings.ladder rungs (search_spaces.ladder_points), then what the sweeps of settings.warm_start
+    give it (tune.warm_start)."""
     from search_spaces import load_table
     from tune.study import SweepSearch, make_sampler
 
@@ -371,9 +373,12 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
         storage=storage,
         study_name=settings.name,
         sampler=make_sampler(settings.sampler, settings.seed, max_concurrent=settings.max_concurrent),
-        points_to_evaluate=seed_config_points(settings.space, settings.base, settings.ladder),
+        points_to_evaluate=seed_config_points(settings.space, settings.base),
         budget=settings.budget,
     )
+    rungs = seed_config_points(settings.space, settings.base, settings.ladder)[1:]
+    for rung, point in enumerate(rungs, 1):  # after the seed point; skipped on a resume, as the seed is
+        searcher.study.enqueue_trial(point, user_attrs={LADDER_ATTR: rung}, skip_if_exists=True)
     if settings.warm_start:
         from tune.warm_start import apply_warm_start, front_queue_size, load_warm_start, read_sources
 
