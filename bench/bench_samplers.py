@@ -178,12 +178,13 @@ def run_one(spec: str, seed: int, batch: int, trials: int, evaluate: Evaluator, 
 
 
 def hv_curve(values: list[list[float] | None], reference: np.ndarray) -> list[float]:
-    """Return the hypervolume of (val_auroc, params) after each trial."""
+    """Return the hypervolume after each trial of its values: val_auroc (max) first, then objectives to
+    minimise (params, and latency where bench_retime_fronts adds it); `reference` is in losses."""
     losses, curve = [], []
     for value in values:
         if value is not None:
-            losses.append([-value[0], value[1]])
-        curve.append(hypervolume(np.array(losses).reshape(-1, 2), reference) if losses else 0.0)
+            losses.append([-value[0], *value[1:]])
+        curve.append(hypervolume(np.array(losses), reference) if losses else 0.0)
     return curve
 
 
@@ -192,10 +193,12 @@ def first_reaching(curve: list[float], target: float) -> int | None:
     return next((i + 1 for i, value in enumerate(curve) if value >= target * (1 - 1e-12)), None)
 
 
-def summarise(runs: list[dict[str, Any]], params_uncompressed: float, trials: int) -> tuple[str, dict]:
-    """Return (markdown table, curves by (sampler, batch)) of the runs."""
-    reference = np.array([-0.5, params_uncompressed])
-    union = [[-v[0], v[1]] for run in runs for v in run["values"] if v is not None]
+def summarise(runs: list[dict[str, Any]], params_uncompressed: float, trials: int,
+              reference: np.ndarray | None = None) -> tuple[str, dict]:
+    """Return (markdown table, curves by (sampler, batch)) of the runs. `reference` (losses, one per value)
+    defaults to (-0.5, params_uncompressed) for values (val_auroc, params)."""
+    reference = np.array([-0.5, params_uncompressed]) if reference is None else reference
+    union = [[-v[0], *v[1:]] for run in runs for v in run["values"] if v is not None]
     union_hv = hypervolume(np.array(union), reference)
     curves: dict[tuple[str, int], list[list[float]]] = {}
     by_seed: dict[tuple[str, int], list[int]] = {}
