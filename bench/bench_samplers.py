@@ -25,7 +25,8 @@ union front of every evaluated config, and the trials each seed needs to reach r
 mean hypervolume at --trials. Writes runs.jsonl (one line per run with its points, resumable),
 samplers.md and samplers.png into --out.
 
-Samplers are named as make_sampler takes them, with options after a colon:
+Samplers are named as make_sampler takes them, with options after colons (--samplers is a
+comma-separated list of such names, e.g. "gp,gp:startup=5:ladder"):
 "tpe", "tpe:startup=5", "tpe:uni" (independent TPE), "tpe:noliar" (no constant liar even when
 B > 1), "gp:startup=5", "nsga2:startup=12"; "ladder" or "ladder=K" queues the sweep's ladder
 (search_spaces.ladder_points, K rungs, 4 by default) after the seed point, as run.py's --ladder
@@ -47,7 +48,7 @@ from typing import Any
 import numpy as np
 import optuna
 
-from search_spaces import config_values, ladder_points, load_table
+from search_spaces import config_values, load_table
 from tune.reports import hypervolume
 from tune.study import make_sampler
 
@@ -57,10 +58,10 @@ OBJECTIVES = (("val_auroc", "max"), ("params", "min"))
 
 
 def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
-    """Return (sampler name, make_sampler keyword arguments) from "tpe:startup=5,uni"."""
-    name, _, options = spec.partition(":")
+    """Return (sampler name, make_sampler keyword arguments) from "tpe:startup=5:uni"."""
+    name, *options = spec.split(":")
     kwargs: dict[str, Any] = {}
-    for option in filter(None, options.split(",")):
+    for option in filter(None, options):
         if option.startswith("ladder"):
             continue  # the study's design, not the sampler's: see ladder_count
         if option == "uni":
@@ -76,7 +77,7 @@ def parse_sampler(spec: str) -> tuple[str, dict[str, Any]]:
 
 def ladder_count(spec: str) -> int:
     """Return the ladder rungs `spec` queues after the seed point (0 without a ladder option)."""
-    for option in spec.partition(":")[2].split(","):
+    for option in spec.split(":")[1:]:
         if option == "ladder":
             return 4
         if option.startswith("ladder="):
@@ -101,7 +102,7 @@ class Evaluator:
         self.space = space
         self.base = build_base(get_preset("digits"), CHEAP_LATENCY, space)
         self.seed_point = seed_config_points(space, self.base)[0]
-        self.ladder = lambda count: ladder_points(space, self.base, count)
+        self.ladder = lambda count: seed_config_points(space, self.base, count)[1:]  # as a sweep queues them
         self.context = TrialContext(results_dir=results_dir, show_progress=False)
         self.memo_path = memo_path
         self.memo: dict[str, list[float] | None] = json.loads(memo_path.read_text()) if memo_path.is_file() else {}

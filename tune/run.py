@@ -114,7 +114,7 @@ def make_parser() -> argparse.ArgumentParser:
                         help="Optuna RDB URL (sqlite:///..., postgresql://...); default SQLite "
                              "<results-dir>/<name>/optuna.db (required when --results-dir is a URI)")
     parser.add_argument("--sampler", choices=SAMPLERS, default=None,
-                        help="Optuna sampler; default: the preset's (tpe)")
+                        help="Optuna sampler; default: the preset's (gp, 5 start-up trials: bench/RESULTS.md 'Samplers')")
     parser.add_argument("--objectives", default=None,
                         help="comma-separated metric:max|min, e.g. val_auroc:max,params:min,latency_ms:min "
                              f"(latency_rel:min, the ratio to the uncompressed model timed on the trial's own device, where "

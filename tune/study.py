@@ -127,6 +127,14 @@ def make_storage(
         ) from exc
 
 
+# GP's trials before its model, queued ones included: 4 rather than Optuna's 10, by measurement
+# (bench/RESULTS.md, "Samplers"). With the seed point and a sweep's 4 ladder rungs queued first,
+# the model starts right after them: one at a time it reached random search's 48-trial
+# hypervolume in 8-12 trials on 10 of 10 seeds (5 gives the same trials there); 4 at once, the
+# model proposes from the second batch on, which beat 5 and 10.
+GP_STARTUP_TRIALS = 4
+
+
 def make_sampler(name: str, seed: int | None, *, max_concurrent: int = 1,
                  startup_trials: int | None = None, multivariate: bool = True) -> optuna.samplers.BaseSampler:
     """Return the seeded Optuna sampler called `name` (tpe, nsga2, gp or random).
@@ -135,8 +143,9 @@ def make_sampler(name: str, seed: int | None, *, max_concurrent: int = 1,
     running ones (constant liar, so it does not propose the same region again), GP always
     conditions on running trials (Optuna 5 picks q-batch log-EHVI when some are RUNNING),
     and NSGA-II and random draw each trial on its own (no model to fool). `startup_trials`
-    is the number of random trials before TPE or GP model the results (Optuna's default,
-    10, when None) and NSGA-II's population size (Optuna's 50 when None). `multivariate`
+    is the number of trials before TPE or GP model the results, queued ones included (when
+    None: Optuna's 10 for TPE, GP_STARTUP_TRIALS for GP) and NSGA-II's population size
+    (Optuna's 50 when None). `multivariate`
     (TPE only): one joint density over the parameters, grouped by the conditional rows.
     """
     if max_concurrent < 1:
@@ -156,7 +165,8 @@ def make_sampler(name: str, seed: int | None, *, max_concurrent: int = 1,
         population = {} if startup_trials is None else {"population_size": startup_trials}
         return optuna.samplers.NSGAIISampler(seed=seed, **population)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False, **startup)
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False,
+                                         n_startup_trials=startup_trials or GP_STARTUP_TRIALS)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
@@ -264,7 +274,11 @@ class SweepSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict | None:
         """Return the next config and record the Tune trial id on the Optuna trial."""
-        config = super().suggest(trial_id)
+        with warnings.catch_warnings():
+            # Ray times the space function, inside which a model-based sampler fits its model on
+            # each suggest (GP: about a second); its "took N seconds" advice is about training there.
+            warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+            config = super().suggest(trial_id)
         try:
             self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID_ATTR, trial_id)
         except UpdateFinishedTrialError:

@@ -1,10 +1,11 @@
 """Warm starts: a new sweep begins with the evidence of finished ones (--warm-start NAME ...).
 
 The finished sweeps' complete trials that are configurations of the new sweep (same data, same
-objectives, same trial config outside the searched keys, every value inside the new space) are
-added to the new study as they were measured (Optuna's add_trials), each with the user
+trial config outside the searched keys, every value inside the new space) are added to the new
+study as they were measured (Optuna's add_trials; with this sweep's objectives read from what
+each trial recorded, where the objectives differ), each with the user
 attribute ``warm_start_from`` = "<sweep>#<trial number>"; the sampler models them from the
-first trial on. Their Pareto front is then queued right after the seed point, so this sweep
+first trial on. Their Pareto front is then queued after the seed point (and the ladder), so this sweep
 measures those configurations again itself (user attribute ``warm_start_front``). Added
 trials are not Tune trials: --num-samples counts this sweep's own trials only, and neither
 they nor the re-runs of their front can be the reference (tune.reports.reference_row).
@@ -82,17 +83,14 @@ def _shown(value: Any) -> str:
 def check_comparable(new, old) -> None:
     """Raise WarmStartError (one line) unless sweep `old`'s objective values mean what `new`'s will.
 
-    Both are tune.sweep.SweepSettings. Compared: the objectives (names and directions, in order),
-    the data (every data.* key but the loader's workers), then the rest of the trial config
-    outside the keys either space searches and the placement keys (PLACEMENT_KEYS).
+    Both are tune.sweep.SweepSettings. Compared: the data (every data.* key but the loader's
+    workers), then the rest of the trial config outside the keys either space searches and the
+    placement keys (PLACEMENT_KEYS). The objectives may differ: every trial records every metric
+    an objective can name, so a trial's values are read again for this sweep's (trial_values).
     """
     from search_spaces import searched_keys
 
     where = f"--warm-start {old.name}"
-    if tuple(old.objectives) != tuple(new.objectives):
-        show = lambda objectives: ",".join(f"{n}:{m}" for n, m in objectives)  # noqa: E731
-        raise WarmStartError(f"{where}: its objectives {show(old.objectives)} differ from this sweep's "
-                             f"{show(new.objectives)}, so their values cannot be compared")
     old_base, new_base = _typed_flat(old.base), _typed_flat(new.base)
     searched = searched_keys(old.space) | searched_keys(new.space)
     differing = sorted(key for key in set(old_base) | set(new_base)
@@ -163,11 +161,15 @@ def warm_start_of(new, studies: Sequence[tuple[Any, Sequence]]) -> WarmStart:
     warm = WarmStart()
     candidates: list[tuple[list[float], dict[str, Any], str]] = []
     for old, trials in studies:
-        counts = {"trials": 0, "added": 0, "outside": 0, "not_complete": 0}
+        counts = {"trials": 0, "added": 0, "outside": 0, "not_complete": 0, "unrecorded": 0}
         for trial in trials:
             counts["trials"] += 1
             if trial.state != TrialState.COMPLETE or trial.values is None:
                 counts["not_complete"] += 1
+                continue
+            values = trial_values(trial, old.objectives, new.objectives)
+            if values is None:
+                counts["unrecorded"] += 1
                 continue
             try:
                 point = _point_in_space(trial, old, new)
@@ -182,12 +184,27 @@ def warm_start_of(new, studies: Sequence[tuple[Any, Sequence]]) -> WarmStart:
             attrs[CONFIG_ATTR] = config_values(point)  # what this sweep's reports and exports rebuild
             warm.trials.append(optuna.trial.create_trial(
                 params=point, distributions={name: distributions[name] for name in point},
-                values=list(trial.values), user_attrs={**attrs, WARM_START_ATTR: origin}))
-            candidates.append((list(trial.values), point, origin))
+                values=values, user_attrs={**attrs, WARM_START_ATTR: origin}))
+            candidates.append((values, point, origin))
             counts["added"] += 1
         warm.counts[old.name] = counts
     warm.front = _front(candidates, [mode for _, mode in new.objectives])
     return warm
+
+
+def trial_values(trial, old_objectives: Sequence[tuple[str, str]],
+                 new_objectives: Sequence[tuple[str, str]]) -> list[float] | None:
+    """Return a finished trial's values for `new_objectives`: each from its own objective of that name,
+    else from the metric it recorded as a user attribute; None when one is missing or not a finite number
+    (a sweep from before that metric existed)."""
+    recorded = {**trial.user_attrs, **dict(zip((name for name, _ in old_objectives), trial.values))}
+    values = []
+    for name, _ in new_objectives:
+        value = recorded.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            return None
+        values.append(float(value))
+    return values
 
 
 def _front(candidates: list[tuple[list[float], dict[str, Any], str]], modes: Sequence[str]) -> list[tuple[dict, str]]:
@@ -238,7 +255,9 @@ def warm_start_notes(study) -> list[str]:
     parts = []
     for name, counts in summary["sweeps"].items():
         left = [f"{counts[key]} {what}" for key, what in (("outside", "outside this space or config"),
-                                                          ("not_complete", "not complete")) if counts[key]]
+                                                          ("not_complete", "not complete"),
+                                                          ("unrecorded", "without this sweep's objectives"))
+                if counts.get(key)]
         parts.append(f"{counts['added']} of the {counts['trials']} trials of sweep {name!r}"
                      + (f" ({', '.join(left)}: left out)" if left else ""))
     queued = summary["queued"]

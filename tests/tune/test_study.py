@@ -6,6 +6,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tune.study import (
+    GP_STARTUP_TRIALS,
     SweepSearch,
     StorageUnavailableError,
     StudyIncompleteError,
@@ -99,7 +100,9 @@ def test_tpe_models_conditional_params_jointly_and_lies_only_for_concurrent_tria
 
 def test_startup_trials_reach_each_sampler():
     assert make_sampler("tpe", seed=1, startup_trials=5)._n_startup_trials == 5
-    assert make_sampler("gp", seed=1, startup_trials=5)._n_startup_trials == 5
+    assert make_sampler("gp", seed=1, startup_trials=8)._n_startup_trials == 8
+    assert make_sampler("gp", seed=1)._n_startup_trials == GP_STARTUP_TRIALS == 4  # chosen by bench_samplers
+    assert make_sampler("tpe", seed=1)._n_startup_trials == 10  # Optuna's
     assert make_sampler("nsga2", seed=1, startup_trials=12).population_size == 12
     assert make_sampler("tpe", seed=1, multivariate=False)._multivariate is False
 

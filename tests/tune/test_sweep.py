@@ -419,6 +419,7 @@ def test_debug_trial_prints_metrics(results, env, sweep4):
 def test_default_space_sweep_completes_with_the_notes_recipes(results, env, sweep4):
     # The seed trial is the preset's own configuration (a full fine-tune, as the digits preset
     # does), so sweep4's pretrain and fine-tune are both cache hits for it. With sampler seed 1615
+    # and TPE, named so the presets' sampler can change without moving the draw
     # (found by asking a study with the sweep's sampler and space twice, the seed point enqueued,
     # which reproduces the sweep's draws) the one sampled trial takes most other recipes at once: a full fine-tune pruned from its
     # middle epoch, the svd_taps head, whitened prehab, token pruning, 8-view TTA and heads / MLP units
@@ -427,7 +428,7 @@ def test_default_space_sweep_completes_with_the_notes_recipes(results, env, swee
     # seed trial finishing first.
     # --no-retime: sweep4 checks the re-timing pass; here it would only rebuild the two models.
     proc = _cli(env, "--results-dir", str(results), "--name", "dflt", "--num-samples", "2", "--seed", "1615",
-                "--max-concurrent", "2", "--space", "default", "--no-retime", *TINY[2:], timeout=420)
+                "--sampler", "tpe", "--max-concurrent", "2", "--space", "default", "--no-retime", *TINY[2:], timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = _study(results, "dflt").trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2

@@ -78,7 +78,7 @@ def test_warm_started_study_holds_the_earlier_trials_with_their_origin(old_sweep
 def test_trials_outside_the_new_space_or_config_are_left_out_and_counted(old_sweep, tmp_path):
     study = _warm_study(tmp_path)
     counts = study.user_attrs[SUMMARY_ATTR]["sweeps"]["old"]
-    assert counts == {"trials": 4, "added": 2, "outside": 1, "not_complete": 1}
+    assert counts == {"trials": 4, "added": 2, "outside": 1, "not_complete": 1, "unrecorded": 0}
     assert "2 of the 4 trials of sweep 'old' (1 outside this space or config, 1 not complete: left out)" \
         in warm_start_notes(study)[0]
 
@@ -111,7 +111,7 @@ def _new_sweep(tmp_path, *flags):
 
 
 @pytest.mark.parametrize(("flags", "named"), [
-    (["--objectives", "val_auroc:max,params:min"], "its objectives val_auroc:max,params:min,latency_ms:min differ"),
+    (["--set", "eval.latency_batch=4"], "another trial config (eval.latency_batch 8 there, 4 here)"),
     (["--set", "data.val_limit=100"], "other data (data.val_limit 0 there, 100 here)"),
     (["--set", "finetune.epochs=2"], "another trial config (finetune.epochs 3 there, 2 here)"),
 ])
@@ -122,6 +122,28 @@ def test_incomparable_warm_start_is_one_line_exit_2(old_sweep, tmp_path, capsys,
     assert exited.value.code == 2
     assert named in err[-1] and err[-1].startswith("python tune/run.py: error: --warm-start old:")
     assert read_settings(str(tmp_path), "new") is None
+
+
+def test_other_objectives_are_read_from_what_each_trial_recorded(old_sweep, tmp_path):
+    from tune.sweep import make_searcher as searcher_of
+
+    objectives = (("params", "min"), ("val_auroc", "max"), ("params_uncompressed", "min"))
+    settings = _settings(tmp_path, "new", "compress_only", warm_start=("old",), objectives=objectives)
+    study = searcher_of(settings, make_storage(None, tmp_path, "new")).study
+    added = {t.user_attrs[WARM_START_ATTR]: t.values for t in study.trials if WARM_START_ATTR in t.user_attrs}
+    # Reordered, one dropped (latency_ms) and one read from a user attribute the trials recorded.
+    assert added == {"old#0": [1000.0, 0.95, 1200.0], "old#3": [600.0, 0.93, 1200.0]}
+
+
+def test_a_trial_without_a_value_of_this_sweeps_objectives_is_left_out_and_counted(old_sweep, tmp_path):
+    settings = _settings(tmp_path, "new", "compress_only", warm_start=("old",),
+                         objectives=(("val_auroc", "max"), ("gflops", "min")))
+    study = make_searcher(settings, make_storage(None, tmp_path, "new")).study
+    assert not any(WARM_START_ATTR in t.user_attrs for t in study.trials)
+    assert study.user_attrs[SUMMARY_ATTR]["sweeps"]["old"] == {
+        "trials": 4, "added": 0, "outside": 0, "not_complete": 1, "unrecorded": 3}
+    assert "0 of the 4 trials of sweep 'old' (1 not complete, 3 without this sweep's objectives: left out)" \
+        in warm_start_notes(study)[0]
 
 
 def test_unknown_warm_start_sweep_is_named(tmp_path, capsys):
