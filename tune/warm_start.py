@@ -157,6 +157,11 @@ def warm_start_of(new, studies: Sequence[tuple[Any, Sequence]]) -> WarmStart:
     from search_spaces import config_values, load_table
     from tune.study import CONFIG_ATTR
 
+    from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+
+    from tune.budget import constraint_values
+
+    budget = tuple(getattr(new, "budget", ()))
     distributions = load_table(new.space).distributions()
     warm = WarmStart()
     candidates: list[tuple[list[float], dict[str, Any], str]] = []
@@ -168,6 +173,13 @@ def warm_start_of(new, studies: Sequence[tuple[Any, Sequence]]) -> WarmStart:
                 counts["not_complete"] += 1
                 continue
             values = trial_values(trial, old.objectives, new.objectives)
+            try:
+                # Every complete trial of a budgeted sweep carries its constraints (tune.study.SweepSearch);
+                # the samplers refuse a study where some do and some do not.
+                constraints = constraint_values(budget, {**trial.user_attrs, **dict(
+                    zip((name for name, _ in new.objectives), values or ()))})
+            except ValueError:
+                values = None
             if values is None:
                 counts["unrecorded"] += 1
                 continue
@@ -184,7 +196,8 @@ def warm_start_of(new, studies: Sequence[tuple[Any, Sequence]]) -> WarmStart:
             attrs[CONFIG_ATTR] = config_values(point)  # what this sweep's reports and exports rebuild
             warm.trials.append(optuna.trial.create_trial(
                 params=point, distributions={name: distributions[name] for name in point},
-                values=values, user_attrs={**attrs, WARM_START_ATTR: origin}))
+                values=values, user_attrs={**attrs, WARM_START_ATTR: origin},
+                system_attrs={_CONSTRAINTS_KEY: constraints} if budget else None))
             candidates.append((values, point, origin))
             counts["added"] += 1
         warm.counts[old.name] = counts
@@ -256,7 +269,8 @@ def warm_start_notes(study) -> list[str]:
     for name, counts in summary["sweeps"].items():
         left = [f"{counts[key]} {what}" for key, what in (("outside", "outside this space or config"),
                                                           ("not_complete", "not complete"),
-                                                          ("unrecorded", "without this sweep's objectives"))
+                                                          ("unrecorded", "without this sweep's objectives or "
+                                                                         "budget metrics"))
                 if counts.get(key)]
         parts.append(f"{counts['added']} of the {counts['trials']} trials of sweep {name!r}"
                      + (f" ({', '.join(left)}: left out)" if left else ""))

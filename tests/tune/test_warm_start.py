@@ -142,8 +142,37 @@ def test_a_trial_without_a_value_of_this_sweeps_objectives_is_left_out_and_count
     assert not any(WARM_START_ATTR in t.user_attrs for t in study.trials)
     assert study.user_attrs[SUMMARY_ATTR]["sweeps"]["old"] == {
         "trials": 4, "added": 0, "outside": 0, "not_complete": 1, "unrecorded": 3}
-    assert "0 of the 4 trials of sweep 'old' (1 not complete, 3 without this sweep's objectives: left out)" \
+    assert "0 of the 4 trials of sweep 'old' (1 not complete, 3 without this sweep's objectives or budget metrics: " \
+           "left out)" \
         in warm_start_notes(study)[0]
+
+
+def test_with_a_budget_the_added_trials_carry_their_constraints_and_the_gp_sampler_models_them(old_sweep, tmp_path):
+    import dataclasses
+
+    from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
+
+    from tune.budget import parse_budget
+
+    settings = dataclasses.replace(_settings(tmp_path, "new", "compress_only", warm_start=("old",)),
+                                   sampler="gp", budget=tuple(parse_budget("params<=700")))
+    study = make_searcher(settings, make_storage(None, tmp_path, "new")).study
+    added = {t.user_attrs[WARM_START_ATTR]: list(t.constraints.values()) for t in study.trials
+             if WARM_START_ATTR in t.user_attrs}
+    assert added == {"old#0": [300.0], "old#3": [-100.0]}  # params - 700
+    # The samplers refuse a study in which only some complete trials have constraints (GP: ValueError on
+    # ask); with two more constrained trials GP is past its start-up and fits its model on all four.
+    distributions = load_table("compress_only").distributions()
+    for tau, params in ((0.6, 650.0), (0.5, 500.0)):
+        study.add_trial(optuna.trial.create_trial(
+            params={**SEED, **ADDED_SEED_ROWS, "compress.tau_mlp": tau},
+            distributions={k: distributions[k] for k in {**SEED, **ADDED_SEED_ROWS}},
+            values=[0.9, params, 1.0], system_attrs={_CONSTRAINTS_KEY: [params - 700]}))
+    for _ in study.get_trials(states=(optuna.trial.TrialState.WAITING,)):
+        study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # the queued seed and front re-runs
+    trial = study.ask()
+    load_table("compress_only").suggest(trial)
+    assert 0.2 <= trial.params["compress.tau_mlp"] <= 1.0
 
 
 def test_unknown_warm_start_sweep_is_named(tmp_path, capsys):
