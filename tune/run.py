@@ -39,8 +39,8 @@ from tune.budget import Bound, budget_text, check_measured, parse_budget  # noqa
 from tune.presets import PRESETS, get_preset  # noqa: E402
 from tune.sweep import (  # noqa: E402
     LADDER_MIN_TRIALS, LADDER_RUNGS, OBJECTIVE_CHOICES, SAMPLERS, STUDY_DB_FILENAME, SweepSettings, build_base,
-    check_space, check_trial_device, default_ladder, is_uri, parse_objectives, read_settings, sweep_exists, training_stage_bound, tune_experiment_path,
-    write_settings,
+    check_space, check_trial_device, default_ladder, is_uri, parse_objectives, read_settings, sweep_exists,
+    training_stage_bound, tune_experiment_path, write_settings,
 )
 
 log = logging.getLogger("tune.run")
@@ -114,7 +114,7 @@ def make_parser() -> argparse.ArgumentParser:
                         help="Optuna RDB URL (sqlite:///..., postgresql://...); default SQLite "
                              "<results-dir>/<name>/optuna.db (required when --results-dir is a URI)")
     parser.add_argument("--sampler", choices=SAMPLERS, default=None,
-                        help="Optuna sampler; default: the preset's (gp, 5 start-up trials: bench/RESULTS.md 'Samplers')")
+                        help="Optuna sampler; default: the preset's (gp, 4 start-up trials: bench/RESULTS.md 'Samplers')")
     parser.add_argument("--objectives", default=None,
                         help="comma-separated metric:max|min, e.g. val_auroc:max,params:min,latency_ms:min "
                              f"(latency_rel:min, the ratio to the uncompressed model timed on the trial's own device, where "
@@ -131,8 +131,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warm-start", nargs="+", default=None, metavar="NAME",
                         help="seed a new sweep with the finished sweeps NAME ... under --results-dir: their complete "
                              "trials that are configurations of this space are added as measured, and their front "
-                             "is re-run first (at most half of --num-samples); refused when their objectives or "
-                             "data differ")
+                             "is re-run first (at most half of --num-samples); other objectives are read from "
+                             "what each trial recorded; refused when their data or other trial config differ")
     parser.add_argument("--ladder", type=_non_negative_int, default=None, metavar="N",
                         help="queue N rungs after the seed configuration: the seed with its thresholds lowered "
                              "together, spread over the space's range, so the front spans every size from the "
