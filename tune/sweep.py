@@ -366,6 +366,7 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
     from search_spaces import load_table
     from tune.study import SweepSearch, make_sampler
 
+    seed, *rungs = seed_config_points(settings.space, settings.base, settings.ladder)
     searcher = SweepSearch(
         load_table(settings.space).for_device(trial_device_type(settings.base, settings.trial_resources)).suggest,
         metric=settings.metric_names,
@@ -373,10 +374,9 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
         storage=storage,
         study_name=settings.name,
         sampler=make_sampler(settings.sampler, settings.seed, max_concurrent=settings.max_concurrent),
-        points_to_evaluate=seed_config_points(settings.space, settings.base),
+        points_to_evaluate=[seed],
         budget=settings.budget,
     )
-    rungs = seed_config_points(settings.space, settings.base, settings.ladder)[1:]
     for rung, point in enumerate(rungs, 1):  # after the seed point; skipped on a resume, as the seed is
         searcher.study.enqueue_trial(point, user_attrs={LADDER_ATTR: rung}, skip_if_exists=True)
     if settings.warm_start:

@@ -173,13 +173,14 @@ def warm_start_of(new, studies: Sequence[tuple[Any, Sequence]]) -> WarmStart:
                 counts["not_complete"] += 1
                 continue
             values = trial_values(trial, old.objectives, new.objectives)
-            try:
-                # Every complete trial of a budgeted sweep carries its constraints (tune.study.SweepSearch);
-                # the samplers refuse a study where some do and some do not.
-                constraints = constraint_values(budget, {**trial.user_attrs, **dict(
-                    zip((name for name, _ in new.objectives), values or ()))})
-            except ValueError:
-                values = None
+            if values is not None:
+                try:
+                    # Every complete trial of a budgeted sweep carries its constraints (tune.study.SweepSearch);
+                    # the samplers refuse a study where some do and some do not.
+                    constraints = constraint_values(budget, {**trial.user_attrs, **dict(
+                        zip((name for name, _ in new.objectives), values))})
+                except ValueError:
+                    values = None
             if values is None:
                 counts["unrecorded"] += 1
                 continue
