@@ -51,11 +51,11 @@ def fine_tuned(ctx: TrialContext, importance: str) -> tuple[TrialRun, torch.nn.M
     """Return (the run of the seed trial with `importance`, its fine-tuned model, its cached scores or None)."""
     flat = {**SEED_CONFIG, "compress.importance": importance, "compress.tau_heads": 0.5}
     run = TrialRun.start(TrialConfig.from_flat(flat), ctx)
-    tuned = stages.finetune(run, stages.pretrain(run))
+    tuned = stages.FINETUNE.run(run, stages.PRETRAIN.run(run))
     model = load_compressed(resolve_ref(tuned.ref, ctx.results_dir)).eval()
     scores = None
     if importance != "energy":
-        scores = load_unit_scores(str(resolve_ref(stages.importance(run, tuned).ref, ctx.results_dir)))
+        scores = load_unit_scores(str(resolve_ref(stages.IMPORTANCE.run(run, tuned).ref, ctx.results_dir)))
     return run, model, scores
 
 

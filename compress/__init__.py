@@ -1,8 +1,10 @@
 """Structural compression of ViTs: heads, MLP units, (whitened) truncated SVD, prehab regularizers, tokens.
 
-Model surgery only: imports neither Ray, Optuna, trainables nor tune.
+Model surgery only: imports neither Ray, Optuna, trainables nor tune. Names are loaded on first use
+(`from compress import CompressionPlan` reads compress.config alone, without torch).
 
-    plan          CompressionPlan and compress_model (heads -> MLP -> SVD -> tokens)
+    config        CompressionPlan, TokenPlan and the name tables (no torch: configs and the CLI use it)
+    plan          compress_model (heads -> MLP -> SVD -> tokens)
     energy        the one selection rule (keep the fewest units reaching tau of the energy)
     importance    per-head / per-unit scores: energy (the notes), taylor, activation
     allocation    how tau spreads over layers: per_layer (the notes) or one global ranking
@@ -16,69 +18,55 @@ Model surgery only: imports neither Ray, Optuna, trainables nor tune.
     io, onnx_export        save/load a compressed model; ONNX export
     temperature   TemperatureScaled: logits / T, the calibration an export carries
     quant                  post-training quantization (int8 Linears, bf16), the last step; model_bytes
-    checks, params, report, targets   argument checks, parameter counts, decisions, SVD target roles
+    checks, tensor_checks   argument checks on numbers and names (no torch), on weights and scores
+    params, report, targets   parameter counts, decisions, SVD target roles
 """
 
-from compress.allocation import ALLOCATIONS, allocate
-from compress.energy import keep_count
-from compress.heads import prune_attention_heads
-from compress.importance import IMPORTANCES, UnitScores, load_unit_scores, save_unit_scores, unit_scores
-from compress.io import load_compressed, save_compressed
-from compress.linear import LowRankLinear
-from compress.mlp import prune_mlp_neurons
-from compress.params import count_params
-from compress.plan import CompressionPlan, TokenPlan, compress_model
-from compress.prehab import (
-    FISHER_WEIGHTED, PENALTY_KINDS, REGULARIZERS, collect_output_fisher, effective_rank, fisher_weighted,
-    lowrank_penalty, nuclear_ratio, nuclear_ratio_plus_effective_rank, stable_rank,
-)
-from compress.quant import QUANT_MODES, model_bytes, quantize_model
-from compress.report import CompressionReport, LayerDecision
-from compress.svd import truncate_svd
-from compress.temperature import TemperatureScaled
-from compress.tokens import disable_token_pruning, enable_token_pruning, keep_schedule
-from compress.whitening import InputStats, collect_input_stats, load_input_stats, save_input_stats
+import importlib
+from typing import Any
 
-__all__ = [
-    "ALLOCATIONS",
-    "CompressionPlan",
-    "CompressionReport",
-    "FISHER_WEIGHTED",
-    "IMPORTANCES",
-    "InputStats",
-    "LayerDecision",
-    "LowRankLinear",
-    "PENALTY_KINDS",
-    "QUANT_MODES",
-    "REGULARIZERS",
-    "TemperatureScaled",
-    "TokenPlan",
-    "UnitScores",
-    "allocate",
-    "collect_input_stats",
-    "collect_output_fisher",
-    "compress_model",
-    "count_params",
-    "disable_token_pruning",
-    "effective_rank",
-    "enable_token_pruning",
-    "fisher_weighted",
-    "keep_count",
-    "keep_schedule",
-    "load_compressed",
-    "load_input_stats",
-    "load_unit_scores",
-    "lowrank_penalty",
-    "model_bytes",
-    "nuclear_ratio",
-    "nuclear_ratio_plus_effective_rank",
-    "prune_attention_heads",
-    "prune_mlp_neurons",
-    "quantize_model",
-    "save_compressed",
-    "save_input_stats",
-    "save_unit_scores",
-    "stable_rank",
-    "truncate_svd",
-    "unit_scores",
-]
+# Public name -> the module that defines it; each module is imported when one of its names is first used.
+_EXPORTS = {
+    **dict.fromkeys(["allocate"], "compress.allocation"),
+    **dict.fromkeys([
+        "ALLOCATIONS", "CompressionPlan", "FISHER_WEIGHTED", "IMPORTANCES", "PENALTY_KINDS", "QUANT_MODES",
+        "TokenPlan"
+    ], "compress.config"),
+    **dict.fromkeys(["keep_count"], "compress.energy"),
+    **dict.fromkeys(["prune_attention_heads"], "compress.heads"),
+    **dict.fromkeys([
+        "load_unit_scores", "save_unit_scores", "unit_scores", "UnitScores"
+    ], "compress.importance"),
+    **dict.fromkeys(["load_compressed", "save_compressed"], "compress.io"),
+    **dict.fromkeys(["LowRankLinear"], "compress.linear"),
+    **dict.fromkeys(["prune_mlp_neurons"], "compress.mlp"),
+    **dict.fromkeys(["count_params"], "compress.params"),
+    **dict.fromkeys(["compress_model"], "compress.plan"),
+    **dict.fromkeys([
+        "collect_output_fisher", "effective_rank", "fisher_weighted", "lowrank_penalty", "nuclear_ratio",
+        "nuclear_ratio_plus_effective_rank", "REGULARIZERS", "stable_rank"
+    ], "compress.prehab"),
+    **dict.fromkeys(["model_bytes", "quantize_model"], "compress.quant"),
+    **dict.fromkeys(["CompressionReport", "LayerDecision"], "compress.report"),
+    **dict.fromkeys(["truncate_svd"], "compress.svd"),
+    **dict.fromkeys(["TemperatureScaled"], "compress.temperature"),
+    **dict.fromkeys(["disable_token_pruning", "enable_token_pruning", "keep_schedule"], "compress.tokens"),
+    **dict.fromkeys([
+        "collect_input_stats", "InputStats", "load_input_stats", "save_input_stats"
+    ], "compress.whitening"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Return public name `name`, importing its module on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'compress' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

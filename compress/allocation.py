@@ -12,16 +12,9 @@ from collections.abc import Sequence
 import torch
 
 from compress.checks import check_fraction
+from compress.config import check_allocation
 from compress.energy import select_units
 
-ALLOCATIONS = ("per_layer", "global")
-
-
-def check_allocation(name: str, value: str) -> str:
-    """Return `value` if it names an allocation; ValueError naming `name` otherwise."""
-    if value not in ALLOCATIONS:
-        raise ValueError(f"{name} must be one of {', '.join(ALLOCATIONS)}, got {value!r}")
-    return value
 
 
 def allocate(scores: Sequence[torch.Tensor], tau: float, allocation: str = "per_layer") -> list[torch.Tensor]:

@@ -1,11 +1,9 @@
-"""Boundary checks shared by the compression entry points; messages name the argument and the range."""
+"""Argument checks on plain numbers and names (no torch), shared by the plan and the compression functions;
+messages name the argument and the range."""
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
-
-import torch
-from torch import nn
+from collections.abc import Sequence
 
 
 def check_fraction(name: str, value: float) -> float:
@@ -32,16 +30,6 @@ def check_positive(name: str, value: float) -> float:
     return number
 
 
-def check_finite_weights(named_modules: Iterable[tuple[str, nn.Module]]) -> None:
-    """Raise ValueError naming the first parameter of the given modules that holds NaN or inf."""
-    for module_name, module in named_modules:
-        for param_name, param in module.named_parameters():
-            if not torch.isfinite(param.detach()).all():
-                raise ValueError(
-                    f"model weights must be finite: {module_name}.{param_name} holds NaN or inf"
-                )
-
-
 def _real(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
@@ -51,13 +39,8 @@ def _real(name: str, value: object) -> float:
     return number
 
 
-def check_scores(name: str, scores: Sequence[torch.Tensor], sizes: Sequence[int]) -> list[torch.Tensor]:
-    """Return `scores` as a list if it holds one tensor of sizes[l] values per layer l; raise naming `name`."""
-    scores = list(scores)
-    if len(scores) != len(sizes):
-        raise ValueError(f"{name} must hold one tensor per layer ({len(sizes)}), got {len(scores)}")
-    for index, (layer_scores, size) in enumerate(zip(scores, sizes)):
-        if torch.as_tensor(layer_scores).numel() != size:
-            raise ValueError(f"{name}[{index}] must hold {size} values (one per unit), "
-                             f"got {torch.as_tensor(layer_scores).numel()}")
-    return scores
+def check_choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    """Return `value` if it is one of `allowed`; ValueError naming `name` and the choices otherwise."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value

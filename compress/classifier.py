@@ -12,11 +12,10 @@ import torch
 from torch import nn
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
+from compress.config import HEADS, POOLINGS
 from compress.svd_taps import TAP_DROPOUT, SVDTapsHead, tap_layers
 from compress.tokens import keep_schedule, token_pruning_settings
 
-POOLINGS = ("cls", "mean", "cls+mean")
-HEADS = ("linear", "mlp", "svd_taps")
 MLP_DROPOUT = TAP_DROPOUT
 
 

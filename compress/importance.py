@@ -25,12 +25,12 @@ from torch import nn
 from torch.nn import functional
 
 from compress.adapters import adapter_for
+from compress.config import IMPORTANCES, check_importance
 from compress.heads import attention_head_energies
 from compress.linear import dense_weight
 from compress.mlp import mlp_unit_energies
 from compress.whitening import batch_pixels, forward_with_hooks
 
-IMPORTANCES = ("energy", "taylor", "activation")
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,13 +52,6 @@ class UnitScores:
     def from_dict(cls, record: Mapping[str, Any]) -> "UnitScores":
         """Return the scores written by to_dict."""
         return cls(str(record["importance"]), tuple(record["heads"]), tuple(record["mlp"]))
-
-
-def check_importance(name: str, value: str) -> str:
-    """Return `value` if it names an importance score; ValueError naming `name` otherwise."""
-    if value not in IMPORTANCES:
-        raise ValueError(f"{name} must be one of {', '.join(IMPORTANCES)}, got {value!r}")
-    return value
 
 
 def unit_scores(model: nn.Module, importance: str, batches: Iterable[Any] | None = None,

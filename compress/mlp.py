@@ -7,11 +7,12 @@ from torch import nn
 
 from compress.adapters import adapter_for
 from compress.allocation import allocate
-from compress.checks import check_finite_weights, check_fraction, check_scores
+from compress.checks import check_fraction
 from compress.linear import dense_weight
 from compress.params import count_params
 from compress.report import LayerDecision
 from compress.surgery import keep_units
+from compress.tensor_checks import check_finite_weights, check_scores
 
 
 def neuron_energies(

@@ -1,141 +1,24 @@
-"""The compression plan a trial applies, and compress_model, which runs heads -> MLP -> SVD -> tokens."""
+"""compress_model: a CompressionPlan (compress.config) applied to a model, heads -> MLP -> SVD -> tokens."""
 
 import copy
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from torch import nn
 
 from compress.adapters import adapter_for
-from compress.allocation import check_allocation
-from compress.checks import check_fraction, check_half_open_unit, check_positive
+from compress.config import CompressionPlan, TokenPlan
 from compress.heads import prune_attention_heads
-from compress.importance import UnitScores, check_importance, unit_scores
+from compress.importance import UnitScores, unit_scores
 from compress.mlp import prune_mlp_neurons
 from compress.params import count_params
-from compress.quant import check_quant
 from compress.report import CompressionReport, LayerDecision
 from compress.svd import truncate_svd
-from compress.targets import DEFAULT_TARGETS, check_targets
 from compress.tokens import enable_token_pruning
-from compress.whitening import DEFAULT_DAMPING, InputStats, collect_input_stats
+from compress.whitening import InputStats, collect_input_stats
 
 logger = logging.getLogger(__name__)
-
-SVD_SPACES = ("raw", "whitened")
-KEYED_WHEN_SET = "keyed_when_set"     # dataclass field metadata: see keyed_when_set
-
-
-def keyed_when_set(default: Any) -> Any:
-    """Return a dataclass field whose value keys caches only when it differs from `default`.
-
-    For fields added after cache keys were in use: at their default they leave every
-    earlier key (and stored outcome) valid.
-    """
-    return field(default=default, metadata={KEYED_WHEN_SET: True})
-
-
-@dataclass(frozen=True)
-class CompressionPlan:
-    """How much of each structural method to apply; every tau keeps that fraction of energy (1 = off).
-
-    The flat config's `compress.*` section (trainables.config), validated here once.
-    """
-
-    tau_heads: float = 1.0
-    tau_mlp: float = 1.0
-    tau_svd: float = 1.0
-    svd_space: str = "raw"
-    svd_targets: tuple[str, ...] = DEFAULT_TARGETS
-    # Whitened SVD factors S + svd_damping * mean(diag S) * I (compress.whitening.whitening_factor).
-    svd_damping: float = keyed_when_set(DEFAULT_DAMPING)
-    # Which heads / MLP units count most (compress.importance) and how tau spreads over layers
-    # (compress.allocation); energy / per_layer is the notes' rule.
-    importance: str = keyed_when_set("energy")
-    allocation: str = keyed_when_set("per_layer")
-    # Post-training quantization (compress.quant): none, int8 or bf16. Not applied by compress_model:
-    # it ends the trial's model, after any recovery fine-tune (compress.quantize_model).
-    quant: str = keyed_when_set("none")
-
-    def __post_init__(self) -> None:
-        for name in ("tau_heads", "tau_mlp", "tau_svd"):
-            object.__setattr__(self, name, check_fraction(f"compress.{name}", getattr(self, name)))
-        if self.svd_space not in SVD_SPACES:
-            raise ValueError(f"compress.svd_space must be one of {', '.join(SVD_SPACES)}, got {self.svd_space!r}")
-        object.__setattr__(self, "svd_targets", check_targets("compress.svd_targets", self.svd_targets))
-        object.__setattr__(self, "svd_damping", check_positive("compress.svd_damping", self.svd_damping))
-        check_importance("compress.importance", self.importance)
-        check_allocation("compress.allocation", self.allocation)
-        check_quant(self.quant)
-
-    @property
-    def needs_scores(self) -> bool:
-        """Whether heads or MLP units are pruned by a data-aware importance (calibration scores needed)."""
-        return self.importance != "energy" and (self.tau_heads < 1.0 or self.tau_mlp < 1.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the plan as a JSON-able dict (svd_targets as a list)."""
-        return _record(self)
-
-    @classmethod
-    def from_dict(cls, record: Mapping[str, Any]) -> "CompressionPlan":
-        """Return the plan for a dict of field values; ValueError naming any unknown key."""
-        return _from_record(cls, record)
-
-
-@dataclass(frozen=True)
-class TokenPlan:
-    """Inference-time token pruning: layer l keeps max(1, floor(n_{l-1} (1 - r_max ((l+1)/L)^alpha))) patch tokens.
-
-    r_max = 0 is off. `fuse` adds one token holding the CLS-attention-weighted mean of the
-    dropped ones (compress.tokens.enable_token_pruning). The flat config's `tokens.*` section.
-    """
-
-    r_max: float = 0.0
-    alpha: float = 1.0
-    fuse: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "r_max", check_half_open_unit("tokens.r_max", self.r_max))
-        object.__setattr__(self, "alpha", check_positive("tokens.alpha", self.alpha))
-        if not isinstance(self.fuse, bool):
-            raise TypeError(f"tokens.fuse must be a bool, got {self.fuse!r}")
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any token is pruned (r_max > 0)."""
-        return self.r_max > 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the plan as a JSON-able dict."""
-        return _record(self)
-
-    @classmethod
-    def from_dict(cls, record: Mapping[str, Any]) -> "TokenPlan":
-        """Return the plan for a dict of field values; ValueError naming any unknown key."""
-        return _from_record(cls, record)
-
-
-def _record(plan: Any) -> dict[str, Any]:
-    record = asdict(plan)
-    for name, value in record.items():
-        if isinstance(value, tuple):
-            record[name] = list(value)
-    return record
-
-
-def _from_record(cls: type, record: Mapping[str, Any]) -> Any:
-    known = {item.name for item in fields(cls)}
-    unknown = sorted(set(record) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}; allowed: {sorted(known)}")
-    values = dict(record)
-    if "svd_targets" in values and not isinstance(values["svd_targets"], str):
-        values["svd_targets"] = tuple(values["svd_targets"])
-    return cls(**values)
-
 
 Calibration = Mapping[str, InputStats] | Iterable[Any]
 
@@ -163,8 +46,7 @@ def compress_model(
     if tokens is not None and not isinstance(tokens, TokenPlan):
         raise TypeError(f"tokens must be a TokenPlan or None, got {type(tokens).__name__}")
     adapter_for(model)
-    whitened_svd = plan.svd_space == "whitened" and plan.tau_svd < 1.0 and plan.svd_targets
-    if whitened_svd and calibration is None:
+    if plan.whitened_svd and calibration is None:
         raise ValueError(
             "compress.svd_space='whitened' needs calibration: pass calibration=collect_input_stats(model, batches) "
             "(statistics of the uncompressed model) or calibration=<iterable of pixel batches>"
@@ -191,7 +73,7 @@ def compress_model(
     svd: list[LayerDecision] = []
     if plan.tau_svd < 1.0 and plan.svd_targets:
         whitening = None
-        if whitened_svd:
+        if plan.whitened_svd:
             whitening = _statistics_for(compressed, calibration, [*heads, *mlp], plan.svd_targets)
         svd = truncate_svd(compressed, plan.tau_svd, whitening=whitening, targets=plan.svd_targets,
                            damping=plan.svd_damping)

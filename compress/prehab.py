@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.adapters import adapter_for
+from compress.config import FISHER_WEIGHTED, PENALTY_KINDS, REGULARIZER_NAMES
 from compress.linear import dense_weight
 from compress.targets import check_targets
 from compress.whitening import InputStats, target_linears
@@ -86,14 +87,8 @@ def fisher_weighted(weight: torch.Tensor, factor: torch.Tensor | None = None,
     return nuclear_ratio_plus_effective_rank(weight, factor)
 
 
-REGULARIZERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
-    "stable_rank": stable_rank,
-    "nuclear_ratio": nuclear_ratio,
-    "effective_rank": effective_rank,
-    "nuclear_ratio+effective_rank": nuclear_ratio_plus_effective_rank,
-}
-FISHER_WEIGHTED = "fisher_weighted"     # needs the Fisher of the targets' outputs as well
-PENALTY_KINDS = (*REGULARIZERS, FISHER_WEIGHTED)
+REGULARIZERS: dict[str, Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]] = dict(zip(
+    REGULARIZER_NAMES, (stable_rank, nuclear_ratio, effective_rank, nuclear_ratio_plus_effective_rank), strict=True))
 
 
 def collect_output_fisher(model: nn.Module, batches: Iterable[Any], targets: Iterable[str] | None = None

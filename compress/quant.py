@@ -22,17 +22,11 @@ import warnings
 import torch
 from torch import nn
 
-QUANT_MODES = ("none", "int8", "bf16")
+from compress.config import QUANT_MODES, check_quant
+
 # What each device type can run; fp8 is not offered (no CPU kernel, and none checked on a GPU here).
 DEVICE_MODES = {"cpu": ("none", "int8", "bf16"), "cuda": ("none", "bf16"), "mps": ("none", "bf16")}
 _WHY_NOT = {"int8": "torch.ao dynamic int8 has CPU kernels only"}
-
-
-def check_quant(mode: str, key: str = "compress.quant") -> str:
-    """Return `mode` if it is one of QUANT_MODES; raise ValueError naming `key` otherwise."""
-    if mode not in QUANT_MODES:
-        raise ValueError(f"{key} must be one of {', '.join(QUANT_MODES)}, got {mode!r}")
-    return mode
 
 
 def check_quant_device(mode: str, device: str | torch.device) -> None:

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 from compress.adapters import adapter_for
-from compress.checks import check_finite_weights, check_fraction, check_positive
+from compress.checks import check_fraction, check_positive
 from compress.energy import keep_count
 from compress.linear import LowRankLinear
 from compress.report import LayerDecision
 from compress.targets import check_targets
+from compress.tensor_checks import check_finite_weights
 from compress.whitening import DEFAULT_DAMPING, InputStats, WhiteningFactor
 
 

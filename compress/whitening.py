@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from compress.adapters import adapter_for
+from compress.config import DEFAULT_DAMPING
 from compress.targets import check_targets
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DAMPING = 1e-6
 
 
 @dataclass(frozen=True)

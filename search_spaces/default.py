@@ -30,7 +30,7 @@ Parameters as they appear in Optuna (and in the trial config), in suggestion ord
   and latency and GFLOPs count every augmented pass.
 - ``prehab.enabled``: categorical {False, True}; when enabled ``prehab.lambda``: categorical
   on the log grid 1e-4, 3e-4, ..., 1e-1, ``prehab.kind``: categorical over the surrogates
-  (compress.REGULARIZERS) and ``prehab.space``: categorical {whitened, raw}.
+  (compress.config.REGULARIZER_NAMES) and ``prehab.space``: categorical {whitened, raw}.
 - ``compress.quant``: post-training quantization, the last step of the model (compress.quant);
   evaluation only, like eval.tta. What a sweep searches depends on the trials' device
   (Table.for_device): {none, int8} on a CPU, {none, bf16} on CUDA and MPS. bf16 runs on a CPU
@@ -49,8 +49,7 @@ would run one prehab stage per trial) and the sweep can print, before it starts,
 training stages the space can request (tune.sweep.training_stage_bound).
 """
 
-from compress import ALLOCATIONS, IMPORTANCES, REGULARIZERS
-from compress.whitening import DEFAULT_DAMPING
+from compress.config import ALLOCATIONS, DEFAULT_DAMPING, IMPORTANCES, REGULARIZER_NAMES
 from search_spaces._seed import SEED_CONFIG
 from search_spaces._table import Param, Table, categorical, switch, uniform
 
@@ -87,7 +86,7 @@ TABLE = Table((
     Param("eval.tta", categorical("none", "flips", "dihedral"), "none"),
     switch("prehab.enabled", off={"prehab.lambda": 0.0}),
     Param("prehab.lambda", categorical(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), when=PREHAB_ON),
-    Param("prehab.kind", categorical(*REGULARIZERS), "nuclear_ratio+effective_rank", when=PREHAB_ON),
+    Param("prehab.kind", categorical(*REGULARIZER_NAMES), "nuclear_ratio+effective_rank", when=PREHAB_ON),
     Param("prehab.space", categorical("whitened", "raw"), "whitened", when=PREHAB_ON),
     # Last, so adding it left the draws of every row above it unchanged within a trial.
     Param("compress.quant", categorical("none", "int8", "bf16"), "none", devices=QUANT_BY_DEVICE),

@@ -4,6 +4,11 @@ Every key is `<section>.<field>` (e.g. `finetune.lora_rank`, `compress.tau_mlp`)
 defaults are the embedded digits preset, so `TrialConfig.from_flat({})` is a trial that
 runs anywhere without a download. Presets, the search space and `--set` overrides are all
 flat dicts layered on top; `from_flat` is the one place they become typed configs.
+
+Data only: this module imports no torch (nor does anything it imports), so a bad `--set` value is
+answered before the model code loads. Each field that does not simply key its stage declares how
+it enters the cache keys and when it applies with `setting` (trainables.key_rules); the stages'
+key records, the outcome key and the refusal of a key that does not apply derive from that.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from compress import PENALTY_KINDS, CompressionPlan, TokenPlan
-from compress.plan import KEYED_WHEN_SET, keyed_when_set
+from compress.config import HEADS, PENALTY_KINDS, POOLINGS, CompressionPlan, TokenPlan
+from trainables.backbones import BACKBONES
+from trainables.key_rules import Applies, Inapplicable, inapplicable, outcome_record, setting, stage_record
+
+STAIN_METHODS = ("none", "macenko", "reinhard")       # trainables.stain
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -41,19 +49,18 @@ def _fraction(key: str, value: float, *, closed_low: bool = True, closed_high: b
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "digits"          # "digits" (embedded, written on first use) or "pcam"
-    root: str = ""                   # "" = <results>/data/digits for digits, data/pcam for pcam
+    root: str = setting("", stage=False)  # "" = <results>/data/digits for digits, data/pcam for pcam
     image_size: int = 32             # model input resolution; PCam is 96 native, 224 standard
     train_limit: int = 0             # 0 = the whole split
     val_limit: int = 0
-    test_limit: int = 0
-    loader_workers: int = 0          # DataLoader worker processes per training worker
+    test_limit: int = setting(0, stage=False)       # the test split trains nothing
+    loader_workers: int = setting(0, stage=False)   # DataLoader worker processes per training worker
     normalize: bool = True
-    stain_norm: str = "none"         # "macenko" or "reinhard" (torchstain; trainables.stain)
-    synthetic: bool = False          # pcam: a generated set in PCam's layout (trainables.synthetic; smoke runs)
+    stain_norm: str = setting("none", new_since="stage")   # "macenko" or "reinhard" (trainables.stain)
+    # pcam: a generated set in PCam's layout (trainables.synthetic; smoke runs); the data fingerprint tells it
+    synthetic: bool = setting(False, stage=False)
 
     def __post_init__(self):
-        from trainables.stain import STAIN_METHODS
-
         _choice("data.dataset", self.dataset, ("digits", "pcam"))
         _choice("data.stain_norm", self.stain_norm, STAIN_METHODS)
         _at_least("data.image_size", self.image_size, 8)
@@ -63,27 +70,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "digits-vit"     # a name from trainables.model.BACKBONES
+    backbone: str = "digits-vit"     # a name from trainables.backbones.BACKBONES
     weights: str = ""                # "" = random init (then pretrain.epochs should be > 0), a directory or HF id
     pooling: str = "cls"
     num_classes: int = 2
-    head: str = "linear"             # "linear", "mlp" (compress.classifier.MLPHead) or "svd_taps" (compress.svd_taps)
+    # "linear", "mlp" (compress.classifier.MLPHead) or "svd_taps" (compress.svd_taps)
+    head: str = setting("linear", new_since="stage")
 
     def __post_init__(self):
-        from trainables.model import BACKBONES, HEADS, POOLINGS
-
         _choice("model.backbone", self.backbone, tuple(BACKBONES))
         _choice("model.pooling", self.pooling, POOLINGS)
         _at_least("model.num_classes", self.num_classes, 2)
         _choice("model.head", self.head, HEADS)
-
-    def key_fields(self) -> dict[str, Any]:
-        """Return the fields that key the fine-tune cache (head left out when linear, so keys
-        written before heads were selectable stay valid)."""
-        fields = dataclasses.asdict(self)
-        if self.head == "linear":
-            fields.pop("head")
-        return fields
 
 
 @dataclass(frozen=True)
@@ -107,31 +105,43 @@ LR_SCALINGS = ("none", "linear")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+LORA_ONLY = Applies("method", "lora only", lambda f: f.method == "lora")
+NOT_FULL = Applies("method", "head_only or lora", lambda f: f.method != "full")
+BACKBONE_LR = Applies("method", "full, or with train_norms_biases", lambda f: f.method == "full" or f.train_norms_biases)
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     method: str = "full"
     epochs: int = 3
     batch_size: int = 64
     lr: float = 2e-3                 # head learning rate (LoRA adapters use it too)
-    backbone_lr: float = 2e-4        # backbone learning rate for method=full
+    # Backbone learning rate; head_only and lora set backbone weights only with train_norms_biases.
+    backbone_lr: float = setting(2e-4, applies=BACKBONE_LR)
     weight_decay: float = 0.05       # never applied to norms, biases, tokens
     warmup_frac: float = 0.1
     grad_clip: float = 1.0           # 0 = no clipping
-    lora_rank: int = 8
-    lora_alpha: float = 0.0          # 0 = 2 * lora_rank
-    lora_mlp: bool = False           # lora: also adapt up/down (and gate) projections
-    train_norms_biases: bool = False # head_only, lora: also train LayerNorms and biases (at backbone_lr)
+    lora_rank: int = setting(8, applies=LORA_ONLY)
+    lora_alpha: float = setting(0.0, applies=LORA_ONLY)    # 0 = 2 * lora_rank
+    lora_mlp: bool = setting(False, applies=LORA_ONLY)     # also adapt up/down (and gate) projections
+    # head_only, lora: also train LayerNorms and biases (at backbone_lr); full trains every weight already
+    train_norms_biases: bool = setting(False, applies=NOT_FULL)
     precision: str = "auto"          # auto = bf16 autocast on CUDA devices that support it
-    grad_checkpointing: bool = False
-    workers: int = 1                 # Ray Train workers: DDP on CUDA (nccl) or CPU (gloo); 1 on MPS; batch_size is per worker
-    cpus_per_worker: float = 1.0
+    # Runtime settings below: they change where and how fast the weights are trained, not the weights.
+    grad_checkpointing: bool = setting(False, stage=False)
+    # Ray Train workers: DDP on CUDA (nccl) or CPU (gloo); 1 on MPS; batch_size is per worker. Keys the
+    # fine-tune only with lr_scaling (the global batch then sets the learning rate).
+    workers: int = setting(1, stage=lambda f: f.lr_scaling != "none")
+    cpus_per_worker: float = setting(1.0, stage=False)
     # torch threads per Ray Train worker; 0 = Ray's default (floor of cpus_per_worker, >= 1).
-    # A runtime setting: keyed_when_set keeps it out of stored outcome keys at its default.
-    threads_per_worker: int = keyed_when_set(0)
-    feature_cache: bool = True       # head_only: train the head on cached frozen-backbone features
-    lr_scaling: str = "none"         # "linear": lr and backbone_lr x global batch / 256
-    min_feature_std: float = 1e-4    # collapse watch: fail below this mean per-dimension std (0 = off)
-    accelerator_type: str = ""       # GPU workers only on nodes of this type (Ray's accelerator_type:<X>); "" = any
+    threads_per_worker: int = setting(0, stage=False, new_since="outcome")
+    # head_only: train the head on cached frozen-backbone features (keys it only where it is used)
+    feature_cache: bool = setting(True, stage=lambda f: f.uses_feature_cache)
+    lr_scaling: str = setting("none", new_since="stage")   # "linear": lr and backbone_lr x global batch / 256
+    # collapse watch: fail below this mean per-dimension std (0 = off)
+    min_feature_std: float = setting(1e-4, stage=False)
+    # GPU workers only on nodes of this type (Ray's accelerator_type:<X>); "" = any
+    accelerator_type: str = setting("", stage=False)
 
     def __post_init__(self):
         _choice("finetune.method", self.method, FINETUNE_METHODS)
@@ -151,47 +161,10 @@ class FinetuneConfig:
         _at_least("finetune.cpus_per_worker", self.cpus_per_worker, 0, strict=True)
         _at_least("finetune.threads_per_worker", self.threads_per_worker, 0)
 
-    def key_fields(self) -> dict[str, Any]:
-        """Return the fields that change the trained weights (what keys the stage cache)."""
-        fields = dataclasses.asdict(self)
-        for name in ("workers", "cpus_per_worker", "threads_per_worker", "grad_checkpointing", "min_feature_std", "accelerator_type"):
-            fields.pop(name)
-        # Left out at their defaults (and where they do nothing) so earlier keys stay valid.
-        if self.lr_scaling == "none":
-            fields.pop("lr_scaling")
-        else:
-            fields["workers"] = self.workers  # the global batch sets the learning rate
-        if not self.uses_feature_cache:
-            fields.pop("feature_cache")
-        if self.method != "lora":
-            for name in ("lora_rank", "lora_alpha", "lora_mlp"):
-                fields.pop(name)
-        if self.method == "full":
-            fields.pop("train_norms_biases")
-        elif not self.train_norms_biases:
-            fields.pop("backbone_lr")  # norms and biases are the only backbone weights it sets
-        return fields
-
     @property
     def uses_feature_cache(self) -> bool:
         """Whether the head trains on cached features: head_only with a wholly frozen backbone."""
         return self.method == "head_only" and self.feature_cache and not self.train_norms_biases
-
-    def inapplicable(self, keys) -> list[str]:
-        """Return the flat keys among `keys` (keys someone set) that the chosen method does not use.
-
-        lora_rank, lora_alpha and lora_mlp apply to lora; train_norms_biases to head_only and
-        lora (full trains every weight already); backbone_lr to full, and to the others only
-        with train_norms_biases.
-        """
-        unused = set()
-        if self.method != "lora":
-            unused |= {"lora_rank", "lora_alpha", "lora_mlp"}
-        if self.method == "full":
-            unused.add("train_norms_biases")
-        elif not self.train_norms_biases:
-            unused.add("backbone_lr")
-        return sorted(key for key in keys if key.startswith("finetune.") and key[len("finetune."):] in unused)
 
 
 PREHAB_KINDS = tuple(PENALTY_KINDS)
@@ -238,6 +211,17 @@ class CalibConfig:
         _at_least("calib.batch_size", self.batch_size, 1)
 
 
+@dataclass(frozen=True)
+class CompressConfig(CompressionPlan):
+    """The trial's compress section: compress.config.CompressionPlan, with how its later fields key caches."""
+
+    svd_damping: float = setting(CompressionPlan.svd_damping, new_since="outcome")
+    importance: str = setting(CompressionPlan.importance, new_since="outcome")
+    allocation: str = setting(CompressionPlan.allocation, new_since="outcome")
+    # Quantization comes after any recovery fine-tune, so it does not key the recover stage.
+    quant: str = setting(CompressionPlan.quant, stage=False, new_since="outcome")
+
+
 TRAIN_FROM_MIDDLE = "middle"        # tokens.train_from_epoch: the fine-tune's middle epoch
 
 
@@ -252,10 +236,10 @@ class TokensConfig(TokenPlan):
     train_from_epoch: int = 0
     # The schedule the fine-tune prunes with; 0 = the inference one (tokens.r_max, tokens.alpha).
     # A search takes them from a small grid, so training-pruned trials share fine-tunes while
-    # the inference r_max and alpha stay continuous: the fine-tune key holds these, never those.
-    # keyed_when_set: at 0 they leave the keys stored before they existed valid.
-    train_r_max: float = keyed_when_set(0.0)
-    train_alpha: float = keyed_when_set(0.0)
+    # the inference r_max and alpha stay continuous: the fine-tune key holds these, never those
+    # (as its record's r_max and alpha: TrialConfig.finetune_key_fields).
+    train_r_max: float = setting(0.0, stage=False, new_since="outcome")
+    train_alpha: float = setting(0.0, stage=False, new_since="outcome")
 
     def __post_init__(self):
         super().__post_init__()
@@ -303,13 +287,12 @@ class EvalConfig:
     latency_pause_s: float = 0.25    # between blocks, so a burst of outside load can pass
     # Also time the uncompressed reference interleaved with the model and report latency_rel,
     # the median paired ratio (trainables.evaluate.reference_model); latency_ms comes from the
-    # same rounds. Comparable across nodes; costs a second model's timing. keyed_when_set: off,
-    # it leaves the outcome keys stored before it existed valid.
-    latency_rel: bool = keyed_when_set(False)
+    # same rounds. Comparable across nodes; costs a second model's timing.
+    latency_rel: bool = setting(False, new_since="outcome")
     # Where the model is scored and timed: torch (eager PyTorch) or onnxruntime (the model exported
     # to ONNX, int8 through ONNX Runtime's dynamic quantizer, run by the CPU provider with the
     # trial's threads; trainables.runtime).
-    runtime: str = keyed_when_set("torch")
+    runtime: str = setting("torch", new_since="outcome")
 
     def __post_init__(self):
         _choice("eval.split", self.split, ("valid", "test"))
@@ -334,7 +317,7 @@ class RunConfig:
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "pretrain": PretrainConfig,
     "finetune": FinetuneConfig, "prehab": PrehabConfig, "calib": CalibConfig,
-    "compress": CompressionPlan, "tokens": TokensConfig, "recover": RecoverConfig,
+    "compress": CompressConfig, "tokens": TokensConfig, "recover": RecoverConfig,
     "eval": EvalConfig, "run": RunConfig,
 }
 _RENAMED = {("prehab", "lambda"): "lambda_"}
@@ -391,7 +374,7 @@ class TrialConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     prehab: PrehabConfig = field(default_factory=PrehabConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
-    compress: CompressionPlan = field(default_factory=CompressionPlan)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     tokens: TokensConfig = field(default_factory=TokensConfig)
     recover: RecoverConfig = field(default_factory=RecoverConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -435,14 +418,12 @@ class TrialConfig:
                              f"or 1..{self.finetune.epochs}")
 
     def finetune_key_fields(self) -> dict[str, Any]:
-        """Return what keys the fine-tune cache: the method's fields, and token pruning when it trains
-        with it (its start epoch, fuse and the training schedule, in the record's old shape:
-        r_max and alpha are the schedule trained with, whichever fields gave them)."""
-        fields = {"finetune": self.finetune.key_fields()}
+        """Return what of the fine-tune and token sections keys the fine-tune cache: the method's fields,
+        and token pruning when it trains with it (its start epoch, fuse and the training schedule, in the
+        record's old shape: r_max and alpha are the schedule trained with, whichever fields gave them)."""
+        fields = {"finetune": stage_record(self.finetune)}
         if self.tokens.train_from_epoch > 0:
-            record = _key_record(self.tokens)
-            for name in ("train_r_max", "train_alpha"):
-                record.pop(name, None)
+            record = stage_record(self.tokens)
             record["r_max"], record["alpha"] = self.tokens.training_schedule
             fields["tokens"] = record
         return fields
@@ -451,27 +432,33 @@ class TrialConfig:
         """Return what keys the recover stage: its settings and the structural plan it recovers from.
 
         The plan record keeps the shape it had when it also carried token pruning (r_max 0,
-        the trial's alpha and fuse), so existing recover entries stay valid. compress.quant is left
-        out: quantization comes after the recovery fine-tune, so int8 and fp32 trials share it.
+        the trial's alpha and fuse), so existing recover entries stay valid.
         """
-        plan = {**_key_record(self.compress), "r_max": 0.0, "alpha": self.tokens.alpha,
+        plan = {**stage_record(self.compress), "r_max": 0.0, "alpha": self.tokens.alpha,
                 "fuse_pruned_tokens": self.tokens.fuse}
-        plan.pop("quant", None)
-        return {"recover": dataclasses.asdict(self.recover), "plan": plan}
+        return {"recover": stage_record(self.recover), "plan": plan}
 
     def key_flat(self) -> dict[str, Any]:
-        """Return the flat config as cache keys spell it: lists as comma strings, knobs added
-        since keys were stored (compress.plan.keyed_when_set) left out at their default."""
+        """Return the flat config as stored outcomes are keyed (key_rules.outcome_record): lists as
+        comma strings, fields added since outcomes were stored left out at their default."""
         return {key: ",".join(value) if isinstance(value, list) else value
-                for key, value in self._flat(_key_record).items()}
+                for key, value in self._flat(outcome_record).items()}
+
+    def inapplicable(self, keys) -> list[Inapplicable]:
+        """Return the keys among `keys` (flat keys someone set) that do not apply to the rest of this
+        config (key_rules.Applies), with what they depend on."""
+        return [item for section in _SECTIONS
+                for item in inapplicable(getattr(self, section), f"{section}.", keys)]
 
     def check_applicable(self, keys) -> None:
-        """Raise ValueError when one of `keys` (flat keys someone set) does not apply to the fine-tune method."""
-        unused = self.finetune.inapplicable(keys)
+        """Raise ValueError naming the keys among `keys` (flat keys someone set) that do not apply here."""
+        unused = self.inapplicable(keys)
         if unused:
-            raise ValueError(f"{', '.join(unused)} do(es) not apply to finetune.method={self.finetune.method!r} "
-                             "(lora_rank/lora_alpha/lora_mlp: lora only; train_norms_biases: head_only or lora; "
-                             "backbone_lr: full, or with train_norms_biases); remove it or change the method")
+            names = ", ".join(item.key for item in unused)
+            depends = " and ".join(dict.fromkeys(item.on for item in unused))
+            when = "; ".join(f"{item.key.partition('.')[2]}: {item.text}" for item in unused)
+            raise ValueError(f"{names} do(es) not apply to {depends} ({when}); remove it or change "
+                             f"{' or '.join(dict.fromkeys(item.on.partition('=')[0] for item in unused))}")
 
     def to_flat(self) -> dict[str, Any]:
         """Return the flat dotted-key dict that `from_flat` turns back into this config."""
@@ -486,18 +473,6 @@ class TrialConfig:
                 flat[f"{section}.{renamed_back.get(name, name)}"] = value
         return flat
 
-
-
-def _key_record(section: Any) -> dict[str, Any]:
-    """Return a config section's fields as keys hash them (tuples as lists), without
-    keyed_when_set fields at their default."""
-    record = {}
-    for item in dataclasses.fields(section):
-        value = getattr(section, item.name)
-        if item.metadata.get(KEYED_WHEN_SET) and value == item.default:
-            continue
-        record[item.name] = list(value) if isinstance(value, tuple) else value
-    return record
 
 
 def _unknown_key_message(key: Any) -> str:
@@ -519,7 +494,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, str]:
 
 
 __all__ = [
-    "CalibConfig", "DataConfig", "EvalConfig", "FinetuneConfig",
+    "CalibConfig", "CompressConfig", "DataConfig", "EvalConfig", "FinetuneConfig", "STAIN_METHODS",
     "ModelConfig", "PrehabConfig", "PretrainConfig", "RecoverConfig", "RunConfig",
     "TRAIN_FROM_MIDDLE", "TTA_MODES", "TokensConfig", "TrialConfig", "known_keys", "parse_overrides",
 ]

@@ -1,11 +1,13 @@
-"""The stages of one trial, each a function of the frozen `TrialConfig` and its parent's output.
+"""The stages of one trial, each declared once as a `Stage` record over the frozen `TrialConfig`.
 
-A training stage (pretrain, finetune, features, whitening, importance, prehab, recover) is content
-addressed: its cache key hashes what determines its result, written out once per stage
-below (`*_key_config`), its parent's key and the data fingerprint. Each stage function
-returns a `StageOutput`: a `cache:` reference to its result and that key, which the next
-stage takes as its parent. The in-process stages (compress, tokens) return models.
-`TrialRun` is the bookkeeping they share: the cache, the data, hits and seconds per stage.
+A cached stage (pretrain, finetune, whitening, fisher, prehab, importance, recover; features inside a
+head_only fine-tune) is content addressed: its key hashes what of the config determines its result
+(its `key_config`, built from the fields' key rules: trainables.key_rules), its parent's key and the
+data fingerprint. A `Stage` says when a trial runs it (`runs`), how it writes its entry and what it
+records with the metrics; `Stage.run` returns one `StageOutput` (a `cache:` reference to the result,
+its key, its facts), which the next stage takes as its parent. compress and prune_tokens are the
+in-process steps on a model. `TrialRun` is the bookkeeping the stages share: the cache, the data,
+hits and seconds per stage. trainables.trial.build_trial_model composes them.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
 
 from compress import (
-    collect_input_stats, count_params, enable_token_pruning, load_compressed, save_compressed, save_input_stats,
-    save_unit_scores, unit_scores,
+    collect_input_stats, collect_output_fisher, count_params, enable_token_pruning, load_compressed, save_compressed,
+    save_input_stats, save_unit_scores, unit_scores,
 )
+from compress.config import FISHER_WEIGHTED
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig
 from trainables.data import data_fingerprint, dataset_prefix, ensure_digits, make_dataset
@@ -38,6 +43,7 @@ from trainables.features import (
 from trainables.job import TrainJob, build_stage_model, compress_structure, scale_learning_rates, stage_settings
 from trainables.loop import autocast_dtype
 from trainables.model import finalize_model
+from trainables.key_rules import stage_record
 from trainables.refs import cache_ref, resolve_ref
 from trainables.sessions import pick_device
 from trainables.storage import local_scratch, remote_epochs_path, train_storage
@@ -63,10 +69,12 @@ class TrialContext:
 
 class StageOutput(NamedTuple):
     """A stage's result as the next stage sees it: a reference (cache:<stage>/<key>/<path>, a
-    folder or a Hugging Face id) and the key that names it (None for weights given by the user)."""
+    folder or a Hugging Face id), the key that names it (None for weights given by the user) and
+    what the stage records with the trial's metrics."""
 
     ref: str | None
     key: str | None
+    facts: Mapping[str, Any] = MappingProxyType({})
 
 
 # ---------------------------------------------------------------------------- cache keys
@@ -74,21 +82,16 @@ class StageOutput(NamedTuple):
 
 def data_key_config(cfg: TrialConfig) -> dict[str, Any]:
     """Return what of the data section changes a trained stage."""
-    d = cfg.data
-    key = {"dataset": d.dataset, "image_size": d.image_size, "train_limit": d.train_limit,
-           "val_limit": d.val_limit, "normalize": d.normalize}
-    if d.stain_norm != "none":  # absent when off, so keys written before it existed stay valid
-        key["stain_norm"] = d.stain_norm
-    return key
+    return stage_record(cfg.data)
 
 
 def pretrain_key_config(cfg: TrialConfig) -> dict[str, Any]:
     return {"model": cfg.model.backbone, "pooling": cfg.model.pooling,
-            "pretrain": dataclasses.asdict(cfg.pretrain), "data": data_key_config(cfg), "seed": cfg.run.seed}
+            "pretrain": stage_record(cfg.pretrain), "data": data_key_config(cfg), "seed": cfg.run.seed}
 
 
 def finetune_key_config(cfg: TrialConfig) -> dict[str, Any]:
-    return {"model": cfg.model.key_fields(), **cfg.finetune_key_fields(), "data": data_key_config(cfg),
+    return {"model": stage_record(cfg.model), **cfg.finetune_key_fields(), "data": data_key_config(cfg),
             "seed": cfg.run.seed}
 
 
@@ -103,16 +106,16 @@ def features_key_config(cfg: TrialConfig, parent: str | None) -> dict[str, Any]:
 
 
 def whitening_key_config(cfg: TrialConfig) -> dict[str, Any]:
-    return {"calib": dataclasses.asdict(cfg.calib), "targets": list(cfg.compress.svd_targets)}
+    return {"calib": stage_record(cfg.calib), "targets": list(cfg.compress.svd_targets)}
 
 
 def importance_key_config(cfg: TrialConfig) -> dict[str, Any]:
     """The calibration batches and the score: what the heads' and MLP units' importance depends on."""
-    return {"calib": dataclasses.asdict(cfg.calib), "importance": cfg.compress.importance}
+    return {"calib": stage_record(cfg.calib), "importance": cfg.compress.importance}
 
 
 def prehab_key_config(cfg: TrialConfig) -> dict[str, Any]:
-    return {"prehab": dataclasses.asdict(cfg.prehab), "targets": list(cfg.compress.svd_targets),
+    return {"prehab": stage_record(cfg.prehab), "targets": list(cfg.compress.svd_targets),
             "batch_size": cfg.finetune.batch_size}
 
 
@@ -135,7 +138,6 @@ class TrialRun:
     cache: StageCache
     hits: dict[str, bool] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)   # recorded with the metrics
 
     @classmethod
     def start(cls, cfg: TrialConfig, ctx: TrialContext) -> "TrialRun":
@@ -228,56 +230,74 @@ def data_root(cfg: TrialConfig, ctx: TrialContext) -> str:
 
 # ---------------------------------------------------------------------------- the stages
 
+NO_OUTPUT = StageOutput(None, None)
 
-def pretrain(run: TrialRun) -> StageOutput:
-    """Return the backbone weights to fine-tune: model.weights, or (embedded preset) a backbone
-    pretrained here on the 10 digit classes; (None, None) for a random init."""
+
+@dataclass(frozen=True)
+class Stage:
+    """One cached stage, declared: its name, what of the config keys it (`key_config`), when a trial
+    runs it (`runs`), how it writes its cache entry (`compute`), the file in the entry the next stage
+    reads (`result`) and what it records with the trial's metrics (`facts`).
+
+    `compute(run, key, out, parent, **inputs)` writes the entry into the folder `out`;
+    `facts(run, entry, output)` reads them from the published entry.
+    """
+
+    name: str
+    key_config: Callable[[TrialConfig], dict[str, Any]]
+    runs: Callable[[TrialConfig], bool]
+    compute: Callable[..., None]
+    result: str
+    facts: Callable[[TrialRun, Path, StageOutput], dict[str, Any]] | None = None
+
+    def run(self, run: TrialRun, parent: StageOutput = NO_OUTPUT, **inputs: StageOutput) -> StageOutput:
+        """Return this stage's output for `parent` (computed, or a cache hit), whether or not `runs` holds."""
+        key = run.key(self.name, self.key_config(run.cfg), parent.key)
+        entry = run.cached(self.name, key, lambda out: self.compute(run, key, out, parent, **inputs))
+        output = StageOutput(cache_ref(self.name, key, self.result), key)
+        return output._replace(facts=self.facts(run, entry, output)) if self.facts else output
+
+    def output(self, run: TrialRun, parent: StageOutput = NO_OUTPUT, *, otherwise: StageOutput = NO_OUTPUT,
+               **inputs: StageOutput) -> StageOutput:
+        """Return `run`'s output when this trial runs the stage, else `otherwise`."""
+        return self.run(run, parent, **inputs) if self.runs(run.cfg) else otherwise
+
+
+def user_weights(cfg: TrialConfig) -> StageOutput:
+    """Return the backbone weights the trial names (model.weights), or NO_OUTPUT for a random init."""
+    return StageOutput(cfg.model.weights or None, cfg.model.weights or None)
+
+
+def _pretrain(run: TrialRun, key: str, out: Path, parent: StageOutput) -> None:
+    model = run.train(run.job("pretrain"), key, out)
+    model.backbone.save_pretrained(out / "backbone")
+
+
+def _finetune(run: TrialRun, key: str, out: Path, weights: StageOutput) -> None:
     cfg = run.cfg
-    if cfg.model.weights or cfg.pretrain.epochs == 0:
-        return StageOutput(cfg.model.weights or None, cfg.model.weights or None)
-    key = run.key("pretrain", pretrain_key_config(cfg), None)
-
-    def compute(out: Path) -> None:
-        model = run.train(run.job("pretrain"), key, out)
-        model.backbone.save_pretrained(out / "backbone")
-
-    run.cached("pretrain", key, compute)
-    return StageOutput(cache_ref("pretrain", key, "backbone"), key)
+    job = run.job("finetune", init_weights=weights.ref)
+    # Pruning tokens while training changes the backbone's features epoch by epoch.
+    if cfg.finetune.uses_feature_cache and cfg.tokens.train_from_epoch == 0:
+        model = _finetune_on_features(run, job, weights.key, out)
+    else:
+        model = run.train(job, key, out)
+        record_collapse(out, pooled_feature_std(model, run.loader("valid"), run.device))
+    save_compressed(model, out / "model")
 
 
-def finetune(run: TrialRun, weights: StageOutput) -> StageOutput:
-    """Return the fine-tuned model; head_only trains on cached frozen-backbone features unless
-    finetune.feature_cache is off or tokens are pruned while training."""
-    cfg = run.cfg
-    key = run.key("finetune", finetune_key_config(cfg), weights.key)
-
-    def compute(out: Path) -> None:
-        job = run.job("finetune", init_weights=weights.ref)
-        # Pruning tokens while training changes the backbone's features epoch by epoch.
-        if cfg.finetune.uses_feature_cache and cfg.tokens.train_from_epoch == 0:
-            model = _finetune_on_features(run, job, weights.key, out)
-        else:
-            model = run.train(job, key, out)
-            record_collapse(out, pooled_feature_std(model, run.loader("valid"), run.device))
-        save_compressed(model, out / "model")
-
-    entry = run.cached("finetune", key, compute)
-    tuned = StageOutput(cache_ref("finetune", key, "model"), key)
-    run.facts["model_ref_finetune"] = tuned.ref  # the reports' spectrum diagnostics
-    # The collapse watch: the fine-tune's feature spread, recorded with the metrics.
+def _finetune_facts(run: TrialRun, entry: Path, tuned: StageOutput) -> dict[str, Any]:
+    """The collapse watch (the fine-tune's feature spread, checked here) and the model's ref (the
+    reports' spectrum diagnostics)."""
     spread = read_collapse(entry)
     if spread is None:  # an entry written before the collapse watch
         spread = pooled_feature_std(load_compressed(entry / "model"), run.loader("valid"), run.device)
-    check_collapse(spread, cfg.finetune.min_feature_std)
-    run.facts["feature_std"] = spread
-    return tuned
+    check_collapse(spread, run.cfg.finetune.min_feature_std)
+    return {"model_ref_finetune": tuned.ref, "feature_std": spread}
 
 
 def _finetune_on_features(run: TrialRun, job: TrainJob, parent: str | None, out: Path) -> nn.Module:
     """Train a head_only fine-tune on cached features (computed once per backbone, data and head)
     in this process; write history.json and collapse.json into `out`; return the model."""
-    import torch
-
     cfg, device = run.cfg, run.device
     started = time.perf_counter()
     key = run.key("features", features_key_config(cfg, parent), parent)
@@ -300,70 +320,61 @@ def _finetune_on_features(run: TrialRun, job: TrainJob, parent: str | None, out:
     return finalize_model(model)
 
 
-def calibrate(run: TrialRun, of: StageOutput) -> StageOutput:
-    """Return the input statistics (whitening) of a model's SVD targets over calibration batches."""
-    cfg = run.cfg
-    key = run.key("whitening", whitening_key_config(cfg), of.key)
-
-    def compute(out: Path) -> None:
-        model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir)).eval()
-        stats = collect_input_stats(model, run.calibration_batches(), targets=cfg.compress.svd_targets)
-        save_input_stats(stats, str(out / "stats.pt"))
-
-    run.cached("whitening", key, compute)
-    return StageOutput(cache_ref("whitening", key, "stats.pt"), key)
+def _loaded(run: TrialRun, output: StageOutput) -> nn.Module:
+    return load_compressed(resolve_ref(output.ref, run.ctx.results_dir))
 
 
-def output_fisher(run: TrialRun, of: StageOutput) -> StageOutput:
-    """Return the diagonal Fisher of a model's SVD targets' outputs over the calibration batches."""
-    cfg = run.cfg
-    key = run.key("fisher", whitening_key_config(cfg), of.key)
-
-    def compute(out: Path) -> None:
-        from compress import collect_output_fisher
-
-        model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir))
-        fisher = collect_output_fisher(model, run.calibration_batches(), targets=cfg.compress.svd_targets)
-        torch.save(fisher, out / "fisher.pt")
-
-    run.cached("fisher", key, compute)
-    return StageOutput(cache_ref("fisher", key, "fisher.pt"), key)
+def _whitening(run: TrialRun, key: str, out: Path, of: StageOutput) -> None:
+    stats = collect_input_stats(_loaded(run, of).eval(), run.calibration_batches(),
+                                targets=run.cfg.compress.svd_targets)
+    save_input_stats(stats, str(out / "stats.pt"))
 
 
-def importance(run: TrialRun, of: StageOutput) -> StageOutput:
-    """Return the importance scores (compress.importance) of a model's heads and MLP units on the
-    calibration batches the whitening stage reads; cached like it."""
-    cfg = run.cfg
-    key = run.key("importance", importance_key_config(cfg), of.key)
-
-    def compute(out: Path) -> None:
-        model = load_compressed(resolve_ref(of.ref, run.ctx.results_dir)).to(run.device)
-        # The whitening stage's batches, labels kept (taylor's loss needs them).
-        scores = unit_scores(model, cfg.compress.importance, run.calibration_batches())
-        save_unit_scores(scores, str(out / "scores.pt"))
-
-    run.cached("importance", key, compute)
-    return StageOutput(cache_ref("importance", key, "scores.pt"), key)
+def _fisher(run: TrialRun, key: str, out: Path, of: StageOutput) -> None:
+    fisher = collect_output_fisher(_loaded(run, of), run.calibration_batches(), targets=run.cfg.compress.svd_targets)
+    torch.save(fisher, out / "fisher.pt")
 
 
-def prehab(run: TrialRun, tuned: StageOutput) -> StageOutput:
-    """Return the model after a short run of task loss + lambda * low-rank surrogate."""
-    from compress import FISHER_WEIGHTED
+def _importance(run: TrialRun, key: str, out: Path, of: StageOutput) -> None:
+    # The whitening stage's batches, labels kept (taylor's loss needs them).
+    scores = unit_scores(_loaded(run, of).to(run.device), run.cfg.compress.importance, run.calibration_batches())
+    save_unit_scores(scores, str(out / "scores.pt"))
 
-    cfg = run.cfg
-    stats = calibrate(run, tuned) if cfg.prehab.space == "whitened" else StageOutput(None, None)
-    fisher = output_fisher(run, tuned) if cfg.prehab.kind == FISHER_WEIGHTED else StageOutput(None, None)
-    key = run.key("prehab", prehab_key_config(cfg), tuned.key)
 
-    def compute(out: Path) -> None:
-        job = run.job("prehab", init_path=tuned.ref, whitening_path=stats.ref, fisher_path=fisher.ref)
-        trained = run.train(job, key, out)
-        save_compressed(trained, out / "model")
+def _prehab(run: TrialRun, key: str, out: Path, tuned: StageOutput, *, whitening: StageOutput,
+            fisher: StageOutput) -> None:
+    job = run.job("prehab", init_path=tuned.ref, whitening_path=whitening.ref, fisher_path=fisher.ref)
+    save_compressed(run.train(job, key, out), out / "model")
 
-    run.cached("prehab", key, compute)
-    regularised = StageOutput(cache_ref("prehab", key, "model"), key)
-    run.facts["model_ref_prehab"] = regularised.ref
-    return regularised
+
+def _recover(run: TrialRun, key: str, out: Path, model: StageOutput, *, whitening: StageOutput,
+             scores: StageOutput) -> None:
+    job = run.job("recover", init_path=model.ref, whitening_path=whitening.ref, scores_path=scores.ref)
+    save_compressed(run.train(job, key, out), out / "model")
+
+
+# The embedded digits preset pretrains a backbone on the 10 digit classes; model.weights skips it.
+PRETRAIN = Stage("pretrain", pretrain_key_config, lambda cfg: not cfg.model.weights and cfg.pretrain.epochs > 0,
+                 _pretrain, "backbone")
+# head_only trains on cached frozen-backbone features unless finetune.feature_cache is off or tokens
+# are pruned while training; every fine-tune is checked for collapse.
+FINETUNE = Stage("finetune", finetune_key_config, lambda cfg: True, _finetune, "model", _finetune_facts)
+# Input statistics of the SVD targets over the calibration batches: of the model to factorise
+# (whitened SVD, compress.CompressionPlan.whitened_svd), and of the fine-tuned model for whitened prehab.
+WHITENING = Stage("whitening", whitening_key_config, lambda cfg: cfg.compress.whitened_svd, _whitening, "stats.pt")
+PREHAB_WHITENING = dataclasses.replace(
+    WHITENING, runs=lambda cfg: cfg.prehab.enabled and cfg.prehab.space == "whitened")
+# The diagonal Fisher of the SVD targets' outputs, for prehab.kind fisher_weighted.
+FISHER = Stage("fisher", whitening_key_config, lambda cfg: cfg.prehab.enabled and cfg.prehab.kind == FISHER_WEIGHTED,
+               _fisher, "fisher.pt")
+# A short run of task loss + lambda * low-rank surrogate before SVD.
+PREHAB = Stage("prehab", prehab_key_config, lambda cfg: cfg.prehab.enabled, _prehab, "model",
+               lambda run, entry, output: {"model_ref_prehab": output.ref})
+# Taylor / activation scores of heads and MLP units (compress.importance), on the calibration batches.
+IMPORTANCE = Stage("importance", importance_key_config, lambda cfg: cfg.compress.needs_scores, _importance,
+                   "scores.pt")
+# A short LoRA fine-tune of the compressed model, merged back.
+RECOVER = Stage("recover", recover_key_config, lambda cfg: cfg.recover.epochs > 0, _recover, "model")
 
 
 def compress(run: TrialRun, model: StageOutput, stats: StageOutput, scores: StageOutput = StageOutput(None, None)):
@@ -373,19 +384,6 @@ def compress(run: TrialRun, model: StageOutput, stats: StageOutput, scores: Stag
     compressed, report = run.timed("compress", lambda: compress_structure(base, run.cfg, stats.ref,
                                                                           run.ctx.results_dir, scores.ref))
     return compressed, report, before
-
-
-def recover(run: TrialRun, model: StageOutput, stats: StageOutput,
-            scores: StageOutput = StageOutput(None, None)) -> nn.Module:
-    """Return the compressed model after a short LoRA fine-tune, merged back."""
-    key = run.key("recover", recover_key_config(run.cfg), model.key)
-
-    def compute(out: Path) -> None:
-        trained = run.train(run.job("recover", init_path=model.ref, whitening_path=stats.ref,
-                                    scores_path=scores.ref), key, out)
-        save_compressed(trained, out / "model")
-
-    return load_compressed(run.cached("recover", key, compute) / "model")
 
 
 def prune_tokens(cfg: TrialConfig, model: nn.Module) -> dict[str, Any] | None:

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from trainables.config import STAIN_METHODS
+
 log = logging.getLogger(__name__)
 
-STAIN_METHODS = ("none", "macenko", "reinhard")
 TRANSPARENCY_OD = 0.15        # Macenko's beta: pixels below this optical density are background
 INTENSITY_IO = 240            # Macenko's transmitted light intensity
 MIN_TISSUE_FRACTION = 0.05

@@ -22,10 +22,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from torch import nn
 
+from compress import load_compressed
 from compress.quant import check_quant_device, quantize_model
 from trainables import stages
 from trainables.cache import StageCache, stage_key
@@ -34,7 +36,8 @@ from trainables.evaluate import Predictions, check_finite, cost_metrics, split_e
 from trainables.report_keys import NODE_ID_KEY, OUTCOME_KEY_ATTR, TRIAL_ERROR_KEY
 from trainables.runtime import check_runtime_device, runtime_model
 from trainables.sessions import pick_device
-from trainables.stages import StageOutput, TrialContext, TrialRun, data_root
+from trainables.refs import resolve_ref
+from trainables.stages import TrialContext, TrialRun, data_root
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +67,19 @@ class TrialModel:
     facts: dict[str, Any]
 
 
-def run_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
+def run_trial(config: Mapping[str, Any] | TrialConfig, ctx: TrialContext = TrialContext(),
               *, split: str | None = None) -> dict[str, Any]:
-    """Run one trial from its flat config; return every metric the sweep records (scalars only)."""
-    return evaluate_trial(flat, ctx, split=split)[0]
+    """Run one trial from its flat config (or its TrialConfig); return every metric the sweep records
+    (scalars only)."""
+    return evaluate_trial(config, ctx, split=split)[0]
 
 
-def evaluate_trial(flat: dict[str, Any], ctx: TrialContext = TrialContext(),
+def evaluate_trial(config: Mapping[str, Any] | TrialConfig, ctx: TrialContext = TrialContext(),
                    *, split: str | None = None) -> tuple[dict[str, Any], Predictions]:
-    """Run one trial from its flat config; return (its metrics, its predictions on the evaluated split)."""
+    """Run one trial from its flat config (or its TrialConfig); return (its metrics, its predictions on
+    the evaluated split)."""
     started = time.perf_counter()
-    built = build_trial_model(flat, ctx)
+    built = build_trial_model(config, ctx)
     cfg, run, tokens = built.cfg, built.stages, built.tokens
     device = pick_device(cfg.run.device)
     eval_split = split or cfg.eval.split
@@ -105,39 +110,45 @@ def _evaluate(built: TrialModel, split: str, device) -> tuple[dict[str, Any], Pr
     return {**metrics, **costs}, predictions
 
 
-def build_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> tuple[nn.Module, TrialConfig]:
+def build_model(config: Mapping[str, Any] | TrialConfig,
+                ctx: TrialContext = TrialContext()) -> tuple[nn.Module, TrialConfig]:
     """Return (the trial's final model, compressed and token-pruned as evaluated, its config); training
     stages come from the cache (or run, when missing), nothing is evaluated."""
-    built = build_trial_model(flat, ctx)
+    built = build_trial_model(config, ctx)
     return built.model, built.cfg
 
 
-def build_trial_model(flat: dict[str, Any], ctx: TrialContext = TrialContext()) -> TrialModel:
-    """Return the trial's compressed model, built through its cached stages (computing missing ones)."""
-    cfg = TrialConfig.from_flat(flat)
+def build_trial_model(config: Mapping[str, Any] | TrialConfig, ctx: TrialContext = TrialContext()) -> TrialModel:
+    """Return the trial's compressed model, built through its cached stages (computing missing ones);
+    `config` is the flat dict or the TrialConfig parsed from it."""
+    cfg = parsed(config)
     if cfg.compress.quant != "none" or cfg.eval.runtime != "torch":   # before any training: one line
         device = pick_device(cfg.run.device)
         check_quant_device(cfg.compress.quant, device)
         check_runtime_device(cfg.eval.runtime, device)
     run = TrialRun.start(cfg, ctx)
-    weights = stages.pretrain(run)                    # digits preset: a backbone pretrained on 10 classes
-    model = stages.finetune(run, weights)             # + the collapse watch
-    if cfg.prehab.enabled:
-        model = stages.prehab(run, model)             # whitened: calibrates the fine-tuned model first
-    stats = StageOutput(None, None)
-    if cfg.compress.svd_space == "whitened" and cfg.compress.tau_svd < 1.0:
-        stats = stages.calibrate(run, model)          # input statistics of the model to factorise
-    scores = StageOutput(None, None)
-    if cfg.compress.needs_scores:
-        scores = stages.importance(run, model)        # taylor / activation scores of heads and MLP units
-    compressed, report, params_before = stages.compress(run, model, stats, scores)
-    if cfg.recover.epochs > 0:
-        compressed = stages.recover(run, model, stats, scores)
+    weights = stages.PRETRAIN.output(run, otherwise=stages.user_weights(cfg))
+    tuned = stages.FINETUNE.output(run, weights)
+    regularised = stages.PREHAB.output(run, tuned, otherwise=tuned,
+                                       whitening=stages.PREHAB_WHITENING.output(run, tuned),
+                                       fisher=stages.FISHER.output(run, tuned))
+    stats = stages.WHITENING.output(run, regularised)   # input statistics of the model to factorise
+    scores = stages.IMPORTANCE.output(run, regularised)
+    compressed, report, params_before = stages.compress(run, regularised, stats, scores)
+    recovered = stages.RECOVER.output(run, regularised, whitening=stats, scores=scores)
+    if recovered.ref is not None:
+        compressed = load_compressed(resolve_ref(recovered.ref, ctx.results_dir))
     tokens = stages.prune_tokens(cfg, compressed)
     final = quantize_model(compressed, cfg.compress.quant)   # the last step: nothing trains after it
+    facts = {**tuned.facts, **(regularised.facts if regularised is not tuned else {})}
     return TrialModel(model=final, float_model=compressed, cfg=cfg, data_root=run.data_root,
                       data_fingerprint=run.fingerprint, report=report, tokens=tokens,
-                      params_uncompressed=params_before, stages=run, facts=run.facts)
+                      params_uncompressed=params_before, stages=run, facts=facts)
+
+
+def parsed(config: Mapping[str, Any] | TrialConfig) -> TrialConfig:
+    """Return `config` as a TrialConfig (a flat dict is parsed; a TrialConfig is returned as is)."""
+    return config if isinstance(config, TrialConfig) else TrialConfig.from_flat(config)
 
 
 def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: TrialContext,
@@ -165,7 +176,8 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
         flat["eval.latency_rel"] = True  # an objective must be measured, whatever the preset says
     tune_ctx = tune.get_context()
     cache = StageCache(context.results_dir)
-    key = outcome_key(TrialConfig.from_flat(flat).key_flat(), context.sweep, tune_ctx.get_trial_id())
+    cfg = TrialConfig.from_flat(flat)   # parsed once: every stage below reads this frozen config
+    key = outcome_key(cfg.key_flat(), context.sweep, tune_ctx.get_trial_id())
     stored = cache.get("outcome", key)
     if stored is not None:
         # Tune reruns a trial it restored after a driver crash; Optuna may already hold
@@ -178,7 +190,6 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
     from trainables.inputs import MissingInputError, check_inputs, node_name
     from trainables.report_keys import INPUT_ERROR_KEY
 
-    cfg = TrialConfig.from_flat(flat)
     try:
         check_inputs(cfg, data_root(cfg, context))
     except MissingInputError as err:
@@ -188,7 +199,7 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
         tune.report({**{name: math.nan for name in objectives}, TRIAL_ERROR_KEY: line, INPUT_ERROR_KEY: line})
         return
     try:
-        metrics, predictions = evaluate_trial(flat, context)
+        metrics, predictions = evaluate_trial(cfg, context)
     except FloatingPointError as err:
         log.error("trial failed: %s", err)
         tune.report({**{name: math.nan for name in objectives}, TRIAL_ERROR_KEY: str(err)})
@@ -237,10 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         flat = parse_overrides(args.set)
-        TrialConfig.from_flat(flat).check_applicable(flat)
+        cfg = TrialConfig.from_flat(flat)
+        cfg.check_applicable(flat)
     except (TypeError, ValueError) as err:
         parser.error(str(err))
-    metrics = run_trial(flat, TrialContext(results_dir=args.results_dir, show_progress=not args.no_progress),
+    metrics = run_trial(cfg, TrialContext(results_dir=args.results_dir, show_progress=not args.no_progress),
                         split=args.split)
     print(json.dumps(metrics, indent=2) if args.json else format_metrics(metrics))
     return 0

@@ -35,7 +35,7 @@ class Preset:
     trial_resources: Mapping[str, float]     # the trial driver's Tune resources (not Train workers)
     max_failures: int                        # Tune trial retries and Ray Train restarts
     objectives: tuple[tuple[str, str], ...] = DEFAULT_OBJECTIVES
-    # GP (tune.study.make_sampler, 5 start-up trials): on the digits spaces it reached random search's
+    # GP (tune.study.make_sampler, 4 start-up trials): on the digits spaces it reached random search's
     # 48-trial front in fewer trials than TPE, one at a time and 4 at once (bench/RESULTS.md, "Samplers").
     sampler: str = "gp"
 

@@ -95,9 +95,8 @@ def make_parser() -> argparse.ArgumentParser:
         description="Multi-objective sweep (AUROC vs parameters vs latency) over fine-tuning and "
                     "compression of a ViT: Ray Tune runs the trials, Optuna picks them.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="trial config and sweep defaults: digits (embedded, no download, CPU), "
-                             "pcam-local (PCam 96 px, DINOv3 ViT-S/16, one GPU or CPU), pcam-a100 "
-                             "(PCam 224 px, 4-GPU DDP fine-tunes on a Ray cluster); default digits")
+                        help="trial config and sweep defaults: " + "; ".join(
+                            f"{name}: {PRESETS[name].description}" for name in sorted(PRESETS)) + "; default digits")
     parser.add_argument("--space", default=None,
                         help=f"search space, one of {', '.join(available_spaces())}; default: the preset's")
     parser.add_argument("--num-samples", type=_positive_int, default=None,

@@ -17,9 +17,7 @@ they were written; the random sampler ignores them.
 import logging
 import math
 import numbers
-import os
 import shlex
-import signal
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -69,11 +67,6 @@ _TUNE_BOOKKEEPING_KEYS = frozenset(
 TUNE_TRIAL_ID_ATTR = "tune_trial_id"
 FAIL_REASON_ATTR = "fail_reason"
 CONFIG_ATTR = "config"
-# Test hook (tests/faults/test_driver_kill.py): when set, the driver SIGKILLs itself right
-# after Optuna is told a COMPLETE trial, before Tune's experiment checkpoint records that
-# the trial ended, the one crash after which Tune reruns a trial Optuna already holds.
-KILL_AFTER_TELL_ENV = "VITSWEEP_TEST_KILL_AFTER_TELL"
-
 
 class StorageUnavailableError(ValueError):
     """The Optuna storage URL cannot be opened (bad URL, unreachable server, bad path)."""
@@ -364,9 +357,6 @@ class SweepSearch(OptunaSearch):
                     self._ot_study._storage.set_trial_system_attr(
                         ot_trial._trial_id, _CONSTRAINTS_KEY, constraint_values(self._budget, final))
                 self._ot_study.tell(ot_trial, values, state=TrialState.COMPLETE, skip_if_finished=True)
-                if os.environ.get(KILL_AFTER_TELL_ENV) == "1":
-                    logger.warning("%s=1: killing the driver after telling Optuna", KILL_AFTER_TELL_ENV)
-                    os.kill(os.getpid(), signal.SIGKILL)
             else:
                 logger.warning("Optuna trial %d marked FAIL: %s", ot_trial.number, fail_reason)
                 self._ot_study.tell(ot_trial, state=TrialState.FAIL, skip_if_finished=True)

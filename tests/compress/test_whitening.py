@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from compress import InputStats, collect_input_stats, load_input_stats, save_input_stats
+from tiny_vit import make_model
+
+from compress import (
+    CompressionPlan, InputStats, collect_input_stats, compress_model, load_input_stats, save_input_stats,
+)
+from compress.config import DEFAULT_DAMPING
 from compress.whitening import whitening_factor
 
 
@@ -107,3 +112,24 @@ def test_damped_factor_of_a_rank_deficient_moment_is_finite_and_invertible():
     inverse_check = factor.solve_right(factor.factor)
     assert torch.isfinite(inverse_check).all()
     torch.testing.assert_close(inverse_check, torch.eye(4, dtype=torch.float64), atol=1e-6, rtol=1e-6)
+
+
+WHITENED = dict(tau_mlp=0.9, tau_svd=0.8, svd_space="whitened")
+
+
+def _damped_outputs(damping: float | None) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = make_model()
+    batches = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2 + i)) for i in range(2)]
+    stats = collect_input_stats(model, batches)
+    plan = CompressionPlan(**WHITENED) if damping is None else CompressionPlan(**WHITENED, svd_damping=damping)
+    compressed, _ = compress_model(model, plan, calibration=stats)
+    with torch.no_grad():
+        return compressed(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))).pooler_output
+
+
+def test_svd_damping_default_is_the_former_constant_and_a_larger_damping_changes_the_factors():
+    assert CompressionPlan().svd_damping == DEFAULT_DAMPING == 1e-6
+    default = _damped_outputs(None)
+    assert torch.equal(default, _damped_outputs(1e-6))
+    assert not torch.allclose(default, _damped_outputs(1e-2))

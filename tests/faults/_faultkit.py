@@ -124,10 +124,11 @@ def kill_leftovers(pids: set[int], ray_tmp: Path) -> None:
 
 
 def start_cli(fault_cluster: FaultCluster, *args: str, log: Path,
-              env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `python tune/run.py ARGS` attached to the cluster (plus `env`), in its own process group."""
+              env: dict[str, str] | None = None, program: str = RUN) -> subprocess.Popen:
+    """Start `python tune/run.py ARGS` (or `program` taking its arguments) attached to the cluster
+    (plus `env`), in its own process group."""
     handle = open(log, "w")
-    proc = subprocess.Popen([sys.executable, RUN, *args], stdout=handle, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, program, *args], stdout=handle, stderr=subprocess.STDOUT,
                             text=True, env={**fault_cluster.env(), **(env or {})}, cwd=fault_cluster.results,
                             start_new_session=True)
     handle.close()

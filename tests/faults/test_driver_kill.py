@@ -4,9 +4,10 @@ driver SIGKILLed mid-sweep, then `--resume`, `--export` and what the bucket hold
 The CLI attaches to the multi-node cluster (RAY_ADDRESS) with `--results-dir s3://...?
 endpoint_override=...&scheme=http` (the suite's moto server) and an Optuna SQLite file on the
 head's disk, as on a cluster: the stage cache, Ray Train runs, Tune's experiment and the reports
-all live in the bucket. It runs 4 trials 2 at once and kills itself (test hook
-tune.study.KILL_AFTER_TELL_ENV) right after Optuna is told its first COMPLETE trial, before
-Tune's experiment checkpoint records that trial as finished: the crash after which Tune reruns a
+all live in the bucket. It runs 4 trials 2 at once and kills itself (the driver runs through
+tests/faults/_kill_after_tell.py, which wraps Optuna's tell) right after Optuna is told its first
+COMPLETE trial, before Tune's experiment checkpoint records that trial as finished: the crash after
+which Tune reruns a
 trial Optuna already holds. `--resume` must finish the sweep so that the Optuna study and Tune's
 own trial results agree trial for trial: no duplicates, none RUNNING, and the rerun trial
 reports the outcome stored the first time (`outcome_replayed`), not a new measurement.
@@ -38,11 +39,12 @@ from _faultkit import (
 from trainables.cache import StageCache
 from trainables.report_keys import NODE_ID_KEY, OUTCOME_KEY_ATTR
 from trainables.storage import EPOCHS_DIR, results_location
-from tune.study import FAIL_REASON_ATTR, KILL_AFTER_TELL_ENV, TUNE_TRIAL_ID_ATTR
+from tune.study import FAIL_REASON_ATTR, TUNE_TRIAL_ID_ATTR
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(400)]
 
 NAME, SAMPLES = "killed", 4
+KILL_AFTER_TELL = str(Path(__file__).with_name("_kill_after_tell.py"))
 CONFIG = {**TINY, "finetune.epochs": 2, "finetune.lr": 1e-3}
 OBJECTIVES = ("val_auroc", "params", "latency_ms")
 EPOCH_LINE = re.compile(r"\s+\w+ \S+ epoch \d+\b")
@@ -57,7 +59,7 @@ def resumed(fault_cluster, s3_server, tmp_path_factory):
     results, storage = s3_server.uri("driver-kill"), f"sqlite:///{logs / 'optuna.db'}"
     proc = start_cli(fault_cluster, "--results-dir", results, "--storage", storage, "--name", NAME,
                      "--num-samples", str(SAMPLES), "--max-concurrent", "2", *cli_sets(CONFIG),
-                     log=logs / "first.log", env={KILL_AFTER_TELL_ENV: "1"})
+                     log=logs / "first.log", program=KILL_AFTER_TELL)
     try:
         first_rc = proc.wait(timeout=300)
     finally:

@@ -2,6 +2,7 @@ import pytest
 
 from compress import CompressionPlan, TokenPlan
 from trainables.config import TrialConfig, known_keys, parse_overrides
+from trainables.key_rules import stage_record
 
 
 def test_empty_config_is_the_digits_preset():
@@ -67,10 +68,10 @@ def test_finetune_key_ignores_fields_that_do_not_change_weights():
     full = TrialConfig.from_flat({"finetune.method": "full", "finetune.lora_rank": 4, "finetune.workers": 4,
                                   "finetune.threads_per_worker": 2})
     same = TrialConfig.from_flat({"finetune.method": "full", "finetune.lora_rank": 32})
-    assert full.finetune.key_fields() == same.finetune.key_fields()
+    assert stage_record(full.finetune) == stage_record(same.finetune)
     lora4 = TrialConfig.from_flat({"finetune.method": "lora", "finetune.lora_rank": 4})
     lora8 = TrialConfig.from_flat({"finetune.method": "lora", "finetune.lora_rank": 8})
-    assert lora4.finetune.key_fields() != lora8.finetune.key_fields()
+    assert stage_record(lora4.finetune) != stage_record(lora8.finetune)
 
 
 def test_sections_are_the_compress_plans():
@@ -193,7 +194,7 @@ def test_prehab_defaults_are_the_notes_vit_recipe():
 ])
 def test_options_that_the_method_does_not_use_are_named(flat, unused):
     cfg = TrialConfig.from_flat(flat)
-    assert cfg.finetune.inapplicable(flat) == unused
+    assert [item.key for item in cfg.inapplicable(flat)] == unused
     if unused:
         with pytest.raises(ValueError, match=f"{unused[0]} do\\(es\\) not apply to finetune.method"):
             cfg.check_applicable(flat)
@@ -201,8 +202,8 @@ def test_options_that_the_method_does_not_use_are_named(flat, unused):
 
 def test_lora_with_norms_and_biases_keys_the_backbone_lr():
     base = {"finetune.method": "lora", "finetune.train_norms_biases": True}
-    assert TrialConfig.from_flat(base).finetune.key_fields() != \
-        TrialConfig.from_flat({**base, "finetune.backbone_lr": 1e-5}).finetune.key_fields()
+    assert stage_record(TrialConfig.from_flat(base).finetune) != \
+        stage_record(TrialConfig.from_flat({**base, "finetune.backbone_lr": 1e-5}).finetune)
 
 
 def test_quant_and_runtime_at_their_defaults_leave_every_key_unchanged():
@@ -225,3 +226,17 @@ def test_bf16_on_onnxruntime_is_refused_in_one_line():
 def test_unknown_runtime_names_the_choices():
     with pytest.raises(ValueError, match="eval.runtime must be one of torch, onnxruntime, got 'tensorrt'"):
         TrialConfig.from_flat({"eval.runtime": "tensorrt"})
+
+
+@pytest.mark.parametrize("value", [0.0, -1e-6, float("inf")])
+def test_an_svd_damping_that_is_not_positive_names_the_key(value):
+    with pytest.raises(ValueError, match="compress.svd_damping must be a finite number > 0"):
+        TrialConfig.from_flat({"compress.svd_damping": value})
+
+
+def test_svd_damping_is_a_config_key_that_keys_outcomes_and_recover_only_when_set():
+    default, damped = TrialConfig.from_flat({}), TrialConfig.from_flat({"compress.svd_damping": "1e-4"})
+    assert damped.compress.svd_damping == 1e-4 and damped.to_flat()["compress.svd_damping"] == 1e-4
+    assert "compress.svd_damping" not in default.key_flat()
+    assert damped.key_flat()["compress.svd_damping"] == 1e-4
+    assert damped.recover_key_fields() != default.recover_key_fields()

@@ -100,8 +100,11 @@ print(code, heavy)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["--num-samples", "0"], ["--report", "a", "--resume", "b"],
-                                  ["--preset", "nope"]])
-def test_help_and_argument_errors_import_no_torch_ray_or_optuna(args, tmp_path):
+                                  ["--preset", "nope"], ["--set", "compress.tau_mlp=1.2"],
+                                  ["--set", "model.backbone=vit-huge"], ["--objectives", "val_auroc:max,foo"]])
+def test_help_argument_and_config_errors_import_no_torch_ray_or_optuna(args, tmp_path):
+    # The config layer (trainables.config, compress.config, the search-space tables' names) is torch-free,
+    # so the most common mistake, a bad --set value, is answered in a fraction of a second.
     proc = subprocess.run([sys.executable, "-c", _IMPORTS_AFTER.format(run=RUN, args=args)], capture_output=True,
                           text=True, timeout=120, cwd=tmp_path)
     code, heavy = proc.stdout.strip().splitlines()[-1].split(" ", 1)

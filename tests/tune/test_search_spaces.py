@@ -7,7 +7,9 @@ import pytest
 from optuna.distributions import distribution_to_json
 
 import search_spaces
-from search_spaces import SEED_CONFIG, available_spaces, config_values, load_space, seed_points
+from compress.config import DEFAULT_DAMPING
+from search_spaces import SEED_CONFIG, available_spaces, config_values, load_space, load_table, seed_points
+from trainables.config import TrialConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -99,8 +101,6 @@ def test_default_space_proposes_the_notes_recipes():
 
 
 def test_every_default_space_draw_is_a_valid_trial_config():
-    from trainables.config import TrialConfig
-
     for config in _sample_configs("default", 80):
         cfg = TrialConfig.from_flat(config_values(config))
         if config.get("tokens.train_from_epoch") == "middle":
@@ -154,7 +154,6 @@ def test_default_seed_point_takes_method_from_preset():
 def test_a_sweeps_reference_trial_fine_tunes_as_its_preset_does(preset):
     # The digits preset leaves finetune.method at the trial config's default: the reference trial
     # must take that default, not a method Optuna samples for it.
-    from trainables.config import TrialConfig
     from tune.presets import PRESETS as PRESET_TABLE
     from tune.sweep import build_base, seed_config_points
 
@@ -303,3 +302,24 @@ def test_a_condition_on_a_later_row_is_refused():
 
     with pytest.raises(ValueError, match="b: condition on 'a', which is not an earlier row"):
         Table((Param("b", categorical(1), when=("a", 1)), Param("a", categorical(1))))
+
+
+def test_the_default_space_searches_svd_damping_for_whitened_svd_only():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        constants = load_space("default")(trial) or {}
+        config = config_values({**trial.params, **constants})
+        assert ("compress.svd_damping" in trial.params) == (trial.params["compress.svd_space"] == "whitened")
+        seen.add(config.get("compress.svd_damping"))
+        TrialConfig.from_flat(config)
+        study.tell(trial, 0.0)
+    assert {1e-8, 1e-6, 1e-4, 1e-2} <= seen
+
+
+def test_the_seed_point_takes_the_former_svd_damping():
+    table = load_table("default")
+    assert "compress.svd_damping" not in table.seed_point(dict(SEED_CONFIG))  # the seed's SVD is raw
+    whitened = table.seed_point({**SEED_CONFIG, "compress.svd_space": "whitened"})
+    assert whitened["compress.svd_damping"] == DEFAULT_DAMPING
