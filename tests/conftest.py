@@ -6,7 +6,7 @@ several modules read.
 end-to-end sweep tests (tests/tune/test_sweep.py) check its study and reports, the secret
 hygiene tests (tests/test_hygiene.py) search everything it wrote for the tokens, and the
 job-flow test (tests/tune/test_cluster.py) reuses its stage cache. One sweep instead of three
-saves a Ray start, two Ray Train stages and the W&B runs each time (see README "Tests").
+saves a Ray start, two Ray Train stages and the W&B runs each time (see docs/testing.md).
 
 Every module is checked for Ray processes it leaves behind (`no_ray_process_left_behind`): only
 the suite's own, whose session folders lie under the temporary folders this session made

@@ -42,7 +42,7 @@ class Preset:
 
 # The PCam notes' configuration, which the PCam presets' reference trial (the seed point) runs
 # unless a preset says otherwise for cost (recipe_differences lists each difference in pareto.md
-# and the README). LoRA r = 8 on q/k/v/o + MLP with alpha 16 (finetune.lora_alpha 0 means
+# and docs/presets.md). LoRA r = 8 on q/k/v/o + MLP with alpha 16 (finetune.lora_alpha 0 means
 # 2 x rank, 16 at r = 8); "all runs use 224x224 inputs and TTA at evaluation", the views unnamed:
 # dihedral, the eight the histology label keeps. The fine-tune's epochs are not in the notes'
 # table; the token-pruning notes prune while training "only after epoch 4", so a fine-tune of
