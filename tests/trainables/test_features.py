@@ -10,6 +10,7 @@ import torch
 from trainables.config import TrialConfig
 from trainables.features import FeatureCollapse, check_collapse, feature_std
 from trainables.job import TrainJob, scale_learning_rates, stage_settings
+from trainables.key_rules import stage_record
 from trainables.trial import TRIAL_ERROR_KEY, TrialContext, run_trial, tune_trainable
 
 TINY = {
@@ -41,8 +42,8 @@ def test_linear_lr_scaling_uses_the_global_batch():
     assert scaled.lr == pytest.approx(2e-3) and scaled.backbone_lr == pytest.approx(2e-4)
     plain = TrainJob(stage="finetune", config={"finetune.lr": 1e-3}, data_root="")
     assert scale_learning_rates(plain, stage_settings(plain), world_size=8).lr == 1e-3
-    keyed = TrialConfig.from_flat({**cfg, "finetune.workers": 4}).finetune.key_fields()
-    assert keyed["workers"] == 4 and "workers" not in TrialConfig().finetune.key_fields()
+    keyed = stage_record(TrialConfig.from_flat({**cfg, "finetune.workers": 4}).finetune)
+    assert keyed["workers"] == 4 and "workers" not in stage_record(TrialConfig().finetune)
 
 
 def test_pcam_a100_preset_scales_the_learning_rate():
