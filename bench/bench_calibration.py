@@ -17,7 +17,7 @@ import argparse
 import tempfile
 
 from search_spaces import SEED_CONFIG
-from trainables.metrics import classification_metrics, temperature_scale
+from trainables.evaluate.metrics import classification_metrics, temperature_scale
 from trainables.trial import TrialContext, evaluate_trial
 
 FAST_EVAL = {"eval.latency_repeats": 3, "eval.latency_rounds": 1, "eval.latency_warmup": 1}

@@ -21,7 +21,7 @@ import torch
 
 from compress import load_compressed
 from trainables.config import TrialConfig
-from trainables.latency import measure_latency
+from trainables.evaluate.latency import measure_latency
 from trainables.trial import TrialContext, run_trial
 
 

@@ -3,7 +3,7 @@
     python bench/bench_export.py --results-dir /tmp/i12-results --name e1 --trials reference,3
     python bench/bench_export.py --vits --image-size 224
 
-Sweep trials go through tune.export.export_trial (the `--export ... --onnx` path): export
+Sweep trials go through tune.report.export.export_trial (the `--export ... --onnx` path): export
 seconds, folder size, and the paired PyTorch / ORT latencies it writes into metrics.json.
 The ViT-S/16 (trainables.model BACKBONES, random weights) is saved with compress.save_compressed
 and exported with compress.onnx_export, uncompressed and compressed, timed the same way.
@@ -31,7 +31,7 @@ def _folder_bytes(folder: Path) -> int:
 def bench_sweep(results_dir: str, name: str, trials: list[str], onnx: bool) -> list[dict]:
     import optuna
 
-    from tune.export import export_trial
+    from tune.report.export import export_trial
     from tune.study import make_storage
     from tune.sweep import read_settings
 
@@ -56,7 +56,7 @@ def bench_vits(image_size: int, batch_size: int, threads: int, repeats: int, rou
     from compress import CompressionPlan, TokenPlan, compress_model, count_params, save_compressed
     from compress.onnx_export import export_onnx, onnx_max_abs_difference, onnx_session
     from trainables.model import build_classifier
-    from tune.export import paired_cpu_latency
+    from tune.report.export import paired_cpu_latency
 
     torch.manual_seed(0)
     reference = build_classifier("dinov3-vits16", 2).eval()

@@ -29,7 +29,7 @@ from compress import load_compressed
 from search_spaces import SEED_CONFIG
 from trainables.config import TrialConfig
 from trainables.job import compress_structure
-from trainables.latency import measure_latency
+from trainables.evaluate.latency import measure_latency
 from trainables.trial import TrialContext, run_trial
 
 FAST_EVAL = {"eval.latency_repeats": 3, "eval.latency_rounds": 1, "eval.latency_warmup": 1}
@@ -97,8 +97,8 @@ def cache(ctx: TrialContext, which: list[str]) -> None:
 
 def stain(tiles: int) -> None:
     """Print stain-normalisation throughput on one thread."""
-    from trainables.data import HDF5ImageDataset, split_path
-    from trainables.stain import make_stain_normalizer
+    from trainables.data.datasets import HDF5ImageDataset, split_path
+    from trainables.data.stain import make_stain_normalizer
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -34,12 +34,12 @@ from compress import CompressionPlan, compress_model, count_params, load_compres
 from compress.classifier import ViTClassifier
 from search_spaces import SEED_CONFIG
 from trainables import stages
-from trainables.bootstrap import paired_deltas
+from trainables.evaluate.bootstrap import paired_deltas
 from trainables.config import TrialConfig
-from trainables.evaluate import split_evaluation
+from trainables.evaluate.evaluation import split_evaluation
 from trainables.refs import resolve_ref
 from trainables.stages import TrialContext, TrialRun
-from tune.reports import front_hypervolume, pareto_front
+from tune.report.reports import front_hypervolume, pareto_front
 
 OBJECTIVES = [("val_auroc", "max"), ("params", "min")]
 COMBINATIONS = [(importance, allocation) for importance in ("energy", "taylor", "activation")

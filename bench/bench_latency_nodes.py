@@ -7,7 +7,7 @@ the model and the uncompressed reference built once and reused. Both actors buil
 same compressed model: the digits preset's ViT (seeded random init) through
 `compress_model` at tau_heads / tau_mlp / tau_svd = 0.75 / 0.6 / 0.8.
 
-Each measurement is what a trial reports, `trainables.evaluate.cost_metrics` with the
+Each measurement is what a trial reports, `trainables.evaluate.evaluation.cost_metrics` with the
 digits preset's timing (batch 8, 10 runs a round, 3 warm-up runs, 0.1 s between rounds)
 at 9 rounds: latency_ms with eval.latency_rel off, latency_rel with it on (the model
 interleaved with the reference, the median per-round ratio). Per repetition each method
@@ -78,7 +78,7 @@ class NodeTimer:
         """Return cost_metrics' latency figures of the model, timed as a trial with `method` would."""
         import torch
 
-        from trainables.evaluate import cost_metrics
+        from trainables.evaluate.evaluation import cost_metrics
 
         metrics = cost_metrics(self.model, self.configs[method], torch.device("cpu"))
         return {k: v for k, v in metrics.items() if k.startswith("latency_") and isinstance(v, float)}

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from trainables.data import HDF5ImageDataset, split_path
-from trainables.loader import HDF5BlockReader, block_loader
+from trainables.data.datasets import HDF5ImageDataset, split_path
+from trainables.data.loader import HDF5BlockReader, block_loader
 
 BATCH = 128
 

@@ -5,10 +5,10 @@
 
 Random-init weights (speed does not depend on their values). The four variants are what a
 trial runs with compress.quant in {none, int8} and eval.runtime in {torch, onnxruntime}
-(compress.quant.quantize_model, trainables.runtime.runtime_model). Each round times every
+(compress.quant.quantize_model, trainables.evaluate.runtime.runtime_model). Each round times every
 variant once (a block of `repeats` batches, its median), in an order that rotates from round
 to round; a variant's ratio is the median over rounds of its block median / eager fp32's in the
-same round, with the order-statistic 95% interval (trainables.latency.median_interval), so load
+same round, with the order-statistic 95% interval (trainables.evaluate.latency.median_interval), so load
 that slows a whole round cancels. Also printed: model_bytes and the largest |logit| difference
 to eager fp32 on the timed batch (these do not depend on load).
 """
@@ -22,9 +22,9 @@ import time
 import torch
 
 from compress.quant import model_bytes, quantize_model
-from trainables.latency import median_interval
+from trainables.evaluate.latency import median_interval
 from trainables.model import build_classifier
-from trainables.runtime import runtime_model
+from trainables.evaluate.runtime import runtime_model
 
 VARIANTS = (("eager fp32", "none", "torch"), ("eager int8", "int8", "torch"),
             ("ORT fp32", "none", "onnxruntime"), ("ORT int8", "int8", "onnxruntime"))

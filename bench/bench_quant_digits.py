@@ -6,7 +6,7 @@
 Each row is `trainables.trial.evaluate_trial` of the sweep's base config + the seed configuration
 (its training stages cache hits) with compress.quant and eval.runtime set; the difference to fp32
 PyTorch is paired on the validation images, with the stratified bootstrap 95% interval
-(trainables.bootstrap.paired_deltas). AUROC, params and model_bytes do not depend on load.
+(trainables.evaluate.bootstrap.paired_deltas). AUROC, params and model_bytes do not depend on load.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from search_spaces import SEED_CONFIG
-from trainables.bootstrap import paired_deltas
+from trainables.evaluate.bootstrap import paired_deltas
 from trainables.trial import TrialContext, evaluate_trial
 from tune.sweep import read_settings
 

@@ -8,8 +8,8 @@ latency there was taken under whatever load the machine had at that minute. This
 those runs (runs.jsonl with each trial's point, and memo.json for the uncompressed parameter
 count), collects every distinct config of their first --trials trials, rebuilds each one through
 the stage cache the runs used (trainables.trial.build_trial_model on the digits preset with its
-own latency settings, as tune.retime.retime_sweep rebuilds a front) and times them all with
-tune.retime.time_interleaved under the host's timing lock, at --threads torch threads.
+own latency settings, as tune.report.retime.retime_sweep rebuilds a front) and times them all with
+tune.report.retime.time_interleaved under the host's timing lock, at --threads torch threads.
 
 The configs are timed in chunks of --chunk: the reference (the seed configuration, built once
 and kept) and the chunk's configs, interleaved over --rounds rounds. A config's latency_rel is
@@ -49,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` as a package, run from anywhere
 
 from bench.bench_samplers import config_key, summarise  # noqa: E402
-from trainables.latency import median_interval  # noqa: E402
+from trainables.evaluate.latency import median_interval  # noqa: E402
 from trainables.storage import atomic_write  # noqa: E402
 
 SPACES = ("compress_only", "default")
@@ -116,7 +116,7 @@ class Retimer:
     """Rebuilds configs through the runs' stage cache as the sweep's re-timing pass does, for timing."""
 
     def __init__(self, results_dir: str, space: str, repeats: int | None, threads: int):
-        from trainables.sessions import pick_device
+        from trainables.train.sessions import pick_device
         from trainables.trial import TrialContext
         from tune.presets import get_preset
         from tune.sweep import build_base, seed_config_points
@@ -130,12 +130,12 @@ class Retimer:
         self.device = pick_device(self.reference.cfg.run.device)
 
     def build(self, point: Mapping[str, Any], label: str, role: str = "front"):
-        """Return `point`'s model as its trial deploys it, as a tune.retime.TimedModel labelled `label`."""
+        """Return `point`'s model as its trial deploys it, as a tune.report.retime.TimedModel labelled `label`."""
         from search_spaces import config_values
-        from trainables.evaluate import as_deployed
-        from trainables.runtime import runtime_model
+        from trainables.evaluate.evaluation import as_deployed
+        from trainables.evaluate.runtime import runtime_model
         from trainables.trial import build_trial_model
-        from tune.retime import TimedModel
+        from tune.report.retime import TimedModel
 
         built = build_trial_model({**self.base, **config_values(point)}, self.context)
         cfg = built.cfg
@@ -153,8 +153,8 @@ class Retimer:
 
     def time_chunk(self, points: Mapping[str, Mapping[str, Any]], rounds: int) -> tuple[dict, float, float]:
         """Return ({key: relative_latencies entry} of the chunk `points`, seconds building it, seconds timing it)."""
-        from trainables.evaluate import timing_lock
-        from tune.retime import time_interleaved
+        from trainables.evaluate.evaluation import timing_lock
+        from tune.report.retime import time_interleaved
 
         started = time.perf_counter()
         models = [self.reference] + [self.build(point, key) for key, point in points.items()]
@@ -166,7 +166,7 @@ class Retimer:
 
 def machine_line(load_start: float, load_end: float) -> str:
     """Return the CPU model (/proc/cpuinfo), its cores, the UTC date and the 1-minute load at start and end."""
-    from trainables.latency import device_name
+    from trainables.evaluate.latency import device_name
 
     cpu = device_name("cpu").rsplit(" (", 1)[0]
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

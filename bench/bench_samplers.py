@@ -49,7 +49,7 @@ import numpy as np
 import optuna
 
 from search_spaces import config_values, load_table
-from tune.reports import hypervolume
+from tune.report.reports import hypervolume
 from tune.study import make_sampler
 
 CHEAP_LATENCY = {"eval.latency_repeats": 1, "eval.latency_rounds": 1, "eval.latency_warmup": 1}

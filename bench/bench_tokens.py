@@ -16,7 +16,7 @@ import torch
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
 from compress.tokens import enable_token_pruning
-from trainables.latency import count_gflops, device_name, measure_latency
+from trainables.evaluate.latency import count_gflops, device_name, measure_latency
 
 INPUT_SHAPE = (3, 224, 224)
 BATCH_SIZE = 8

@@ -1,5 +1,5 @@
 """Wall seconds of a one-worker TorchTrainer run whose context Ray Train's controller unpickles
-without trainables (the job as bytes, trainables.train_entry) against one that holds a
+without trainables (the job as bytes, trainables.train.entry) against one that holds a
 `TrainJob` object (the controller then imports trainables, compress and transformers first, as
 it did before train_entry), interleaved in one Ray session.
 
@@ -21,11 +21,11 @@ from ray.train.torch import TorchTrainer
 
 from trainables.job import TrainJob
 from trainables.runner import set_train_poll_default
-from trainables.train_entry import EpochLog, worker_config
+from trainables.train.entry import EpochLog, worker_config
 
 
 def loop(config):
-    import trainables.runner  # noqa: F401  (what trainables.train_entry.ray_worker imports)
+    import trainables.runner  # noqa: F401  (what trainables.train.entry.ray_worker imports)
 
     job = config["job"]
     job = pickle.loads(job) if isinstance(job, bytes) else job

@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 from trainables.config import TrialConfig
 from trainables.finetune import configure_method
-from trainables.loader import HDF5BlockReader, block_loader
+from trainables.data.loader import HDF5BlockReader, block_loader
 from trainables.model import build_classifier
-from trainables.synthetic import write_synthetic_pcam
+from trainables.data.synthetic import write_synthetic_pcam
 
 device = torch.device("cuda")
 root = Path(tempfile.mkdtemp())

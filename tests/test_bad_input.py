@@ -21,7 +21,7 @@ from _ray_guard import ray_tmp_dir
 from transformers import BertConfig, DINOv3ViTConfig, DINOv3ViTModel, ViTConfig
 
 from compress import load_compressed, prune_mlp_neurons, save_compressed
-from trainables.data import PCAM_PREFIX, DataFileError, HDF5ImageDataset, check_dataset, split_path
+from trainables.data.datasets import PCAM_PREFIX, DataFileError, HDF5ImageDataset, check_dataset, split_path
 from trainables.model import build_classifier, check_local_checkpoint
 from trainables.trial import TrialContext, run_trial
 from tune.sweep import SweepSettings, write_settings

@@ -20,7 +20,7 @@ import torch
 from _digits_sweep import run_cli
 from _ray_guard import ray_tmp_dir
 from compress import CompressionPlan, compress_model, load_compressed, save_compressed
-from trainables.evaluate import check_finite
+from trainables.evaluate.evaluation import check_finite
 from trainables.model import build_classifier
 from trainables.trial import TrialContext, run_trial
 

@@ -25,7 +25,7 @@ from compress.config import HEADS, PENALTY_KINDS, POOLINGS, CompressionPlan, Tok
 from trainables.backbones import BACKBONES
 from trainables.key_rules import Applies, Inapplicable, inapplicable, outcome_record, setting, stage_record
 
-STAIN_METHODS = ("none", "macenko", "reinhard")       # trainables.stain
+STAIN_METHODS = ("none", "macenko", "reinhard")       # trainables.data.stain
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -56,8 +56,8 @@ class DataConfig:
     test_limit: int = setting(0, stage=False)       # the test split trains nothing
     loader_workers: int = setting(0, stage=False)   # DataLoader worker processes per training worker
     normalize: bool = True
-    stain_norm: str = setting("none", new_since="stage")   # "macenko" or "reinhard" (trainables.stain)
-    # pcam: a generated set in PCam's layout (trainables.synthetic; smoke runs); the data fingerprint tells it
+    stain_norm: str = setting("none", new_since="stage")   # "macenko" or "reinhard" (trainables.data.stain)
+    # pcam: a generated set in PCam's layout (trainables.data.synthetic; smoke runs); the data fingerprint tells it
     synthetic: bool = setting(False, stage=False)
 
     def __post_init__(self):
@@ -286,12 +286,12 @@ class EvalConfig:
     latency_rounds: int = 3          # blocks of latency_repeats runs; the least disturbed one counts
     latency_pause_s: float = 0.25    # between blocks, so a burst of outside load can pass
     # Also time the uncompressed reference interleaved with the model and report latency_rel,
-    # the median paired ratio (trainables.evaluate.reference_model); latency_ms comes from the
+    # the median paired ratio (trainables.evaluate.evaluation.reference_model); latency_ms comes from the
     # same rounds. Comparable across nodes; costs a second model's timing.
     latency_rel: bool = setting(False, new_since="outcome")
     # Where the model is scored and timed: torch (eager PyTorch) or onnxruntime (the model exported
     # to ONNX, int8 through ONNX Runtime's dynamic quantizer, run by the CPU provider with the
-    # trial's threads; trainables.runtime).
+    # trial's threads; trainables.evaluate.runtime).
     runtime: str = setting("torch", new_since="outcome")
 
     def __post_init__(self):

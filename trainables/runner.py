@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from trainables.job import TrainJob
-from trainables.loop import best_model, train_loop
+from trainables.train.loop import best_model, train_loop
 from trainables.refs import resolve_ref
-from trainables.sessions import DIVERGED_FILE, LocalSession, RayTrainSession, pick_device, raise_if_diverged
+from trainables.train.sessions import DIVERGED_FILE, LocalSession, RayTrainSession, pick_device, raise_if_diverged
 from trainables.storage import EPOCHS_FILE
-from trainables.train_entry import EpochLog, ray_worker, worker_config
+from trainables.train.entry import EpochLog, ray_worker, worker_config
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _worker_device(kind: str) -> torch.device:
 
 
 def train_on_worker(job: TrainJob, device: str) -> None:
-    """Train `job` on this Ray Train worker (trainables.train_entry.ray_worker calls it), reporting
+    """Train `job` on this Ray Train worker (trainables.train.entry.ray_worker calls it), reporting
     a checkpoint every epoch."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     session = RayTrainSession(_worker_device(device))

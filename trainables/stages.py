@@ -35,17 +35,17 @@ from compress import (
 from compress.config import FISHER_WEIGHTED
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig
-from trainables.data import data_fingerprint, dataset_prefix, ensure_digits, make_dataset
-from trainables.features import (
+from trainables.data.datasets import data_fingerprint, dataset_prefix, ensure_digits, make_dataset
+from trainables.train.features import (
     FEATURE_SPLITS, check_collapse, pooled_feature_std, read_collapse, record_collapse,
     train_head_on_features, write_feature_cache,
 )
 from trainables.job import TrainJob, build_stage_model, compress_structure, scale_learning_rates, stage_settings
-from trainables.loop import autocast_dtype
+from trainables.train.loop import autocast_dtype
 from trainables.model import finalize_model
 from trainables.key_rules import stage_record
 from trainables.refs import cache_ref, resolve_ref
-from trainables.sessions import pick_device
+from trainables.train.sessions import pick_device
 from trainables.storage import local_scratch, remote_epochs_path, train_storage
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def data_root(cfg: TrialConfig, ctx: TrialContext) -> str:
     if cfg.data.dataset == "pcam":
         if cfg.data.synthetic:
             # Written on the node that needs it: on a cluster no other node's disk is visible.
-            from trainables.synthetic import ensure_synthetic_pcam
+            from trainables.data.synthetic import ensure_synthetic_pcam
 
             return str(ensure_synthetic_pcam(base / "data" / "pcam-synthetic"))
         return cfg.data.root or "data/pcam"

@@ -32,10 +32,10 @@ from compress.quant import check_quant_device, quantize_model
 from trainables import stages
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig, parse_overrides
-from trainables.evaluate import Predictions, check_finite, cost_metrics, split_evaluation
+from trainables.evaluate.evaluation import Predictions, check_finite, cost_metrics, split_evaluation
 from trainables.report_keys import NODE_ID_KEY, OUTCOME_KEY_ATTR, TRIAL_ERROR_KEY
-from trainables.runtime import check_runtime_device, runtime_model
-from trainables.sessions import pick_device
+from trainables.evaluate.runtime import check_runtime_device, runtime_model
+from trainables.train.sessions import pick_device
 from trainables.refs import resolve_ref
 from trainables.stages import TrialContext, TrialRun, data_root
 
@@ -187,7 +187,7 @@ def tune_trainable(config: dict[str, Any], *, base: dict[str, Any], context: Tri
         tune.report({**json.loads((stored / "metrics.json").read_text()), OUTCOME_KEY_ATTR: key,
                      "outcome_replayed": True})
         return
-    from trainables.inputs import MissingInputError, check_inputs, node_name
+    from trainables.data.inputs import MissingInputError, check_inputs, node_name
     from trainables.report_keys import INPUT_ERROR_KEY
 
     try:

@@ -8,7 +8,7 @@ convention (feasible when <= 0):
 
 The searcher records these values on every completed trial (tune.study.SweepSearch), so the
 TPE, NSGA-II and GP samplers steer towards feasible points (the random sampler ignores them);
-the reports recommend only feasible front points (tune.verdicts.recommend).
+the reports recommend only feasible front points (tune.report.verdicts.recommend).
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ def wandb_callback(group: str, local_dir: Path, excludes: Iterable[str] = ()) ->
 def log_front_to_wandb(table, group: str, local_dir: Path, verdicts=None, answer: str = "") -> str:
     """Log the Pareto table (a pandas DataFrame) as a wandb.Table in its own run; return the run's mode.
 
-    `verdicts` (tune.reports.verdict_table) is logged as a second table, and the first lines of
+    `verdicts` (tune.report.reports.verdict_table) is logged as a second table, and the first lines of
     `answer` (answer.md: the recommendation, then the dominance headline) go into the run's summary.
     """
     import wandb

@@ -242,8 +242,8 @@ def _check_local_inputs(flat: dict, parser: argparse.ArgumentParser, *, results_
     there the first trial that lacks them stops the sweep (tune.sweep).
     """
     from trainables.config import TrialConfig
-    from trainables.data import DIGITS_PREFIX, PCAM_PREFIX, check_dataset
-    from trainables.inputs import check_inputs
+    from trainables.data.datasets import DIGITS_PREFIX, PCAM_PREFIX, check_dataset
+    from trainables.data.inputs import check_inputs
     from trainables.model import check_local_checkpoint
 
     cfg = TrialConfig.from_flat(flat)
@@ -461,8 +461,8 @@ def _check_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
 def _compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import optuna
 
-    from tune.compare import common_reference_point, write_comparison
-    from tune.summary import reference_point
+    from tune.report.compare import common_reference_point, write_comparison
+    from tune.report.summary import reference_point
 
     first, second = args.compare
     if first == second:
@@ -491,7 +491,7 @@ def _retime(settings: SweepSettings, study, args: argparse.Namespace):
     """Return the re-timing pass's table: run now (end of a sweep, or --report --retime), else the saved one."""
     from optuna.trial import TrialState
 
-    from tune.retime import DEFAULT_ROUNDS, read_retimed, retime_sweep
+    from tune.report.retime import DEFAULT_ROUNDS, read_retimed, retime_sweep
 
     run_now = args.retime if args.report else not args.no_retime
     if "latency_ms" not in settings.metric_names or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -509,7 +509,7 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import optuna
 
     from compress.onnx_export import OnnxExportError
-    from tune.export import ExportError, export_trial
+    from tune.report.export import ExportError, export_trial
 
     if args.trial is None:
         parser.error("--export needs --trial N (a trial number from pareto.md) or --trial reference")
@@ -533,7 +533,7 @@ def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _decision(args: argparse.Namespace, settings: SweepSettings,
               parser: argparse.ArgumentParser) -> tuple[dict[str, float], str | None]:
     """Return (non-inferiority margins, preferred cost objective) from --margin/--prefer for this sweep's objectives."""
-    from tune.verdicts import parse_margins, parse_prefer
+    from tune.report.verdicts import parse_margins, parse_prefer
 
     try:
         return parse_margins(args.margin or [], settings.objectives), parse_prefer(args.prefer, settings.objectives)
@@ -547,7 +547,7 @@ def _finish(settings: SweepSettings, storage, args: argparse.Namespace,
 
     from tune.callbacks import log_front_to_wandb
     from tune.study import default_storage_url
-    from tune.summary import build_reports, final_eval, print_summary, verify
+    from tune.report.summary import build_reports, final_eval, print_summary, verify
 
     study = optuna.load_study(study_name=settings.name, storage=storage)
     counts = verify(settings, study)
@@ -557,7 +557,7 @@ def _finish(settings: SweepSettings, storage, args: argparse.Namespace,
     retimed = _retime(settings, study, args)
     replicated = None
     if args.replicates:
-        from tune.replicates import run_replicates
+        from tune.report.replicates import run_replicates
 
         replicated = run_replicates(settings, study, args.replicates, args.replicates_front)
         print(f"replicates: {settings.local_dir / 'replicates.md'}")
@@ -571,7 +571,7 @@ def _finish(settings: SweepSettings, storage, args: argparse.Namespace,
     if args.wandb and "pareto.csv" in written:
         import pandas as pd
 
-        from tune.reports import verdict_table
+        from tune.report.reports import verdict_table
 
         front = pd.read_csv(written["pareto.csv"])
         mode = log_front_to_wandb(front, settings.name, settings.local_dir,

@@ -3,7 +3,7 @@
 What stays the preset's: the backbone architecture (ViT-S/16), the image size (96 / 224
 px), the fine-tune method (LoRA through a Ray Train TorchTrainer), compression,
 evaluation, the Optuna study and every report. What shrinks: the data (a generated set in
-PCam's layout, written on each node that runs a trial: trainables.synthetic), the weights
+PCam's layout, written on each node that runs a trial: trainables.data.synthetic), the weights
 (random init, built in the trial), the epochs, the latency repeats, and the number of
 trials. The space defaults to `compress_only`, so the second trial reuses the first
 one's fine-tune from the stage cache, as most trials of a real sweep do.

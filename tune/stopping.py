@@ -1,7 +1,7 @@
 """Stopping a sweep early: the first trial that finds its data or weights missing stops them all.
 
 On a cluster only the workers may hold PCam and the weights, so the driver cannot check
-them before the sweep starts; a trial checks them on its node (trainables.inputs) and
+them before the sweep starts; a trial checks them on its node (trainables.data.inputs) and
 reports `input_error`. Every other trial would fail the same way, so this stopper ends
 the sweep and leaves the one-line reason in a file for the driver to print.
 """

@@ -8,7 +8,7 @@ Layout of one sweep under the results root (local folder or `s3://...`):
     <results>/<name>/optuna.db     the Optuna study (default storage, local results only)
     <results>/<name>/tune/         the Tune experiment (what Tuner.restore continues)
     <local>/<name>/progress.jsonl  one line per finished trial (also the record of finished ids)
-    <local>/<name>/pareto.md ...   reports (see tune.summary)
+    <local>/<name>/pareto.md ...   reports (see tune.report.summary)
 
 `<local>` is `<results>` when that is a local folder, else `./results` on the driver.
 """
@@ -40,7 +40,7 @@ LADDER_MIN_TRIALS = 16
 LADDER_ATTR = "ladder_rung"  # user attribute of a queued rung: its place on the ladder, 1 = the largest
 # Metrics every trial reports that make sense as objectives (trainables.trial.run_trial).
 # latency_rel: the trial's latency over the uncompressed reference's, timed interleaved on its own
-# device (trainables.evaluate.reference_model); naming it switches eval.latency_rel on.
+# device (trainables.evaluate.evaluation.reference_model); naming it switches eval.latency_rel on.
 # model_bytes: the weights as stored (compress.quant: int8 a quarter of fp32, bf16 a half).
 OBJECTIVE_CHOICES = ("val_auroc", "params", "latency_ms", "latency_rel", "gflops", "val_auprc", "val_accuracy",
                      "val_ece", "val_nll", "val_brier", "val_ece_cal", "val_nll_cal", "params_ratio",
@@ -390,7 +390,7 @@ def make_searcher(settings: SweepSettings, storage: optuna.storages.BaseStorage)
 def trial_device_type(base: Mapping[str, Any], trial_resources: Mapping[str, Any]) -> str:
     """Return the device type the sweep's trials evaluate on: run.device where set, else cuda when Ray
     gives each trial a GPU, else what this machine picks (trials without a GPU see none under Ray)."""
-    from trainables.sessions import pick_device
+    from trainables.train.sessions import pick_device
 
     requested = str(base.get("run.device", "auto"))
     if requested != "auto":
@@ -407,7 +407,7 @@ def check_trial_device(base: Mapping[str, Any], trial_resources: Mapping[str, An
 
     from compress.quant import check_quant_device
     from trainables.config import TrialConfig
-    from trainables.runtime import check_runtime_device
+    from trainables.evaluate.runtime import check_runtime_device
 
     cfg, device = TrialConfig.from_flat(dict(base)), torch.device(trial_device_type(base, trial_resources))
     check_quant_device(cfg.compress.quant, device)

@@ -8,7 +8,7 @@ attribute ``warm_start_from`` = "<sweep>#<trial number>"; the sampler models the
 first trial on. Their Pareto front is then queued after the seed point (and the ladder), so this sweep
 measures those configurations again itself (user attribute ``warm_start_front``). Added
 trials are not Tune trials: --num-samples counts this sweep's own trials only, and neither
-they nor the re-runs of their front can be the reference (tune.reports.reference_row).
+they nor the re-runs of their front can be the reference (tune.report.reports.reference_row).
 """
 
 from __future__ import annotations

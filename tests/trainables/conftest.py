@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from trainables.data import PCAM_PREFIX, split_path
+from trainables.data.datasets import PCAM_PREFIX, split_path
 
 
 def write_split(

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from trainables.data import ensure_digits
+from trainables.data.datasets import ensure_digits
 from trainables.job import TrainJob
 from trainables.runner import run_on_ray
 

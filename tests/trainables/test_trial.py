@@ -238,11 +238,11 @@ def test_debug_cli_refuses_an_option_the_method_does_not_use(capsys):
                                                     (("val_auroc", "params", "latency_ms"), False)])
 def test_a_latency_rel_objective_makes_the_trial_time_it(objectives, timed, tmp_path, monkeypatch):
     """A sweep that names latency_rel gets it measured, whatever its preset sets."""
-    import trainables.inputs
+    import trainables.data.inputs
     import trainables.trial
     from ray import tune
 
-    from trainables.evaluate import Predictions
+    from trainables.evaluate.evaluation import Predictions
 
     evaluated, reports = [], []
 
@@ -252,7 +252,7 @@ def test_a_latency_rel_objective_makes_the_trial_time_it(objectives, timed, tmp_
 
     monkeypatch.setattr(trainables.trial, "evaluate_trial", fake_evaluate_trial)
     monkeypatch.setattr(trainables.trial, "data_root", lambda cfg, ctx: str(tmp_path))
-    monkeypatch.setattr(trainables.inputs, "check_inputs", lambda cfg, root: None)
+    monkeypatch.setattr(trainables.data.inputs, "check_inputs", lambda cfg, root: None)
     monkeypatch.setattr(tune, "get_context", lambda: _FakeTuneContext("trial-a"))
     monkeypatch.setattr(tune, "report", reports.append)
     tune_trainable({}, base=dict(TINY), context=TrialContext(results_dir=str(tmp_path), show_progress=False),

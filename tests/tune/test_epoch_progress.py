@@ -5,7 +5,7 @@ import json
 import pickle
 
 from trainables.storage import EPOCHS_FILE
-from trainables.train_entry import EpochLog
+from trainables.train.entry import EpochLog
 from tune.callbacks import ProgressLog
 
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from tune.presets import CLUSTER_OBJECTIVES, PRESETS
-from tune.summary import reference_point
+from tune.report.summary import reference_point
 from tune.sweep import build_base, parse_objectives
-from tune.verdicts import add_deltas, add_verdicts
+from tune.report.verdicts import add_deltas, add_verdicts
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -56,7 +56,7 @@ def test_a_latency_rel_difference_under_five_percent_of_the_reference_is_a_tie()
 
 
 def test_the_front_report_explains_latency_rel(tmp_path):
-    from tune.reports import write_reports
+    from tune.report.reports import write_reports
 
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
     with warnings.catch_warnings():

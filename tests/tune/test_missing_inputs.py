@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from trainables.config import TrialConfig
-from trainables.inputs import MissingInputError, check_inputs, check_weights
+from trainables.data.inputs import MissingInputError, check_inputs, check_weights
 from trainables.model import backbone_config
 
 REPO = Path(__file__).resolve().parents[2]

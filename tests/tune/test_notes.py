@@ -10,9 +10,9 @@ import pytest
 from optuna_dashboard import get_note, save_note
 from sklearn.metrics import roc_auc_score
 
-from trainables.evaluate import Predictions
-from tune import summary
-from tune.export import ExportError, find_trial
+from trainables.evaluate.evaluation import Predictions
+from tune.report import summary
+from tune.report.export import ExportError, find_trial
 from tune.notes import BEGIN, END, replace_section
 from tune.run import main as run_main
 from tune.study import make_storage
@@ -168,7 +168,7 @@ def test_the_wandb_pareto_run_gets_the_verdict_table_and_the_recommendation(old_
     import types
 
     from tune.callbacks import log_front_to_wandb
-    from tune.reports import verdict_table
+    from tune.report.reports import verdict_table
 
     logged, summary = {}, {}
     run = types.SimpleNamespace(log=logged.update, summary=summary, finish=lambda: None)

@@ -8,7 +8,7 @@ import pytest
 from search_spaces import config_values
 from trainables.config import TrialConfig
 from tune.presets import NOTES_MIN_EPOCHS, NOTES_RECIPE, PRESETS, recipe_differences
-from tune.summary import recipe_notes
+from tune.report.summary import recipe_notes
 from tune.sweep import SweepSettings, build_base, seed_config_points
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -25,7 +25,7 @@ from _digits_sweep import TINY_SWEEP, run_cli
 from _ray_guard import ray_tmp_dir
 
 from tune.callbacks import ProgressLog, finished_trial_ids, format_trial_line
-from tune.summary import reference_point
+from tune.report.summary import reference_point
 from tune.sweep import SweepSettings
 
 TINY = TINY_SWEEP  # the session sweep's settings, so every stage it trained is a cache hit here
@@ -206,7 +206,7 @@ def _front_numbers(pareto_csv: Path) -> list[int]:
 
 
 def test_reports_front_is_every_non_dominated_complete_trial(tmp_path):
-    from tune.reports import write_reports
+    from tune.report.reports import write_reports
 
     # Coarse values make ties and trials dominated only by a tie; every 5th trial fails.
     study = optuna.create_study(directions=["maximize", "minimize", "minimize"],
@@ -446,7 +446,7 @@ def test_default_space_sweep_completes_with_the_notes_recipes(results, env, swee
 
 
 def test_final_eval_takes_each_trials_own_tta():
-    from tune.summary import _trial_flat_config
+    from tune.report.summary import _trial_flat_config
 
     study = optuna.create_study()
     trial = study.ask()
@@ -458,7 +458,7 @@ def test_final_eval_takes_each_trials_own_tta():
 
 def test_a_stored_config_with_the_spaces_switches_still_loads():
     from trainables.config import TrialConfig
-    from tune.summary import _trial_flat_config
+    from tune.report.summary import _trial_flat_config
 
     study = optuna.create_study()
     trial = study.ask()

@@ -9,7 +9,7 @@ import pytest
 
 from search_spaces import load_table
 from tune.presets import DEFAULT_OBJECTIVES, get_preset
-from tune.reports import reference_row, trials_frame
+from tune.report.reports import reference_row, trials_frame
 from tune.run import main as run_main
 from tune.study import make_storage
 from tune.sweep import SweepSettings, build_base, make_searcher, read_settings, write_settings
@@ -189,7 +189,7 @@ def test_sweep_json_without_warm_start_loads(tmp_path):
 
 
 def test_pareto_md_says_where_the_trials_came_from(old_sweep, tmp_path, monkeypatch):
-    from tune import summary
+    from tune.report import summary
 
     study = _warm_study(tmp_path)
     for values in ([0.95, 1000.0, 2.1], [0.93, 600.0, 1.4]):  # the seed point, then old#3 re-run
