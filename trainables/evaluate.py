@@ -54,12 +54,6 @@ def split_probabilities(model: nn.Module, cfg: TrialConfig, data_root: str, spli
     return predict(model, loader, device)
 
 
-def split_metrics(model: nn.Module, cfg: TrialConfig, data_root: str, split: str,
-                  device: torch.device) -> dict[str, float]:
-    """Return classification metrics of the model on a split, prefixed with the split ('val_'/'test_')."""
-    return split_evaluation(model, cfg, data_root, split, device)[0]
-
-
 def split_evaluation(model: nn.Module, cfg: TrialConfig, data_root: str, split: str,
                      device: torch.device) -> tuple[dict[str, float], Predictions]:
     """Return (split metrics with 95% bootstrap intervals, the predictions they come from).
