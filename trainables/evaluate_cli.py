@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err).splitlines()[0])
     labels, probs = split_probabilities(model, cfg, cfg.data.root, args.split, device)
     prefix = split_prefix(args.split)
-    predictions = Predictions.of(labels, probs)
-    point = classification_metrics(predictions.labels, predictions.probs)
+    point = classification_metrics(labels, probs)
     shown = [name for name in INTERVAL_METRICS if name in point]
+    predictions = Predictions.of(labels, probs)  # as split_evaluation: intervals of the stored (float32) predictions
     intervals = metric_intervals(predictions.labels, predictions.probs, resamples=args.resamples, metrics=shown)
     result: dict[str, Any] = {}
     for name, value in point.items():
