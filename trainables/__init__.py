@@ -19,7 +19,8 @@ Data:
     data_cli     python -m trainables.data {download, digits, check}
     pcam_download, synthetic, stain, augment, loader (block reads, transforms on the device)
 
-Evaluation: evaluate (metrics, costs, the export evaluation CLI), metrics, bootstrap, latency.
+Evaluation: evaluate (a split's predictions and metrics, costs), metrics (every metric formula),
+bootstrap (stratified resampling, intervals), evaluate_cli (python -m trainables.evaluate), latency.
 
 Shared with the driver: cache/ (keys, stores, leases, StageCache), refs (cache: references),
 storage (is_uri, atomic_write, the Ray Train folder layout), report_keys (keys of a trial's

@@ -1,7 +1,7 @@
-"""python -m trainables.evaluate MODEL_DIR: score an exported model (trainables.evaluate.evaluation.main)."""
+"""python -m trainables.evaluate MODEL_DIR: score an exported model (trainables.evaluate.cli)."""
 
 import sys
 
-from trainables.evaluate.evaluation import main
+from trainables.evaluate.cli import main
 
 sys.exit(main())

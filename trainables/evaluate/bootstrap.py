@@ -1,20 +1,28 @@
-"""Stratified bootstrap intervals for binary classification metrics, single and paired.
+"""Stratified bootstrap: resampling weights and percentile intervals, of one model or a paired difference.
 
-The validation images are resampled with replacement within each class (so every
-resample keeps the split's class counts, as DeLong's variance assumes), each resample is
-a row of per-image weights, and AUROC, AUPRC (average precision) and accuracy are
-computed for all rows at once from the sorted scores. One model's interval and the
-paired difference of two models on the same images use the same machinery: a paired
-resample applies one weight row to both models' scores.
-
-The vectorised metrics equal scikit-learn's ``roc_auc_score`` / ``average_precision_score``
-/ accuracy with ``sample_weight`` set to the resample's counts (tests check this), which
-is what makes a thousand resamples per trial cost milliseconds instead of seconds.
+This module owns resampling only; the metrics are trainables.evaluate.metrics.weighted_metrics. The
+images are resampled with replacement within each class (so every resample keeps the
+split's class counts, as DeLong's variance assumes), each resample is a row of per-image
+counts, and weighted_metrics scores all rows at once from the sorted scores, which is what
+makes a thousand resamples per trial cost milliseconds instead of seconds. One model's
+interval and the paired difference of two models on the same images use the same
+machinery: a paired resample applies one weight row to both models' scores. The sweep's
+trial intervals, the reports' paired differences (tune.report.verdicts) and
+`python -m trainables.evaluate` all come from here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+from trainables.evaluate.metrics import (
+    BINARY_WEIGHTED_METRICS,
+    MULTICLASS_WEIGHTED_METRICS,
+    checked_predictions,
+    weighted_metrics,
+)
 
 RESAMPLES = 1000
 SEED = 0
@@ -23,73 +31,59 @@ METRICS = ("auroc", "auprc", "accuracy")
 _CHUNK_CELLS = 4_000_000  # weights held at once (resamples x images), ~32 MB of float64
 
 
-def _check(labels: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
-    labels = np.asarray(labels).reshape(-1)
-    if not set(np.unique(labels).tolist()) == {0, 1}:
-        raise ValueError(f"labels must hold both classes 0 and 1, got {np.unique(labels).tolist()}")
-    for s in scores:
-        if s.shape != labels.shape:
-            raise ValueError(f"scores have shape {s.shape}, labels {labels.shape}: one score per image")
-        if not np.all(np.isfinite(s)):
-            raise ValueError("scores must be finite")
-    return labels.astype(np.int64)
+def _checked(labels, scores: list,
+             metrics: Sequence[str] | None) -> tuple[np.ndarray, list[np.ndarray], tuple[str, ...]]:
+    """Return (labels, scores, metric names) checked: scores of one shape, as checked_predictions wants them,
+    and names that weighted_metrics gives for that shape (None: those of METRICS it gives)."""
+    checked = [checked_predictions(labels, s) for s in scores]
+    shapes = {s.shape for _, s in checked}
+    if len(shapes) > 1:
+        raise ValueError(f"scores of paired models must have one shape, got {sorted(shapes)}")
+    available = BINARY_WEIGHTED_METRICS if checked[0][1].ndim == 1 else MULTICLASS_WEIGHTED_METRICS
+    names = tuple(name for name in METRICS if name in available) if metrics is None else tuple(metrics)
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ValueError(f"metrics {unknown} are not available for scores of shape {checked[0][1].shape}: "
+                         f"choose from {available}")
+    return checked[0][0], [s for _, s in checked], names
 
 
 def stratified_weights(labels: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """Return (resamples, n) image counts: each row draws n_c images with replacement within each class c."""
     weights = np.zeros((resamples, labels.size))
-    for c in (0, 1):
+    for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         weights[:, members] = rng.multinomial(members.size, np.full(members.size, 1.0 / members.size),
                                               size=resamples)
     return weights
 
 
-def weighted_metrics(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """Return auroc, auprc and accuracy (p >= 0.5) for each row of image weights, as (rows,) arrays.
-
-    With images sorted by descending score and grouped by equal score g, P_g and N_g the
-    weighted positives and negatives in group g and n1, n0 their totals:
-    AUROC = sum_g P_g (n0 - cumsum(N)_g + N_g / 2) / (n1 n0) (ties count one half);
-    AUPRC = sum_g (P_g / n1) * cumsum(P)_g / (cumsum(P)_g + cumsum(N)_g), scikit-learn's
-    average precision (a step function, no interpolation).
-    """
-    weights = np.atleast_2d(weights)
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores = scores[order]
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    positive = labels[order].astype(bool)
-    w = weights[:, order]
-    pos = np.add.reduceat(np.where(positive, w, 0.0), starts, axis=1)
-    neg = np.add.reduceat(np.where(positive, 0.0, w), starts, axis=1)
-    n1, n0 = pos.sum(axis=1), neg.sum(axis=1)
-    cum_pos, cum_neg = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
-    auroc = np.sum(pos * (n0[:, None] - cum_neg + 0.5 * neg), axis=1) / (n1 * n0)
-    predicted = cum_pos + cum_neg
-    precision = np.divide(cum_pos, predicted, out=np.zeros_like(cum_pos), where=predicted > 0)
-    auprc = np.sum(pos * precision, axis=1) / n1
-    correct = ((scores >= 0.5) == labels.astype(bool)).astype(float)
-    accuracy = weights @ correct / weights.sum(axis=1)
-    return {"auroc": auroc, "auprc": auprc, "accuracy": accuracy}
-
-
-def resampled_metrics(labels, scores: list, *, resamples: int = RESAMPLES,
-                      seed: int = SEED) -> dict[str, np.ndarray]:
-    """Return {metric: (len(scores), resamples) array}: every model scored on the same stratified resamples."""
-    scores = [np.asarray(s, dtype=np.float64).reshape(-1) for s in scores]
-    labels = _check(labels, scores)
+def _resampled(labels: np.ndarray, scores: list[np.ndarray], names: tuple[str, ...], resamples: int,
+               seed: int) -> dict[str, np.ndarray]:
     if resamples < 1:
         raise ValueError(f"resamples must be >= 1, got {resamples}")
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_CELLS // labels.size)
-    out = {name: np.empty((len(scores), resamples)) for name in METRICS}
+    out = {name: np.empty((len(scores), resamples)) for name in names}
     for begin in range(0, resamples, chunk):
         end = min(resamples, begin + chunk)
         weights = stratified_weights(labels, end - begin, rng)
         for index, s in enumerate(scores):
-            for name, values in weighted_metrics(labels, s, weights).items():
-                out[name][index, begin:end] = values
+            values = weighted_metrics(labels, s, weights)
+            for name in names:
+                out[name][index, begin:end] = values[name]
     return out
+
+
+def resampled_metrics(labels, scores: list, *, resamples: int = RESAMPLES, seed: int = SEED,
+                      metrics: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Return {metric: (len(scores), resamples) array}: every model scored on the same stratified resamples.
+
+    `scores` are each model's probabilities (1-D positive-class, or (N, K)); `metrics` names
+    weighted_metrics' outputs (default: those of METRICS it gives for the scores' shape).
+    """
+    labels, scores, names = _checked(labels, scores, metrics)
+    return _resampled(labels, scores, names, resamples, seed)
 
 
 def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -99,12 +93,13 @@ def _percentiles(values: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def metric_intervals(labels, scores, *, resamples: int = RESAMPLES, seed: int = SEED,
-                     confidence: float = CONFIDENCE) -> dict[str, float]:
-    """Return {<metric>_lo, <metric>_hi} percentile intervals of auroc, auprc and accuracy by stratified bootstrap."""
-    resampled = resampled_metrics(labels, [scores], resamples=resamples, seed=seed)
+                     confidence: float = CONFIDENCE, metrics: Sequence[str] | None = None) -> dict[str, float]:
+    """Return {<metric>_lo, <metric>_hi} percentile intervals by stratified bootstrap of `metrics`
+    (default: auroc, auprc and accuracy; auroc and accuracy for (N, K) probabilities)."""
+    resampled = resampled_metrics(labels, [scores], resamples=resamples, seed=seed, metrics=metrics)
     out: dict[str, float] = {}
-    for name in METRICS:
-        out[f"{name}_lo"], out[f"{name}_hi"] = _percentiles(resampled[name][0], confidence)
+    for name, values in resampled.items():
+        out[f"{name}_lo"], out[f"{name}_hi"] = _percentiles(values[0], confidence)
     return out
 
 
@@ -112,13 +107,11 @@ def paired_deltas(labels, scores, reference_scores, *, resamples: int = RESAMPLE
                   confidence: float = CONFIDENCE) -> dict[str, float]:
     """Return {delta_<metric>, delta_<metric>_lo, delta_<metric>_hi}: metric(scores) - metric(reference) on the
     same images, the interval from a paired stratified bootstrap (both models scored on each resample)."""
-    labels = np.asarray(labels).reshape(-1)
-    both = [np.asarray(scores, dtype=np.float64).reshape(-1),
-            np.asarray(reference_scores, dtype=np.float64).reshape(-1)]
-    resampled = resampled_metrics(labels, both, resamples=resamples, seed=seed)
-    full = [weighted_metrics(_check(labels, both), s, np.ones((1, labels.size))) for s in both]
+    labels, both, names = _checked(labels, [scores, reference_scores], None)
+    resampled = _resampled(labels, both, names, resamples, seed)
+    full = [weighted_metrics(labels, s, np.ones((1, labels.size))) for s in both]
     out: dict[str, float] = {}
-    for name in METRICS:
+    for name in names:
         out[f"delta_{name}"] = float(full[0][name][0] - full[1][name][0])
         diff = resampled[name][0] - resampled[name][1]
         out[f"delta_{name}_lo"], out[f"delta_{name}_hi"] = _percentiles(diff, confidence)

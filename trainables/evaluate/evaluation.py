@@ -1,10 +1,14 @@
-"""Score a (compressed) classifier: split metrics, parameter count, GFLOPs and latency; and the
-`python -m trainables.evaluate` command that scores an exported model on any data in PCam's layout."""
+"""Score a (compressed) classifier inside a trial: a split's predictions, metrics and bootstrap
+intervals (split_evaluation, Predictions), parameter count, GFLOPs and latency (cost_metrics, the
+timing lock, the uncompressed reference), and the finiteness check a trial's report must pass.
+
+The metric formulas are trainables.evaluate.metrics', the intervals trainables.evaluate.bootstrap's;
+`python -m trainables.evaluate` runs the export evaluation CLI, trainables.evaluate.cli.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import functools
 import logging
@@ -48,12 +52,6 @@ def split_probabilities(model: nn.Module, cfg: TrialConfig, data_root: str, spli
             labels.append(y)
         return torch.cat(labels), torch.cat(probs)
     return predict(model, loader, device)
-
-
-def split_metrics(model: nn.Module, cfg: TrialConfig, data_root: str, split: str,
-                  device: torch.device) -> dict[str, float]:
-    """Return classification metrics of the model on a split, prefixed with the split ('val_'/'test_')."""
-    return split_evaluation(model, cfg, data_root, split, device)[0]
 
 
 def split_evaluation(model: nn.Module, cfg: TrialConfig, data_root: str, split: str,
@@ -271,179 +269,3 @@ def check_finite(metrics: dict[str, Any], names: list[str]) -> None:
         value = metrics.get(name)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise FloatingPointError(f"metric {name} is {value!r}, not a finite number: the trial failed")
-
-
-# ------------------------------------------------------------- python -m trainables.evaluate
-
-INTERVAL_METRICS = ("auroc", "auprc", "accuracy", "sens_at_95spec", "ece")
-
-
-def stratified_bootstrap_intervals(labels, probs, *, resamples: int = 1000, confidence: float = 0.95,
-                                   seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Return {metric: (low, high)} percentile-bootstrap intervals of INTERVAL_METRICS.
-
-    Each class's images are resampled with replacement on their own (scipy.stats.bootstrap
-    with one sample per class), so every resample keeps the split's class counts; a fixed
-    seed makes reruns agree.
-    """
-    from scipy.stats import bootstrap
-
-    labels = np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels).reshape(-1)
-    probs = np.asarray(probs.numpy() if isinstance(probs, torch.Tensor) else probs, dtype=np.float64)
-    if probs.ndim == 2 and probs.shape[1] == 2:
-        probs = probs[:, 1]
-    binary = probs.ndim == 1
-    names = [name for name in INTERVAL_METRICS if name in classification_metrics(labels, probs)]
-    per_class = tuple(np.flatnonzero(labels == label) for label in np.unique(labels))
-
-    def statistic(*indices):
-        index = np.concatenate(indices)
-        if binary:
-            metrics = _binary_interval_metrics(labels[index], probs[index])
-        else:
-            metrics = classification_metrics(labels[index], probs[index])
-        return np.array([metrics[name] for name in names])
-
-    result = bootstrap(per_class, statistic, n_resamples=resamples, confidence_level=confidence,
-                       method="percentile", vectorized=False, rng=np.random.default_rng(seed))
-    low, high = result.confidence_interval
-    return {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
-
-
-def _binary_interval_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """Return INTERVAL_METRICS of binary_metrics' definitions from one sort (no per-call validation:
-    the bootstrap calls it a thousand times).
-
-    Over the distinct thresholds t_k, descending: TP_k, FP_k; AUROC = trapezoid of (FPR, TPR);
-    AP = sum_k (R_k - R_{k-1}) P_k; Sens@95%Spec = max TPR with FPR <= 0.05.
-    """
-    from trainables.evaluate.metrics import TARGET_SPECIFICITY, expected_calibration_error
-
-    order = np.argsort(-p, kind="mergesort")
-    ranked, hits = p[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
-    tps = np.cumsum(hits)[last]
-    fps = last + 1 - tps
-    tpr = np.r_[0.0, tps / tps[-1]]
-    fpr = np.r_[0.0, fps / fps[-1]]
-    precision = tps / (tps + fps)
-    return {
-        "auroc": float(np.trapezoid(tpr, fpr)),
-        "auprc": float(np.sum(np.diff(tpr) * precision)),
-        "accuracy": float(np.mean((p >= 0.5) == y)),
-        "sens_at_95spec": float(tpr[fpr <= 1.0 - TARGET_SPECIFICITY + 1e-12].max()),
-        "ece": expected_calibration_error(p, y.astype(np.float64)),
-    }
-
-
-def _export_config(model_dir: Path) -> TrialConfig:
-    """Return the trial config an export folder carries in config.json."""
-    import json
-
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: --model must be a folder written by "
-                                "python tune/run.py --export")
-    try:
-        return TrialConfig.from_flat(json.loads(path.read_text()))
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{path}: {err}") from None
-
-
-def _data_config(cfg: TrialConfig, root: str, split: str, limit: int) -> TrialConfig:
-    """Return cfg reading `root`: PCam's file names if present there, else the digits preset's."""
-    from trainables.data.datasets import DIGITS_PREFIX, PCAM_PREFIX, split_path
-
-    for dataset, prefix in (("pcam", PCAM_PREFIX), ("digits", DIGITS_PREFIX)):
-        if split_path(root, split, "x", prefix).is_file():
-            break
-    else:
-        raise FileNotFoundError(f"no {split!r} split under {root}: expected "
-                                f"{split_path(root, split, 'x', PCAM_PREFIX)} (PCam's HDF5 layout)")
-    limits = {"valid": "val_limit", "test": "test_limit"}
-    data = dataclasses.replace(cfg.data, dataset=dataset, root=str(root), **{limits[split]: limit})
-    return dataclasses.replace(cfg, data=data)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Evaluate an exported model on a split of data in PCam's layout; print (and save) its metrics."""
-    import argparse
-    import json
-
-    from compress import load_compressed
-    from compress.temperature import unwrap_temperature
-    from trainables.evaluate.metrics import temperature_scale
-    from compress.quant import check_quant_device, quant_mode
-    from trainables.train.sessions import pick_device
-
-    parser = argparse.ArgumentParser(
-        prog="python -m trainables.evaluate",
-        description="Score a model exported by `python tune/run.py --export` on any data in PCam's "
-                    "HDF5 layout: AUROC, AUPRC, accuracy, Sens@95%%Spec and ECE with 95%% intervals, of the "
-                    "model's own probabilities; with the export's temperature also ECE and NLL after it.")
-    parser.add_argument("--model", required=True, help="the export folder")
-    parser.add_argument("--data", required=True, help="folder holding <prefix>_split_<split>_{x,y}.h5")
-    parser.add_argument("--split", required=True, choices=("valid", "test"))
-    tta = parser.add_mutually_exclusive_group()
-    tta.add_argument("--tta", choices=tuple(TTA_TRANSFORMS), default=None,
-                     help="test-time augmentation: none, flips (4 views) or dihedral (8); "
-                          "default: the trial's own eval.tta")
-    tta.add_argument("--no-tta", dest="tta", action="store_const", const="none",
-                     help="no test-time augmentation (the same as --tta none)")
-    parser.add_argument("--limit", type=int, default=0, help="score the first N images only (0 = all)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the trial's run.device)")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--json", metavar="PATH", help="also write the metrics as one JSON object")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.limit < 0 or args.resamples < 1:
-        parser.error("--limit must be >= 0 and --resamples >= 1")
-    if args.json:
-        from trainables.writable import NotWritableError, check_writable_file
-
-        try:
-            check_writable_file(args.json)  # before minutes of scoring, not after
-        except NotWritableError as err:
-            parser.error(f"--json: {err}")
-    model_dir = Path(args.model)
-    try:
-        cfg = _data_config(_export_config(model_dir), args.data, args.split, args.limit)
-        if args.tta is not None:
-            cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, tta=args.tta))
-        model, temperature = unwrap_temperature(load_compressed(model_dir))
-        device = pick_device(args.device or cfg.run.device)
-        check_quant_device(quant_mode(model), device)   # an int8 export runs on a CPU only
-    except (OSError, ValueError, TypeError) as err:
-        parser.error(str(err).splitlines()[0])
-    labels, probs = split_probabilities(model, cfg, cfg.data.root, args.split, device)
-    prefix = split_prefix(args.split)
-    point = classification_metrics(labels, probs)
-    intervals = stratified_bootstrap_intervals(labels, probs, resamples=args.resamples)
-    result: dict[str, Any] = {}
-    for name, value in point.items():
-        result[f"{prefix}_{name}"] = value
-        if name in intervals:
-            result[f"{prefix}_{name}_lo"], result[f"{prefix}_{name}_hi"] = intervals[name]
-    if temperature is not None:
-        calibrated = classification_metrics(labels, temperature_scale(probs.numpy(), temperature))
-        result.update({"temperature": temperature, f"{prefix}_ece_cal": calibrated["ece"],
-                       f"{prefix}_nll_cal": calibrated["nll"]})
-    print(f"{model_dir} on {args.data} ({args.split}, {len(labels)} images, "
-          f"TTA {cfg.eval.tta}, {device.type}):")
-    for name in INTERVAL_METRICS:
-        if name in point:
-            low, high = intervals[name]
-            print(f"  {prefix}_{name:<16} {point[name]:.4f}  95% CI [{low:.4f}, {high:.4f}]")
-    if temperature is not None:
-        print(f"  after the export's temperature {temperature:.4g}: {prefix}_ece {result[f'{prefix}_ece_cal']:.4f}, "
-              f"{prefix}_nll {result[f'{prefix}_nll_cal']:.4f} (was {point['nll']:.4f})")
-    if args.json:
-        described = {"model": str(model_dir), "data": str(args.data), "split": args.split,
-                     "images": len(labels), "tta": cfg.eval.tta, "bootstrap_resamples": args.resamples,
-                     **result}
-        target = Path(args.json)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = target.with_name(f".{target.name}.partial")
-        staging.write_text(json.dumps(described, indent=1))
-        staging.replace(target)
-    return 0

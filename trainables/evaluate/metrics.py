@@ -1,16 +1,19 @@
-"""Classification metrics (scikit-learn where it has them), temperature scaling, and dihedral test-time augmentation."""
+"""Classification metrics, temperature scaling and dihedral test-time augmentation.
+
+This module owns every metric formula. AUROC, AUPRC, accuracy, sensitivity at 95%
+specificity and ECE have one implementation each, `weighted_metrics`: it scores many rows
+of per-image weights at once, so the same code gives the point estimates (one row of unit
+weights, in `binary_metrics` / `multiclass_metrics`) and the bootstrap's resamples (rows of
+resample counts, trainables.evaluate.bootstrap). With unit weights it equals scikit-learn's
+roc_auc_score / average_precision_score / roc_curve (ties count one half; tests check it),
+and with weights it equals them with `sample_weight`. NLL and Brier are scikit-learn's.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    log_loss,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import brier_score_loss, log_loss
 
 from trainables.data.augment import DIHEDRAL_COUNT, dihedral
 
@@ -22,6 +25,9 @@ CALIBRATION_FOLDS = 2
 _LOG_FLOOR = 1e-12
 TARGET_SPECIFICITY = 0.95
 TTA_TRANSFORMS = {"none": (0,), "flips": (0, 2, 4, 6), "dihedral": tuple(range(DIHEDRAL_COUNT))}
+# What weighted_metrics returns for 1-D positive-class and for (N, K > 2) probabilities.
+BINARY_WEIGHTED_METRICS = ("auroc", "auprc", "accuracy", "sens_at_95spec", "ece")
+MULTICLASS_WEIGHTED_METRICS = ("accuracy", "auroc", "ece")
 
 
 def _as_labels(y_true, count: int | None = None) -> np.ndarray:
@@ -48,25 +54,7 @@ def _as_probs(probs) -> np.ndarray:
     return array
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Return ECE = sum_b (n_b / n) * |mean(correct in b) - mean(confidence in b)| over `bins` equal-width bins of [0, 1] (the last bin includes 1)."""
-    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    total = 0.0
-    for b in np.unique(index):
-        members = index == b
-        total += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(total)
-
-
-def sensitivity_at_specificity(y_true: np.ndarray, prob_pos: np.ndarray, specificity: float = TARGET_SPECIFICITY) -> float:
-    """Return the highest true-positive rate on the ROC curve among thresholds with false-positive rate <= 1 - `specificity`."""
-    fpr, tpr, _ = roc_curve(y_true, prob_pos, drop_intermediate=False)
-    # 1e-12 absorbs float error in fpr = k / n at exactly the boundary.
-    return float(tpr[fpr <= 1.0 - specificity + 1e-12].max())
-
-
-def binary_metrics(y_true, prob_pos) -> dict[str, float]:
-    """Return auroc, auprc, accuracy (p >= 0.5), sens_at_95spec, ece (of p against the 0/1 outcome, 15 bins), nll and brier for positive-class probabilities."""
+def _checked_binary(y_true, prob_pos) -> tuple[np.ndarray, np.ndarray]:
     prob_pos = _as_probs(prob_pos)
     if prob_pos.ndim != 1:
         raise ValueError(f"prob_pos must be 1-D (one positive-class probability per row), got shape {prob_pos.shape}")
@@ -75,20 +63,11 @@ def binary_metrics(y_true, prob_pos) -> dict[str, float]:
     if not set(present.tolist()) <= {0, 1}:
         raise ValueError(f"binary y_true must hold only 0 and 1, got {present.tolist()}")
     if present.size < 2:
-        raise ValueError(f"y_true holds only class {present[0]}: AUROC and sensitivity are undefined with one class")
-    return {
-        "auroc": float(roc_auc_score(y_true, prob_pos)),
-        "auprc": float(average_precision_score(y_true, prob_pos)),
-        "accuracy": float(np.mean((prob_pos >= 0.5) == y_true)),
-        "sens_at_95spec": sensitivity_at_specificity(y_true, prob_pos),
-        "ece": expected_calibration_error(prob_pos, y_true.astype(np.float64)),
-        "nll": float(log_loss(y_true, prob_pos, labels=[0, 1])),
-        "brier": float(brier_score_loss(y_true, prob_pos)),
-    }
+        raise ValueError(f"y_true holds only class {present[0]}: AUROC and sensitivity need both classes 0 and 1")
+    return y_true, prob_pos
 
 
-def multiclass_metrics(y_true, probs) -> dict[str, float]:
-    """Return accuracy, auroc (macro one-vs-rest), nll, brier and ece (of the max probability against correctness, 15 bins) for (N, K) probabilities."""
+def _checked_multiclass(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
     probs = _as_probs(probs)
     if probs.ndim != 2 or probs.shape[1] < 2:
         raise ValueError(f"probs must have shape (N, K) with K >= 2, got {probs.shape}")
@@ -103,13 +82,117 @@ def multiclass_metrics(y_true, probs) -> dict[str, float]:
     absent = np.setdiff1d(classes, y_true)
     if absent.size:
         raise ValueError(f"y_true lacks classes {absent.tolist()}: one-vs-rest AUROC is undefined for them")
-    predicted = probs.argmax(axis=1)
+    return y_true, probs
+
+
+def checked_predictions(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
+    """Return (int64 labels, float64 probabilities) checked as weighted_metrics needs them: 1-D positive-class
+    probabilities with both classes 0 and 1 present, or (N, K) softmax rows with every class 0..K-1 present."""
+    if np.ndim(probs) == 1:
+        return _checked_binary(y_true, probs)
+    return _checked_multiclass(y_true, probs)
+
+
+def _score_groups(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (P, N): the weighted positives and negatives of each group of equal score, groups by descending
+    score, one row per row of `weights`."""
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    hits = positive[order]
+    w = weights[:, order]
+    return (np.add.reduceat(np.where(hits, w, 0.0), starts, axis=1),
+            np.add.reduceat(np.where(hits, 0.0, w), starts, axis=1))
+
+
+def _auroc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    n1, n0 = pos.sum(axis=1), neg.sum(axis=1)
+    return np.sum(pos * (n0[:, None] - np.cumsum(neg, axis=1) + 0.5 * neg), axis=1) / (n1 * n0)
+
+
+def _calibration_error(confidence: np.ndarray, correct: np.ndarray, weights: np.ndarray,
+                       bins: int = ECE_BINS) -> np.ndarray:
+    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    gaps = np.zeros((confidence.size, bins))
+    gaps[np.arange(confidence.size), index] = correct - confidence
+    return np.abs(weights @ gaps).sum(axis=1) / weights.sum(axis=1)
+
+
+def weighted_metrics(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Return BINARY_WEIGHTED_METRICS for 1-D positive-class probabilities, MULTICLASS_WEIGHTED_METRICS for
+    (N, K) ones, each a (rows,) array: the metric with each row of `weights` as per-image counts.
+
+    Inputs as checked_predictions returns them. With images sorted by descending score and grouped by
+    equal score g, P_g and N_g the weighted positives and negatives in group g and n1, n0 their totals:
+    AUROC = sum_g P_g (n0 - cumsum(N)_g + N_g / 2) / (n1 n0) (ties count one half);
+    AUPRC = sum_g (P_g / n1) * cumsum(P)_g / (cumsum(P)_g + cumsum(N)_g), scikit-learn's
+    average precision (a step function, no interpolation);
+    sens_at_95spec = max of TPR_g = cumsum(P)_g / n1 over the g with FPR_g = cumsum(N)_g / n0 <= 0.05
+    (0 when none), the ROC curve's best sensitivity at TARGET_SPECIFICITY;
+    accuracy = weighted share of rows whose prediction (p >= 0.5; K classes: the argmax) is right;
+    ECE = sum_b |sum_{i in b} w_i (correct_i - confidence_i)| / sum_i w_i over ECE_BINS equal-width
+    bins of the confidence (p against the 0/1 outcome; K classes: the max probability against
+    correctness), i.e. sum_b (W_b / W) |mean(correct in b) - mean(confidence in b)|.
+    K classes: AUROC is the macro mean of each class's one-vs-rest AUROC.
+    """
+    weights = np.atleast_2d(weights)
+    if probs.ndim == 2:
+        predicted = probs.argmax(axis=1)
+        correct = (predicted == labels).astype(np.float64)
+        per_class = [_auroc(*_score_groups(labels == k, probs[:, k], weights)) for k in range(probs.shape[1])]
+        return {"accuracy": weights @ correct / weights.sum(axis=1),
+                "auroc": np.mean(per_class, axis=0),
+                "ece": _calibration_error(probs.max(axis=1), correct, weights)}
+    pos, neg = _score_groups(labels == 1, probs, weights)
+    n1, n0 = pos.sum(axis=1), neg.sum(axis=1)
+    cum_pos, cum_neg = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+    predicted = cum_pos + cum_neg
+    precision = np.divide(cum_pos, predicted, out=np.zeros_like(cum_pos), where=predicted > 0)
+    # 1e-12 absorbs float error in fpr = k / n at exactly the boundary.
+    within = cum_neg / n0[:, None] <= 1.0 - TARGET_SPECIFICITY + 1e-12
+    outcome = labels.astype(np.float64)
     return {
-        "accuracy": float(np.mean(predicted == y_true)),
-        "auroc": float(roc_auc_score(y_true, probs, multi_class="ovr", average="macro", labels=classes)),
+        "auroc": _auroc(pos, neg),
+        "auprc": np.sum(pos * precision, axis=1) / n1,
+        "accuracy": weights @ ((probs >= 0.5) == labels).astype(np.float64) / weights.sum(axis=1),
+        "sens_at_95spec": np.where(within, cum_pos / n1[:, None], 0.0).max(axis=1),
+        "ece": _calibration_error(probs, outcome, weights),
+    }
+
+
+def _unit_weighted(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    weighted = weighted_metrics(labels, probs, np.ones((1, labels.size)))
+    return {name: float(values[0]) for name, values in weighted.items()}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Return ECE = sum_b (n_b / n) * |mean(correct in b) - mean(confidence in b)| over `bins` equal-width bins of [0, 1] (the last bin includes 1)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    return float(_calibration_error(confidence, np.asarray(correct, dtype=np.float64),
+                                    np.ones((1, confidence.size)), bins)[0])
+
+
+def binary_metrics(y_true, prob_pos) -> dict[str, float]:
+    """Return auroc, auprc, accuracy (p >= 0.5), sens_at_95spec, ece (of p against the 0/1 outcome, 15 bins), nll and brier for positive-class probabilities."""
+    y_true, prob_pos = _checked_binary(y_true, prob_pos)
+    return {
+        **_unit_weighted(y_true, prob_pos),
+        "nll": float(log_loss(y_true, prob_pos, labels=[0, 1])),
+        "brier": float(brier_score_loss(y_true, prob_pos)),
+    }
+
+
+def multiclass_metrics(y_true, probs) -> dict[str, float]:
+    """Return accuracy, auroc (macro one-vs-rest), nll, brier and ece (of the max probability against correctness, 15 bins) for (N, K) probabilities."""
+    y_true, probs = _checked_multiclass(y_true, probs)
+    classes = np.arange(probs.shape[1])
+    weighted = _unit_weighted(y_true, probs)
+    return {
+        "accuracy": weighted["accuracy"],
+        "auroc": weighted["auroc"],
         "nll": float(log_loss(y_true, probs, labels=classes)),
         "brier": float(brier_score_loss(y_true, probs, labels=classes)),
-        "ece": expected_calibration_error(probs.max(axis=1), (predicted == y_true).astype(np.float64)),
+        "ece": weighted["ece"],
     }
 
 

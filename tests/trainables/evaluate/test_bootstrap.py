@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
 from trainables.evaluate.bootstrap import (
     metric_intervals,
@@ -8,7 +8,6 @@ from trainables.evaluate.bootstrap import (
     resampled_metrics,
     stratified_weights,
     verdict,
-    weighted_metrics,
 )
 
 
@@ -26,17 +25,6 @@ def _delong_se(labels, scores):
     psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
     v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
     return float(np.sqrt(v10.var(ddof=1) / pos.size + v01.var(ddof=1) / neg.size))
-
-
-def test_weighted_metrics_equal_sklearn_with_sample_weights():
-    labels, scores = _scores(rounding=2)  # rounding makes ties, which both must score one half
-    weights = stratified_weights(labels, 4, np.random.default_rng(3))
-    got = weighted_metrics(labels, scores, weights)
-    for row, w in enumerate(weights):
-        assert got["auroc"][row] == pytest.approx(roc_auc_score(labels, scores, sample_weight=w), abs=1e-12)
-        assert got["auprc"][row] == pytest.approx(average_precision_score(labels, scores, sample_weight=w), abs=1e-12)
-        assert got["accuracy"][row] == pytest.approx(
-            accuracy_score(labels, scores >= 0.5, sample_weight=w), abs=1e-12)
 
 
 def test_stratified_resamples_keep_class_counts():
@@ -114,6 +102,39 @@ def test_verdict_follows_the_direction():
     assert verdict(-3.0, -1.0, "min") == "better"
     assert verdict(1.0, 3.0, "min") == "worse"
     assert verdict(float("nan"), 1.0, "max") == "n/a"
+
+
+def _three_class(n=240, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    logits = np.round(rng.normal(size=(n, 3)) + 1.5 * np.eye(3)[labels], 1)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return labels, probs
+
+
+def test_stratified_resamples_keep_every_class_count_of_three():
+    labels, _ = _three_class()
+    weights = stratified_weights(labels, 20, np.random.default_rng(0))
+    for c in range(3):
+        assert np.all(weights[:, labels == c].sum(axis=1) == np.sum(labels == c))
+
+
+def test_three_class_intervals_default_to_auroc_and_accuracy_around_the_point_estimates():
+    from trainables.evaluate.metrics import multiclass_metrics
+
+    labels, probs = _three_class()
+    intervals = metric_intervals(labels, probs, resamples=300)
+    assert set(intervals) == {"auroc_lo", "auroc_hi", "accuracy_lo", "accuracy_hi"}
+    point = multiclass_metrics(labels, probs)
+    for name in ("auroc", "accuracy"):
+        assert intervals[f"{name}_lo"] < point[name] < intervals[f"{name}_hi"]
+
+
+def test_a_metric_the_scores_cannot_give_is_rejected_naming_the_choices():
+    labels, probs = _three_class()
+    with pytest.raises(ValueError,
+                       match=r"\['auprc'\] are not available .* choose from \('accuracy', 'auroc', 'ece'\)"):
+        metric_intervals(labels, probs, metrics=["auprc"])
 
 
 def test_one_class_labels_are_rejected():

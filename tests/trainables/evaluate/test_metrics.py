@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.evaluate import metrics as metrics_module
+from trainables.evaluate.evaluation import metrics as metrics_module
 from trainables.evaluate.metrics import (
     binary_metrics,
     calibration_metrics,
@@ -19,6 +19,7 @@ from trainables.evaluate.metrics import (
     multiclass_metrics,
     temperature_scale,
     tta_probs,
+    weighted_metrics,
 )
 
 Y = np.array([0, 0, 1, 1])
@@ -109,6 +110,76 @@ def test_probabilities_outside_unit_interval_are_rejected():
 def test_length_mismatch_is_rejected():
     with pytest.raises(ValueError, match="3 labels but the probabilities have 4"):
         binary_metrics([0, 1, 1], P)
+
+
+def _tied_binary(n=300, seed=0):
+    """Labels and probabilities rounded to two decimals, so many scores tie across the classes."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    return labels, np.round(1.0 / (1.0 + np.exp(-(rng.normal(size=n) + 1.2 * labels))), 2)
+
+
+def _sklearn_sensitivity_at_95spec(labels, probs, sample_weight=None):
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, probs, sample_weight=sample_weight, drop_intermediate=False)
+    return tpr[fpr <= 0.05 + 1e-12].max()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_binary_point_estimates_equal_sklearn_with_ties(seed):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    labels, probs = _tied_binary(seed=seed)
+    metrics = binary_metrics(labels, probs)
+    assert metrics["auroc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-12)
+    assert metrics["auroc"] == pytest.approx(pairwise_auroc(labels, probs), abs=1e-12)
+    assert metrics["auprc"] == pytest.approx(average_precision_score(labels, probs), abs=1e-12)
+    assert metrics["sens_at_95spec"] == _sklearn_sensitivity_at_95spec(labels, probs)
+
+
+def test_weighted_metrics_equal_sklearn_with_sample_weights():
+    from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
+
+    labels, probs = _tied_binary()
+    weights = np.random.default_rng(3).integers(0, 4, size=(4, labels.size)).astype(float)
+    got = weighted_metrics(labels, probs, weights)
+    for row, w in enumerate(weights):
+        assert got["auroc"][row] == pytest.approx(roc_auc_score(labels, probs, sample_weight=w), abs=1e-12)
+        assert got["auprc"][row] == pytest.approx(average_precision_score(labels, probs, sample_weight=w), abs=1e-12)
+        assert got["accuracy"][row] == pytest.approx(accuracy_score(labels, probs >= 0.5, sample_weight=w), abs=1e-12)
+        assert got["sens_at_95spec"][row] == pytest.approx(_sklearn_sensitivity_at_95spec(labels, probs, w), abs=1e-12)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_integer_weights_score_as_repeated_images(classes):
+    rng = np.random.default_rng(classes)
+    labels = np.r_[np.arange(classes), rng.integers(0, classes, 200)]
+    if classes == 2:
+        probs = np.round(rng.uniform(size=labels.size), 2)
+    else:
+        logits = np.round(rng.normal(size=(labels.size, classes)) + np.eye(classes)[labels], 1)
+        probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    counts = rng.integers(1, 4, labels.size)
+    repeated = classification_metrics(np.repeat(labels, counts), np.repeat(probs, counts, axis=0))
+    for name, values in weighted_metrics(labels, probs, counts[None, :].astype(float)).items():
+        assert values[0] == pytest.approx(repeated[name], abs=1e-12), name
+
+
+def test_three_class_macro_auroc_equals_sklearn_ovr_with_and_without_weights():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+    logits = np.round(rng.normal(size=(300, 3)) + np.eye(3)[labels], 1)  # rounded: tied scores per class
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    assert multiclass_metrics(labels, probs)["auroc"] == pytest.approx(
+        roc_auc_score(labels, probs, multi_class="ovr", average="macro"), abs=1e-12)
+    weights = rng.integers(0, 4, size=(3, labels.size)).astype(float)
+    got = weighted_metrics(labels, probs, weights)["auroc"]
+    for row, w in enumerate(weights):
+        assert got[row] == pytest.approx(
+            roc_auc_score(labels, probs, multi_class="ovr", average="macro", sample_weight=w), abs=1e-12)
 
 
 PROBS3 = np.array(

@@ -123,7 +123,7 @@ def test_exported_model_loads_in_a_fresh_process_without_trainables_to_the_sweep
 
 @pytest.mark.slow
 def test_evaluate_cli_on_the_export_reproduces_the_sweeps_validation_metrics(sweep, exported, tmp_path):
-    from trainables.evaluate.evaluation import main as evaluate_main
+    from trainables.evaluate.cli import main as evaluate_main
 
     settings, measured, _ = sweep
     target = tmp_path / "valid.json"
@@ -198,7 +198,7 @@ def test_an_unwritable_out_exits_2_naming_it_before_the_trial_is_rebuilt(listed_
 
 
 def test_an_unwritable_json_exits_2_naming_it_before_scoring(tmp_path, capsys):
-    from trainables.evaluate.evaluation import main as evaluate_main
+    from trainables.evaluate.cli import main as evaluate_main
 
     for target in _unwritable_outs(tmp_path):
         with pytest.raises(SystemExit) as caught:  # the model is missing too: the --json check comes first
@@ -310,7 +310,7 @@ INT8 = {**COMPRESSED, "compress.quant": "int8"}
 
 @pytest.mark.slow
 def test_an_int8_export_loads_in_a_fresh_process_and_scores_the_trials_auroc(sweep, int8_exported, tmp_path):
-    from trainables.evaluate.evaluation import main as evaluate_main
+    from trainables.evaluate.cli import main as evaluate_main
 
     settings, _, context = sweep
     exported, measured = int8_exported
