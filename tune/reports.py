@@ -354,7 +354,7 @@ def _plot_history(history: pd.DataFrame, path: Path) -> None:
 
 
 def hypervolume_reference_point(complete: pd.DataFrame, objectives: Objectives,
-                                retimed: pd.DataFrame | None = None) -> dict[str, float]:
+                                retimed_rows: pd.DataFrame | None = None) -> dict[str, float]:
     """Return the point that bounds the hypervolume, in objective units, from the complete trials' table.
 
     The one rule of every report and of --compare: val_auroc: chance (0.5); params: the
@@ -362,7 +362,7 @@ def hypervolume_reference_point(complete: pd.DataFrame, objectives: Objectives,
     where none is recorded); latency_rel: the uncompressed model's 1.0, or the worst value
     observed when a trial is slower (test-time augmentation can be); every other objective
     (latency_ms, gflops, ...): the worst value observed over `complete`, since no trial measures
-    the uncompressed model. `retimed` (apply_retimed's rows, whose latencies the front uses)
+    the uncompressed model. `retimed_rows` (apply_retimed's rows, whose latencies the front uses)
     widens latency_ms to the worst re-timed value, so no front point falls outside the box.
     """
     point: dict[str, float] = {}
@@ -378,8 +378,8 @@ def hypervolume_reference_point(complete: pd.DataFrame, objectives: Objectives,
             point[name] = max(UNCOMPRESSED_LATENCY_REL, float(values.max()))
         else:
             point[name] = float(values.max() if mode == "min" else values.min())
-    if retimed is not None and "latency_ms" in point:
-        point["latency_ms"] = max(point["latency_ms"], float(retimed["latency_ms"].max()))
+    if retimed_rows is not None and "latency_ms" in point:
+        point["latency_ms"] = max(point["latency_ms"], float(retimed_rows["latency_ms"].max()))
     return point
 
 
