@@ -6,6 +6,7 @@
     study        the Optuna study, sampler and searcher (user attributes, resume cleanup)
     callbacks    the per-trial progress line and W&B logging
     stopping     stop the sweep on a missing input
+    trials       what a finished study says about its trials: each one's config, the front, its predictions
     reports, verdicts, retime, replicates, compare, spectra, summary   what a finished sweep writes
     export       one trial as a self-contained folder
     cluster      the Ray dashboard, Jobs and token checks

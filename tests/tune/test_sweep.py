@@ -446,26 +446,26 @@ def test_default_space_sweep_completes_with_the_notes_recipes(results, env, swee
 
 
 def test_final_eval_takes_each_trials_own_tta():
-    from tune.report.summary import _trial_flat_config
+    from tune.trials import trial_config
 
     study = optuna.create_study()
     trial = study.ask()
     trial.set_user_attr("config", {"eval.tta": "flips", "compress.tau_mlp": 0.9})
     study.tell(trial, 0.5)
-    flat = _trial_flat_config(_settings(base={"eval.tta": "none", "finetune.epochs": 1}), study.trials[0])
+    flat = trial_config(study.trials[0], {"eval.tta": "none", "finetune.epochs": 1})
     assert flat["eval.tta"] == "flips" and flat["finetune.epochs"] == 1
 
 
 def test_a_stored_config_with_the_spaces_switches_still_loads():
     from trainables.config import TrialConfig
-    from tune.report.summary import _trial_flat_config
+    from tune.trials import trial_config
 
     study = optuna.create_study()
     trial = study.ask()
     trial.set_user_attr("config", {"tokens.enabled": False, "tokens.r_max": 0.0, "tokens.alpha": 1.0,
                                    "prehab.enabled": True, "prehab.lambda": 0.01})
     study.tell(trial, 0.5)
-    flat = _trial_flat_config(_settings(base={"finetune.epochs": 1}), study.trials[0])
+    flat = trial_config(study.trials[0], {"finetune.epochs": 1})
     assert "tokens.enabled" not in flat and "prehab.enabled" not in flat
     assert TrialConfig.from_flat(flat).prehab.lambda_ == 0.01
 

@@ -3,8 +3,6 @@
     python -m trainables.data download --root data/pcam
     python -m trainables.data digits --root DIR
     python -m trainables.data check --root DIR [--prefix digits]
-
-(`python -m trainables.data_cli ...` is the same.)
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ config.json (the flat trial config), metrics.json (what the sweep recorded, test
 --final-eval ran, export-time latencies), README.md (a model card) and, with --onnx,
 model.onnx checked in ONNX Runtime. It is built in a hidden sibling folder and renamed into
 place at the end, so a failed export leaves nothing at the destination.
+
+Imports tune.trials (the front, the trial's config and temperature), tune.study, tune.sweep and
+trainables; tune.notes (the recorded recommendation) inside find_trial. Nothing in tune imports it
+but the CLI.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from optuna.trial import TrialState
 
 from trainables.writable import NotWritableError, check_writable_folder
 from tune.study import CONFIG_ATTR, TUNE_TRIAL_ID_ATTR
-from tune.report.summary import _trial_flat_config, front_frame, trial_temperature
 from tune.sweep import SweepSettings
+from tune.trials import front_frame, trial_config, trial_temperature
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +131,7 @@ def export_trial(settings: SweepSettings, study: optuna.Study, which: str, out: 
         check_writable_folder(destination.parent)
     except NotWritableError as err:
         raise ExportError(f"cannot write the export folder {destination}: {err}; pass another --out") from err
-    flat = _trial_flat_config(settings, trial)
+    flat = trial_config(trial, settings.base)
     if onnx and TrialConfig.from_flat(flat).compress.quant == "bf16":
         raise ExportError(f"--onnx: trial {trial.number} is compress.quant=bf16, which ONNX Runtime's CPU provider "
                           "does not run; export it without --onnx")

@@ -5,6 +5,9 @@ the seed runs again (on the digits preset that is the pretraining too); compress
 evaluation follow as in a trial. The spread of val_auroc over seeds says how much
 retraining alone moves a point, next to the bootstrap interval, which says how much the
 choice of validation images does.
+
+Imports tune.trials (the front and each trial's config) and tune.report.reports; trainables' trial
+runner inside run_replicates. tune.report.summary imports replicate_notes from here, never the reverse.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+
+from tune.report.reports import markdown_table
+from tune.trials import front_frame, trial_config
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,6 @@ def run_replicates(settings, study: optuna.Study, replicates: int, front_k: int 
     replicates.csv (one row per run, the sweep's own run included as seed offset 0)."""
     from trainables.trial import TrialContext, run_trial
     from trainables.storage import atomic_write
-    from tune.report.reports import markdown_table
-    from tune.report.summary import _trial_flat_config, front_frame
 
     if replicates < 1 or front_k < 0:
         raise ValueError(f"replicates must be >= 1 and front points >= 0, got {replicates} and {front_k}")
@@ -49,7 +53,7 @@ def run_replicates(settings, study: optuna.Study, replicates: int, front_k: int 
     rows = []
     for role, number in replicate_plan(table, front_k):
         trial = by_number[number]
-        flat = _trial_flat_config(settings, trial)
+        flat = trial_config(trial, settings.base)
         base_seed = int(flat.get("run.seed", 0))
         rows.append({"role": role, "number": number, "seed": base_seed, "replicate": 0,
                      objective: trial.values[0]})

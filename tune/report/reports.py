@@ -1,15 +1,22 @@
 """Sweep reports: the Pareto front, hypervolume history, all trials, and their plots.
 
-Computing (pareto_front, hypervolume, hypervolume_history, trials_frame) is kept apart
-from rendering (write_reports) so tests check the numbers without drawing anything.
+Computing is kept apart from rendering, so tests check the numbers without drawing anything:
+pareto_front, hypervolume, hypervolume_history, trials_frame, front_table and compute_report
+(a trials table in, a Report out) compute; write_report, write_trials and their composition
+write_reports write the files. hypervolume_reference_point is the one rule that bounds every
+hypervolume (the sweep's reports, tune.report.summary.reference_point, --compare).
 Objectives are given as ``[(name, "max" | "min"), ...]``; internally every objective is
 turned into a loss (max objectives negated) so "smaller is better" everywhere.
+
+Imports: tune.budget, tune.report.verdicts, and tune.sweep / tune.warm_start for their attribute
+names only; never tune.report.summary, tune.trials or the after-sweep passes (they import this).
 """
 
 import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,9 @@ from tune.report.verdicts import (
 logger = logging.getLogger(__name__)
 
 Objectives = Sequence[tuple[str, str]]
+
+CHANCE_AUROC = 0.5
+UNCOMPRESSED_LATENCY_REL = 1.0   # latency_rel of the uncompressed model it divides by
 
 
 def parse_objectives(objectives: Objectives) -> list[tuple[str, str]]:
@@ -343,10 +353,80 @@ def _plot_history(history: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def write_reports(
-    study: optuna.Study,
-    out_dir: str | Path,
+def hypervolume_reference_point(complete: pd.DataFrame, objectives: Objectives,
+                                retimed_rows: pd.DataFrame | None = None) -> dict[str, float]:
+    """Return the point that bounds the hypervolume, in objective units, from the complete trials' table.
+
+    The one rule of every report and of --compare: val_auroc: chance (0.5); params: the
+    uncompressed model's count (the trials' `params_uncompressed`, the most params observed
+    where none is recorded); latency_rel: the uncompressed model's 1.0, or the worst value
+    observed when a trial is slower (test-time augmentation can be); every other objective
+    (latency_ms, gflops, ...): the worst value observed over `complete`, since no trial measures
+    the uncompressed model. `retimed_rows` (apply_retimed's rows, whose latencies the front uses)
+    widens latency_ms to the worst re-timed value, so no front point falls outside the box.
+    """
+    point: dict[str, float] = {}
+    for name, mode in parse_objectives(objectives):
+        values = complete[name].astype(float)
+        if name == "val_auroc":
+            point[name] = CHANCE_AUROC
+        elif name == "params":
+            recorded = (pd.to_numeric(complete["params_uncompressed"], errors="coerce").dropna()
+                        if "params_uncompressed" in complete.columns else pd.Series(dtype=float))
+            point[name] = float(recorded.max() if len(recorded) else values.max())
+        elif name == "latency_rel":
+            point[name] = max(UNCOMPRESSED_LATENCY_REL, float(values.max()))
+        else:
+            point[name] = float(values.max() if mode == "min" else values.min())
+    if retimed_rows is not None and "latency_ms" in point:
+        point["latency_ms"] = max(point["latency_ms"], float(retimed_rows["latency_ms"].max()))
+    return point
+
+
+def mark_feasible(trials: pd.DataFrame, budget: Sequence[Bound]) -> pd.DataFrame:
+    """Return `trials` (trials_frame) with a `feasible` column under a `budget`: True/False for the complete
+    trials (in-sweep values), None for the others; unchanged without a budget or a trial."""
+    if not budget or trials.empty:
+        return trials
+    trials = trials.copy()
+    trials["feasible"] = pd.Series([is_feasible(budget, row) if row["state"] == TrialState.COMPLETE.name else None
+                                    for _, row in trials.iterrows()], index=trials.index, dtype=object)
+    return trials
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a sweep's reports say (compute_report); write_report renders it into files."""
+
+    study_name: str
+    objectives: list[tuple[str, str]]
+    trials: pd.DataFrame             # every trial (trials.parquet), in-sweep values
+    complete: pd.DataFrame           # its COMPLETE rows
+    candidates: pd.DataFrame         # the rows the front is drawn from: `complete`, or the re-timed rows
+    reference: pd.Series | None      # the reference configuration's row of `candidates`
+    table: pd.DataFrame              # pareto.csv: reference row, front, deltas, verdicts, `recommended`
+    recommended: int | None          # the recommended front point's trial number
+    recommendation: str              # answer.md's first line: the recommendation, or why there is none
+    headline: str                    # the dominance line (tune.report.verdicts.headline)
+    rule: str                        # the decision rule, with the budget's sentence under a budget
+    reference_point: dict[str, float]
+    front_hypervolume: float         # of the table's rows (front and reference) against reference_point
+    history: pd.DataFrame            # number, hypervolume: the in-sweep complete trials so far
+    lines: list[str]                 # pareto.md's text above its table
+    uses_retimed: bool               # the front's latency_ms comes from the re-timing pass
+
+    @property
+    def front(self) -> pd.DataFrame:
+        """Return the table's front rows."""
+        return self.table[self.table["role"] == "front"]
+
+
+def compute_report(
+    trials: pd.DataFrame,
     objectives: Objectives,
+    *,
+    study_name: str = "",
+    param_names: Sequence[str] = (),
     reference_point: Mapping[str, float] | None = None,
     reference_trial: int | None = None,
     predictions: Callable[[pd.Series], Any] | None = None,
@@ -355,44 +435,24 @@ def write_reports(
     margins: Mapping[str, float] | None = None,
     prefer: str | None = None,
     budget: Sequence[Bound] = (),
-) -> dict[str, Path]:
-    """Write the sweep's reports into local folder `out_dir`; return {report name: path}.
+) -> Report:
+    """Return the reports' content for the trials table `trials` (trials_frame, mark_feasible under a budget).
 
-    Writes pareto.md, pareto.csv, trials.parquet, hypervolume.csv/.png and one
-    pareto_<a>__<b>.png per pair of objectives. `reference_trial` picks the reference
-    configuration (default: the first enqueued COMPLETE trial, i.e. the seed point).
-    `reference_point` bounds the hypervolume (default: the worst value of each objective
-    over complete trials, logged as such). `predictions(row)` returns a trial's stored
-    validation predictions (paired AUROC intervals). With `retimed` (tune.report.retime's table)
-    the front, its deltas, plots and front hypervolume use the re-timed latencies;
-    trials.parquet and the hypervolume history keep the in-sweep ones. `notes` are lines
-    added under pareto.md's headline. `margins` (non-inferiority, per quality objective) and
-    `prefer` (the cost objective to minimise) choose the recommendation (tune.report.verdicts.recommend)
-    that opens pareto.md; pareto.csv marks it in column `recommended`. answer.md holds the
-    recommendation, the dominance headline, the rule and the verdict table (for the dashboard
-    note and W&B). With a `budget` (tune.budget) only feasible points are recommended, and
-    pareto.csv and trials.parquet (complete trials, in-sweep values) gain a `feasible` column.
+    `reference_trial` picks the reference configuration (default: reference_row's seed point).
+    `reference_point` bounds the hypervolume (default: hypervolume_reference_point).
+    `predictions(row)` returns a trial's stored validation predictions (paired AUROC intervals).
+    With `retimed` (tune.report.retime's table) the front, its deltas and front hypervolume use the
+    re-timed latencies; the hypervolume history keeps the in-sweep ones. `notes` are lines added
+    under the headline; `param_names` become columns of the table. `margins` (non-inferiority,
+    per quality objective) and `prefer` (the cost objective to minimise) choose the recommendation
+    (tune.report.verdicts.recommend); with a `budget` (tune.budget) only feasible points are recommended.
+    Raises ValueError when `trials` has no complete trial.
     """
     objectives = parse_objectives(objectives)
-    out_dir = Path(out_dir)
-    df = trials_frame(study)
-    complete = df[df["state"] == TrialState.COMPLETE.name] if len(df) else df
     budget = tuple(budget)
-    missing = unrecorded(budget, study)
-    if missing:
-        raise ValueError(f"--budget names {', '.join(missing)}, which complete trials of study "
-                         f"{study.study_name!r} did not record")
-    if budget and len(df):
-        df["feasible"] = pd.Series([is_feasible(budget, row) if row["state"] == TrialState.COMPLETE.name else None
-                                    for _, row in df.iterrows()], index=df.index, dtype=object)
-        complete = df[df["state"] == TrialState.COMPLETE.name]
-    written: dict[str, Path] = {}
-    written["trials.parquet"] = atomic_write(
-        out_dir / "trials.parquet", lambda temp: df.to_parquet(temp, engine="pyarrow", index=False)
-    )
+    complete = trials[trials["state"] == TrialState.COMPLETE.name] if len(trials) else trials
     if complete.empty:
-        logger.warning("study %r has no complete trial; wrote trials.parquet only", study.study_name)
-        return written
+        raise ValueError(f"study {study_name!r} has no complete trial: no front to report")
     reference = reference_row(complete, objectives, reference_trial)
     candidates = complete
     use_retimed = retimed is not None and not retimed.empty and "latency_ms" in dict(objectives)
@@ -404,48 +464,32 @@ def write_reports(
         candidates = apply_retimed(complete, retimed)
         if reference is not None:
             reference = candidates[candidates["number"] == reference["number"]].iloc[0]
-    param_names = sorted({name for trial in study.get_trials(deepcopy=False) for name in trial.params})
     extra = ([b.metric for b in budget if b.metric not in dict(objectives)]
-             + (["latency_ms_sweep"] if use_retimed else []) + param_names)
+             + (["latency_ms_sweep"] if use_retimed else []) + list(param_names))
     margins = {**{n: QUALITY_MARGINS[n] for n in quality_objectives(objectives)}, **(margins or {})}
     table = front_table(candidates, objectives, reference, extra_columns=extra, predictions=predictions,
                         margins=margins, budget=budget)
     recommended, recommendation = recommend(table, objectives, margins, prefer, budget)
     table.insert(2, "recommended", (table["role"] == "front") & (table["number"] == recommended))
-    written["pareto.csv"] = atomic_write(
-        out_dir / "pareto.csv", lambda temp: table.to_csv(temp, index=False)
-    )
     if reference_point is None:
-        reference_point = {
-            name: float(complete[name].min() if mode == "max" else complete[name].max())
-            for name, mode in objectives
-        }
-        logger.info("hypervolume reference point defaults to the worst values: %s", reference_point)
-    if use_retimed:
-        reference_point = {**reference_point,
-                           "latency_ms": max(reference_point["latency_ms"], float(candidates["latency_ms"].max()))}
+        reference_point = hypervolume_reference_point(complete, objectives, candidates if use_retimed else None)
+    reference_point = dict(reference_point)
     front = table[table["role"] == "front"]
     front_volume = front_hypervolume(table, objectives, reference_point)
-    title = f"# Pareto front of study {study.study_name!r}\n\n"
-    answer = [
-        recommendation if reference is not None else "No reference trial: no recommendation.",
-        "",
-        headline(table, objectives) if reference is not None else "No reference trial: no verdicts.",
-    ]
+    if reference is None:
+        recommendation = "No reference trial: no recommendation."
+    dominance = headline(table, objectives) if reference is not None else "No reference trial: no verdicts."
     rule = _decision_rule(objectives, margins, prefer)
     if budget:
         rule += " " + _budget_line(budget, complete, table, candidates, objectives, use_retimed)
-    written["answer.md"] = atomic_write(
-        out_dir / "answer.md",
-        lambda temp: temp.write_text("\n".join([*answer, "", rule, "",
-                                                 markdown_table(verdict_table(table, objectives))])),
-    )
     lines = [
-        *answer,
+        recommendation,
         "",
-        f"{len(complete)} complete of {len(df)} trials; {len(front)} on the front "
+        dominance,
+        "",
+        f"{len(complete)} complete of {len(trials)} trials; {len(front)} on the front "
         f"({', '.join(f'{n} {m}' for n, m in objectives)}); hypervolume of the front and the "
-        f"reference {front_volume:.6g} (reference point {dict(reference_point)}).",
+        f"reference {front_volume:.6g} (reference point {reference_point}).",
         "Intervals are 95%: validation metrics by stratified bootstrap over the validation images "
         "(deltas paired on the same images), latency over timing rounds; verdicts compare each point "
         "with the reference (better / worse / tie; params and gflops are exact counts; latency "
@@ -460,28 +504,82 @@ def write_reports(
         lines.append("latency_rel is each trial's latency over the uncompressed model's (1.0; below 1 is faster), "
                      "timed in interleaved rounds on the trial's own device, with the 95% interval of the median "
                      "ratio; the re-timing pass leaves it as measured.")
+    history = pd.DataFrame({
+        "number": complete.sort_values("number")["number"].to_numpy(),
+        "hypervolume": hypervolume_history(complete, objectives, reference_point),
+    })
+    return Report(study_name=study_name, objectives=objectives, trials=trials, complete=complete,
+                  candidates=candidates, reference=reference, table=table, recommended=recommended,
+                  recommendation=recommendation, headline=dominance, rule=rule, reference_point=reference_point,
+                  front_hypervolume=front_volume, history=history, lines=lines, uses_retimed=use_retimed)
+
+
+def write_trials(trials: pd.DataFrame, out_dir: str | Path) -> Path:
+    """Write the trials table as trials.parquet into local folder `out_dir`; return its path."""
+    return atomic_write(Path(out_dir) / "trials.parquet",
+                        lambda temp: trials.to_parquet(temp, engine="pyarrow", index=False))
+
+
+def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
+    """Write `report` into local folder `out_dir`; return {report name: path}.
+
+    Writes pareto.csv (the table; `recommended` marks the recommendation), answer.md (the
+    recommendation, the dominance headline, the rule and the verdict table, for the dashboard
+    note and W&B), pareto.md (the report's lines over the table), hypervolume.csv/.png and one
+    pareto_<a>__<b>.png per pair of objectives (every complete trial with its in-sweep values,
+    the front and the reference as the table has them). trials.parquet is write_trials'.
+    """
+    out_dir = Path(out_dir)
+    objectives, table = report.objectives, report.table
+    written: dict[str, Path] = {}
+    written["pareto.csv"] = atomic_write(out_dir / "pareto.csv", lambda temp: table.to_csv(temp, index=False))
+    answer = [report.recommendation, "", report.headline, "", report.rule, "",
+              markdown_table(verdict_table(table, objectives))]
+    written["answer.md"] = atomic_write(out_dir / "answer.md", lambda temp: temp.write_text("\n".join(answer)))
+    title = f"# Pareto front of study {report.study_name!r}\n\n"
     written["pareto.md"] = atomic_write(
         out_dir / "pareto.md",
-        lambda temp: temp.write_text(title + "\n".join(lines) + "\n\n" + markdown_table(_display(table, objectives))),
-    )
-    history = pd.DataFrame(
-        {
-            "number": complete.sort_values("number")["number"].to_numpy(),
-            "hypervolume": hypervolume_history(complete, objectives, reference_point),
-        }
+        lambda temp: temp.write_text(title + "\n".join(report.lines) + "\n\n"
+                                     + markdown_table(_display(table, objectives))),
     )
     written["hypervolume.csv"] = atomic_write(
-        out_dir / "hypervolume.csv", lambda temp: history.to_csv(temp, index=False)
+        out_dir / "hypervolume.csv", lambda temp: report.history.to_csv(temp, index=False)
     )
-    _plot_history(history, out_dir / "hypervolume.png")
+    _plot_history(report.history, out_dir / "hypervolume.png")
     written["hypervolume.png"] = out_dir / "hypervolume.png"
     ref_frame = table[table["role"] == "reference"]
-    note = "front and reference latency: re-timing pass" if use_retimed else ""
+    note = "front and reference latency: re-timing pass" if report.uses_retimed else ""
     for x, y in combinations(objectives, 2):
         name = f"pareto_{x[0]}__{y[0]}.png"
-        _plot_projection(complete, front, x, y, ref_frame, out_dir / name, note)
+        _plot_projection(report.complete, report.front, x, y, ref_frame, out_dir / name, note)
         written[name] = out_dir / name
     return written
+
+
+def write_reports(study: optuna.Study, out_dir: str | Path, objectives: Objectives, *,
+                  budget: Sequence[Bound] = (), **options: Any) -> dict[str, Path]:
+    """Write the sweep's reports into local folder `out_dir`; return {report name: path}.
+
+    trials.parquet (every trial; under a `budget`, complete trials gain a `feasible` column),
+    then, when a trial completed, compute_report's content as write_report writes it; `options`
+    are compute_report's other keyword arguments (reference_point, reference_trial, predictions,
+    retimed, notes, margins, prefer). Raises ValueError when the budget names a metric the
+    complete trials did not record.
+    """
+    objectives = parse_objectives(objectives)
+    missing = unrecorded(tuple(budget), study)
+    if missing:
+        raise ValueError(f"--budget names {', '.join(missing)}, which complete trials of study "
+                         f"{study.study_name!r} did not record")
+    trials = mark_feasible(trials_frame(study), budget)
+    written = {"trials.parquet": write_trials(trials, out_dir)}
+    if not len(trials) or not (trials["state"] == TrialState.COMPLETE.name).any():
+        logger.warning("study %r has no complete trial; wrote trials.parquet only", study.study_name)
+        return written
+    param_names = sorted({name for trial in study.get_trials(deepcopy=False) for name in trial.params})
+    report = compute_report(trials, objectives, study_name=study.study_name, param_names=param_names,
+                            budget=budget, **options)
+    return {**written, **write_report(report, out_dir)}
 
 
 def _decision_rule(objectives: Objectives, margins: Mapping[str, float], prefer: str | None) -> str:

@@ -12,6 +12,9 @@ Per config: latency_ms_retimed = median over rounds of that round's per-image me
 with the order-statistic 95% interval of the median (trainables.evaluate.latency.median_interval);
 delta_latency_ms = median over rounds of (config - reference in the same round), with
 its interval, so slow phases of the machine cancel out of the comparison.
+
+Imports tune.trials (the front and each trial's config), tune.report.verdicts and trainables; tune.report.summary
+imports repeatability from here, never the reverse.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.evaluate.latency import device_name, measure_latency, median_interval
+from tune.trials import front_frame, trial_config
 from tune.report.verdicts import latency_verdict
 
 log = logging.getLogger(__name__)
@@ -107,7 +111,6 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     from trainables.evaluate.runtime import runtime_model
     from trainables.trial import TrialContext, build_trial_model
     from trainables.storage import atomic_write
-    from tune.report.summary import _trial_flat_config, front_frame
 
     started = time.perf_counter()
     table = front_frame(settings, study)
@@ -123,7 +126,7 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     models = []
     for role, number in plan:
         trial = by_number[number]
-        built = build_trial_model(_trial_flat_config(settings, trial), context)
+        built = build_trial_model(trial_config(trial, settings.base), context)
         cfg, threads = built.cfg, trial.user_attrs.get("latency_threads")
         threads = int(threads) if isinstance(threads, int) else torch.get_num_threads()
         # The trial's runtime (eval.runtime): an ONNX Runtime session gets the trial's threads.

@@ -5,11 +5,13 @@ utilities plot them): sigma_i / sigma_1 of W against i / rank for each target li
 subplot per role, one line per layer; the fine-tuned weights solid and, where the trial
 ran prehab, the weights after prehab dashed. A spectrum that falls faster keeps more of
 its energy in fewer directions, i.e. truncated SVD removes less.
+
+Imports tune.report.reports (the reference row), tune.trials (each trial's config), compress and
+trainables; tune.report.summary calls write_spectra.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,9 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search_spaces import config_values
 from trainables.storage import atomic_write
 from tune.report.reports import reference_row, trials_frame
+from tune.trials import trial_config
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +67,6 @@ def chosen_trials(study: optuna.Study, objectives) -> dict[str, optuna.trial.Fro
         best = complete.sort_values(["val_auroc", "number"], ascending=[False, True]).iloc[0]
         chosen["best_auroc"] = by_number[int(best["number"])]
     return chosen
-
-
-def _trial_config(trial: optuna.trial.FrozenTrial, base: dict[str, Any]) -> dict[str, Any]:
-    config = trial.user_attrs.get("config")
-    if isinstance(config, str):
-        config = json.loads(config)
-    return {**base, **config_values(config or trial.params)}
 
 
 def plot_spectra(before: dict, after: dict | None, title: str, path: Path) -> Path:
@@ -138,7 +133,7 @@ def write_spectra(study: optuna.Study, out_dir: Path, objectives, base: dict[str
         if not finetuned:
             log.info("trial %d records no model reference; no spectrum plot for the %s", trial.number, role)
             continue
-        targets = TrialConfig.from_flat(_trial_config(trial, base)).compress.svd_targets
+        targets = TrialConfig.from_flat(trial_config(trial, base)).compress.svd_targets
         try:
             before = spectra_of(finetuned, targets)
             prehab = trial.user_attrs.get("model_ref_prehab")

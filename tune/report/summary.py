@@ -2,59 +2,46 @@
 
 Also the final evaluation: the Pareto-optimal configs (and the reference) scored once on
 the test split, in the driver's process; their training stages are cache hits.
+
+Owns: build_reports (pareto.md's notes gathered from the passes, the dashboard note, the copy
+to a URI results root), final_eval, verify, print_summary and the study's hypervolume
+reference point (reference_point, for --compare). Imports tune.report.reports, tune.trials, tune.report.spectra,
+tune.study and, inside functions, the passes' note helpers (tune.report.retime, tune.report.replicates,
+tune.warm_start, tune.notes); none of those imports this module.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from search_spaces import config_values
+from trainables.storage import results_location
 from tune.budget import budget_text, violations
 from tune.callbacks import PROGRESS_FILENAME, finished_trial_ids
-from tune.report.reports import markdown_table, front_table, reference_row, trials_frame, write_reports
+from tune.report.reports import hypervolume_reference_point, markdown_table, reference_row, trials_frame, write_reports
 from tune.report.spectra import write_spectra
-from tune.study import CONFIG_ATTR, dashboard_command, verify_study
-from trainables.storage import results_location
+from tune.study import dashboard_command, verify_study
 from tune.sweep import LADDER_ATTR, SweepSettings, is_uri
+from tune.trials import front_frame, predictions_loader, trial_config, trial_temperature
 
 log = logging.getLogger(__name__)
 
-CHANCE_AUROC = 0.5
-UNCOMPRESSED_LATENCY_REL = 1.0   # latency_rel of the reference it divides by
-
 
 def reference_point(study: optuna.Study, objectives) -> dict[str, float]:
-    """Return the hypervolume reference point in objective units.
-
-    val_auroc: chance (0.5); params: the uncompressed model's count (the trials'
-    `params_uncompressed`); latency_rel: the uncompressed model's 1.0, or the worst value
-    observed when a trial is slower (test-time augmentation can be); every other objective
-    (latency_ms, gflops, ...): the worst value observed over complete trials, since no trial
-    measures the uncompressed model.
-    """
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    point: dict[str, float] = {}
-    for index, (name, mode) in enumerate(objectives):
-        values = [t.values[index] for t in complete]
-        if name == "val_auroc":
-            point[name] = CHANCE_AUROC
-        elif name == "params":
-            uncompressed = [t.user_attrs.get("params_uncompressed") for t in complete]
-            uncompressed = [float(v) for v in uncompressed if isinstance(v, (int, float))]
-            point[name] = max(uncompressed) if uncompressed else max(values)
-        elif name == "latency_rel":
-            point[name] = max([UNCOMPRESSED_LATENCY_REL, *values])
-        else:
-            point[name] = max(values) if mode == "min" else min(values)
-    return point
+    """Return the study's hypervolume reference point in objective units: the one rule,
+    tune.report.reports.hypervolume_reference_point, over its complete trials' values (by position, so a
+    study without metric names works too) and their recorded params_uncompressed."""
+    names = [name for name, _ in objectives]
+    complete = pd.DataFrame([{"params_uncompressed": t.user_attrs.get("params_uncompressed"),
+                              **dict(zip(names, t.values))}
+                             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))],
+                            columns=["params_uncompressed", *names])
+    return hypervolume_reference_point(complete, objectives)
 
 
 def _copy_to_results(local_dir: Path, settings: SweepSettings, names) -> None:
@@ -66,26 +53,6 @@ def _copy_to_results(local_dir: Path, settings: SweepSettings, names) -> None:
     for name in names:
         pyarrow.fs.copy_files(str(local_dir / name), location.path(settings.name, name),
                               source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=location.fs)
-
-
-def predictions_loader(settings: SweepSettings):
-    """Return row -> the trial's stored validation Predictions (None for trials stored without them)."""
-    from trainables.cache import StageCache
-    from trainables.evaluate.evaluation import Predictions
-
-    cache = StageCache(settings.results_dir)
-    loaded: dict[str, Any] = {}
-
-    def load(row: pd.Series):
-        key = row.get("outcome_key")
-        if not isinstance(key, str):
-            return None
-        if key not in loaded:
-            entry = cache.get("outcome", key)
-            loaded[key] = Predictions.load(entry) if entry is not None else None
-        return loaded[key]
-
-    return load
 
 
 def retime_notes(retimed: pd.DataFrame | None) -> list[str]:
@@ -117,7 +84,7 @@ def recipe_notes(settings: SweepSettings, study: optuna.Study) -> list[str]:
         return []
     trial = study.trials[int(reference["number"])]
     try:
-        differences = recipe_differences(_trial_flat_config(settings, trial))
+        differences = recipe_differences(trial_config(trial, settings.base))
     except (TypeError, ValueError) as err:  # a sweep written by another version, with keys gone since
         log.warning("cannot compare the reference with the notes' recipe: %s", err)
         return []
@@ -160,7 +127,6 @@ def build_reports(settings: SweepSettings, study: optuna.Study,
         written = write_reports(study, settings.local_dir, settings.objectives)
     else:
         written = write_reports(study, settings.local_dir, settings.objectives,
-                                reference_point=reference_point(study, settings.objectives),
                                 predictions=predictions_loader(settings), retimed=retimed,
                                 notes=recipe_notes(settings, study)
                                 + retime_notes(retimed if "latency_ms" in settings.metric_names else None)
@@ -200,18 +166,6 @@ def verify(settings: SweepSettings, study: optuna.Study) -> dict[str, int]:
     return verify_study(study, finished_trial_ids(settings.local_dir / PROGRESS_FILENAME))
 
 
-def front_frame(settings: SweepSettings, study: optuna.Study) -> pd.DataFrame:
-    """Return the front table (reference row first) with the searched parameters; with the sweep's budget, the
-    front of the feasible trials too (what the re-timing pass times and --final-eval scores)."""
-    df = trials_frame(study)
-    complete = df[df["state"] == TrialState.COMPLETE.name]
-    if complete.empty:
-        return complete
-    params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
-    return front_table(complete, settings.objectives, reference_row(complete, settings.objectives),
-                       extra_columns=params, budget=settings.budget)
-
-
 def print_summary(settings: SweepSettings, study: optuna.Study, counts: dict[str, int],
                   written: dict[str, Path], storage_url: str) -> None:
     """Print the Pareto table, the trial counts, where the results are and the dashboard command."""
@@ -225,25 +179,6 @@ def print_summary(settings: SweepSettings, study: optuna.Study, counts: dict[str
     for name in sorted(written):
         print(f"  {name}")
     print(f"dashboard: {dashboard_command(storage_url)}")
-
-
-def _trial_flat_config(settings: SweepSettings, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    config = trial.user_attrs.get(CONFIG_ATTR)
-    if isinstance(config, str):
-        config = json.loads(config)
-    return {**settings.base, **config_values(config or trial.params)}
-
-
-def trial_temperature(settings: SweepSettings, trial: optuna.trial.FrozenTrial) -> float | None:
-    """Return the trial's temperature fitted on the validation split: its recorded val_temperature, else
-    (a sweep from before calibration) fitted now on its stored validation predictions; None without either."""
-    from trainables.evaluate.metrics import fit_temperature
-
-    recorded = trial.user_attrs.get("val_temperature")
-    if isinstance(recorded, (int, float)) and math.isfinite(recorded) and recorded > 0:
-        return float(recorded)
-    stored = predictions_loader(settings)(trial.user_attrs)
-    return fit_temperature(stored.labels, stored.probs) if stored is not None else None
 
 
 def final_eval(settings: SweepSettings, study: optuna.Study, *, show_progress: bool = False) -> pd.DataFrame:
@@ -266,7 +201,7 @@ def final_eval(settings: SweepSettings, study: optuna.Study, *, show_progress: b
     rows = []
     for role, number in zip(table["role"], table["number"]):
         trial = by_number[int(number)]
-        metrics, predictions = evaluate_trial(_trial_flat_config(settings, trial), context, split="test")
+        metrics, predictions = evaluate_trial(trial_config(trial, settings.base), context, split="test")
         row = {"role": role, "number": int(number)}
         row.update({f"sweep_{name}": value for name, value in zip(settings.metric_names, trial.values)})
         row.update({k: v for k, v in metrics.items() if k.startswith("test_")})

@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 
 from tune.report.reports import (
+    compute_report,
     front_table,
     hypervolume,
     hypervolume_history,
+    hypervolume_reference_point,
     pareto_front,
     reference_row,
     trials_frame,
@@ -276,3 +278,79 @@ def test_front_uses_retimed_latencies_and_keeps_the_sweep_ones(tmp_path):
     assert table.loc[("front", 2), "verdict_latency_ms"] == "better"
     assert "re-timing pass" in (tmp_path / "pareto.md").read_text()
     assert pd.read_parquet(tmp_path / "trials.parquet").set_index("number").loc[0, "latency_ms"] == 2.0
+
+
+THREE = [("val_auroc", "max"), ("params", "min"), ("latency_ms", "min")]
+
+
+def _trials(rows, **columns):
+    """A trials table as trials_frame gives it: (state, val_auroc, params, latency_ms) per trial, trial 0 enqueued."""
+    df = pd.DataFrame(rows, columns=["state", "val_auroc", "params", "latency_ms"])
+    return df.assign(number=range(len(df)), enqueued=[n == 0 for n in range(len(df))], **columns)
+
+
+def test_the_reference_point_is_chance_auroc_uncompressed_params_and_the_worst_latency():
+    df = _trials([("COMPLETE", 0.9, 1000.0, 2.0), ("COMPLETE", 0.7, 500.0, 2.5)], params_uncompressed=1200)
+    assert hypervolume_reference_point(df, THREE) == {"val_auroc": 0.5, "params": 1200.0, "latency_ms": 2.5}
+
+
+def test_the_reference_point_takes_the_most_params_when_the_uncompressed_count_is_not_recorded():
+    df = _trials([("COMPLETE", 0.9, 1000.0, 2.0), ("COMPLETE", 0.7, 500.0, 2.5)])
+    assert hypervolume_reference_point(df, THREE)["params"] == 1000.0
+
+
+def test_the_reference_point_of_latency_rel_is_one_unless_a_trial_is_slower():
+    df = pd.DataFrame({"val_auroc": [0.9, 0.8], "latency_rel": [0.5, 0.7]})
+    objectives = [("val_auroc", "max"), ("latency_rel", "min")]
+    assert hypervolume_reference_point(df, objectives)["latency_rel"] == 1.0
+    assert hypervolume_reference_point(df.assign(latency_rel=[0.5, 1.3]), objectives)["latency_rel"] == 1.3
+
+
+def test_the_reference_point_widens_latency_to_the_slowest_retimed_row():
+    df = _trials([("COMPLETE", 0.9, 1000.0, 2.0), ("COMPLETE", 0.7, 500.0, 2.5)])
+    retimed = pd.DataFrame({"number": [0, 1], "latency_ms": [1.0, 3.1]})
+    assert hypervolume_reference_point(df, THREE, retimed)["latency_ms"] == 3.1
+
+
+def test_compute_report_gives_the_front_its_hypervolume_and_history_on_numbers():
+    # Trial 1 dominates the reference (trial 0); trial 2 is dominated; trial 3 failed.
+    df = _trials([("COMPLETE", 0.9, 1000.0, 2.0), ("COMPLETE", 0.9, 500.0, 1.5), ("COMPLETE", 0.85, 800.0, 2.5),
+                  ("FAIL", math.nan, math.nan, math.nan)], params_uncompressed=1200)
+    report = compute_report(df, THREE, study_name="numbers")
+    assert list(zip(report.table["role"], report.table["number"])) == [("reference", 0), ("front", 1)]
+    assert report.reference_point == {"val_auroc": 0.5, "params": 1200.0, "latency_ms": 2.5}
+    # The box of trial 1 up to the reference point: (0.9 - 0.5) * (1200 - 500) * (2.5 - 1.5).
+    assert report.front_hypervolume == pytest.approx(0.4 * 700 * 1.0)
+    # Trial 0 alone: 0.4 * 200 * 0.5; trial 2 sits on the latency bound and adds nothing.
+    assert report.history["number"].tolist() == [0, 1, 2]
+    assert report.history["hypervolume"].tolist() == pytest.approx([40.0, 280.0, 280.0])
+    assert report.lines[4].startswith("3 complete of 4 trials; 1 on the front")
+
+
+def test_compute_report_recommends_the_smaller_non_inferior_point():
+    labels, ref = _synthetic(2.0)
+    by_number = {0: (labels, ref), 1: (labels, ref), 2: (labels, _synthetic(0.5)[1])}
+    df = _trials([("COMPLETE", 0.92, 1000.0, 2.0), ("COMPLETE", 0.92, 500.0, 2.0), ("COMPLETE", 0.6, 300.0, 2.0)])
+    report = compute_report(df, THREE, predictions=_predictions(by_number))
+    assert report.recommended == 1 and report.recommendation.startswith("Recommended: trial 1")
+    assert report.table.loc[report.table["recommended"], "number"].tolist() == [1]
+
+
+def test_compute_report_keeps_a_reference_point_it_is_given():
+    df = _trials([("COMPLETE", 0.9, 1000.0, 2.0), ("COMPLETE", 0.8, 500.0, 1.5)])
+    point = {"val_auroc": 0.0, "params": 2000.0, "latency_ms": 4.0}
+    assert compute_report(df, THREE, reference_point=point).reference_point == point
+
+
+def test_compute_report_without_a_complete_trial_raises_naming_the_study():
+    df = _trials([("FAIL", math.nan, math.nan, math.nan)])
+    with pytest.raises(ValueError, match="study 'empty' has no complete trial"):
+        compute_report(df, THREE, study_name="empty")
+
+
+def test_write_reports_bounds_the_hypervolume_by_the_sweeps_reference_point(tmp_path):
+    from tune.report.summary import reference_point
+
+    study = _verdict_study({n: _synthetic(1.0) for n in range(3)})
+    write_reports(study, tmp_path, THREE)
+    assert f"(reference point {reference_point(study, THREE)})" in (tmp_path / "pareto.md").read_text()
