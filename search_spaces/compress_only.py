@@ -10,7 +10,7 @@ from search_spaces import default
 TABLE = default.TABLE.only((
     "compress.tau_heads", "compress.tau_mlp", "compress.importance", "compress.allocation",
     "compress.tau_svd", "compress.svd_space",
-    "tokens.enabled", "tokens.r_max", "tokens.alpha", "compress.quant", "calib.batches",
+    "tokens.enabled", "tokens.r_max", "tokens.alpha", "compress.quant", "tokens.fuse",
 ))
 
 space = TABLE.suggest

@@ -36,8 +36,8 @@ Parameters as they appear in Optuna (and in the trial config), in suggestion ord
   (Table.for_device): {none, int8} on a CPU, {none, bf16} on CUDA and MPS. bf16 runs on a CPU
   too (--set), but without bf16 matrix units it is slower than fp32 there, so a CPU sweep does
   not spend trials on it; int8 (torch.ao's dynamic kernels) runs on a CPU only.
-- ``calib.batches``: categorical {4, 8, 16}, when whitened: how many calibration batches the
-  whitening statistics average (keys the cheap whitening stage, not a training one).
+- ``tokens.fuse``: categorical {False, True}, with token pruning on: the dropped tokens are fused
+  into one CLS-attention-weighted token, or dropped (keys the fine-tune only when it trains pruned).
 
 r_max = 0 (no pruning, the seed's choice) is a point of measure zero in [0, 0.9], so a
 continuous sampler would never try it again; the switch makes it a real option. It
@@ -92,15 +92,15 @@ TABLE = Table((
     Param("prehab.space", categorical("whitened", "raw"), "whitened", when=PREHAB_ON),
     # Last, so adding it left the draws of every row above it unchanged within a trial.
     Param("compress.quant", categorical("none", "int8", "bf16"), "none", devices=QUANT_BY_DEVICE),
-    # How many calibration batches the whitening statistics average (trainables.config.CalibConfig).
-    Param("calib.batches", categorical(4, 8, 16), 8, when=("compress.svd_space", "whitened")),
+    # The pruned tokens fused into one (compress.tokens.enable_token_pruning), or dropped.
+    Param("tokens.fuse", categorical(False, True), False, when=TOKENS_ON),
 ))
 
 # The rows whose values key each training stage (each categorical, with its conditions'
 # rows): the fine-tune's, and prehab's on top of them.
 TRAINING_ROWS = {
     "finetune": ("finetune.method", "finetune.lora_rank", "finetune.lora_mlp", "model.head", "tokens.enabled",
-                 "tokens.train_from_epoch", "tokens.train_r_max", "tokens.train_alpha"),
+                 "tokens.train_from_epoch", "tokens.train_r_max", "tokens.train_alpha", "tokens.fuse"),
     "prehab": ("prehab.enabled", "prehab.lambda", "prehab.kind", "prehab.space"),
 }
 

@@ -111,22 +111,17 @@ def test_compress_only_space_searches_only_cheap_parameters():
     keys = set().union(*(c.keys() for c in _sample_configs("compress_only", 10)))
     assert keys == {
         "compress.tau_heads", "compress.tau_mlp", "compress.importance", "compress.allocation", "compress.tau_svd",
-        "compress.svd_space", "tokens.enabled", "tokens.r_max", "tokens.alpha", "compress.quant", "calib.batches",
+        "compress.svd_space", "tokens.enabled", "tokens.r_max", "tokens.alpha", "compress.quant", "tokens.fuse",
     }
 
 
 @pytest.mark.parametrize("name", ["default", "compress_only"])
-def test_calib_batches_is_searched_with_whitened_svd_only_and_keys_the_whitening_stage(name):
-    from trainables.stages import whitening_key_config
-
+def test_tokens_fuse_is_searched_with_token_pruning_only_and_reaches_the_trial_config(name):
     configs = _sample_configs(name, 60)
-    assert all(("calib.batches" in c) == (c["compress.svd_space"] == "whitened") for c in configs)
-    assert {c["calib.batches"] for c in configs if "calib.batches" in c} == {4, 8, 16}
-    keys = {json.dumps(whitening_key_config(TrialConfig.from_flat(config_values(c))), sort_keys=True)
-            for c in configs if c.get("compress.svd_space") == "whitened"}
-    assert len(keys) == 3
-    assert search_spaces.load_table(name).seed_point({**SEED_CONFIG, "compress.svd_space": "whitened"})[
-        "calib.batches"] == 8 == TrialConfig.from_flat({}).calib.batches
+    assert all(("tokens.fuse" in c) == c["tokens.enabled"] for c in configs)
+    assert {c["tokens.fuse"] for c in configs if "tokens.fuse" in c} == {False, True}
+    assert {TrialConfig.from_flat(config_values(c)).tokens.fuse for c in configs if c["tokens.enabled"]} == {False, True}
+    assert "tokens.fuse" not in search_spaces.load_table(name).seed_point(dict(SEED_CONFIG))  # the seed prunes none
 
 
 @pytest.mark.parametrize("name", ["default", "compress_only"])
@@ -214,8 +209,8 @@ BEFORE = json.loads((Path(__file__).parent / "space_tables_before.json").read_te
 # tau_heads / tau_mlp: their range grew to [0.2, 1] with compress.importance / allocation.
 UNITS = {"compress.importance", "compress.allocation", "compress.tau_heads", "compress.tau_mlp"}
 ADDED = {"default": {"compress.svd_damping", "model.head",   # model.head: gained mlp
-                     "tokens.train_r_max", "tokens.train_alpha", *UNITS, "compress.quant", "calib.batches"},
-         "compress_only": {*UNITS, "compress.quant", "calib.batches"}}
+                     "tokens.train_r_max", "tokens.train_alpha", *UNITS, "compress.quant", "tokens.fuse"},
+         "compress_only": {*UNITS, "compress.quant", "tokens.fuse"}}
 PRESETS = [{}, {"finetune.method": "lora"}, {"finetune.method": "full", "tokens.r_max": 0.4, "tokens.alpha": 2.0},
            {"finetune.method": "lora", "finetune.lora_rank": 16, "model.head": "svd_taps", "eval.tta": "flips",
             "prehab.kind": "stable_rank", "tokens.train_from_epoch": "middle"}]
@@ -283,8 +278,10 @@ def test_derived_seed_points_are_the_hand_written_ones(name):
     rule = NOTES_RULE if "compress.importance" in table.distributions() else {}
     derived = [seed_points(name, preset) for preset in PRESETS]
     direct = [table.seed_point(seed) for seed, _ in BEFORE[name]["direct_seeds"]]
-    # compress.quant was added since: every seed point is the unquantized reference.
+    # compress.quant and tokens.fuse were added since: every seed point is the unquantized reference,
+    # and one that prunes tokens drops them unfused.
     assert all(point.pop("compress.quant", "none") == "none" for point in [*direct, *sum(derived, [])])
+    assert all(point.pop("tokens.fuse", False) is False for point in [*direct, *sum(derived, [])])
     assert [[{**point, **rule} for point in points] for points in BEFORE[name]["seed_points"]] == derived
     assert direct == [{**point, **rule} for _, point in BEFORE[name]["direct_seeds"]]
 

@@ -60,9 +60,9 @@ def test_the_finetune_key_depends_only_on_the_training_rows(random_draws):
 
 def test_the_bound_is_the_grid_times_the_other_finetune_choices(random_draws):
     # methods: head_only, full, lora x 4 ranks x 2 MLP choices = 10; heads 3; token pruning:
-    # none or inference only (one fine-tune) or trained with one of 2 x 2 schedules = 5
-    assert training_stage_bound("default", BASE) == {"finetune": 10 * 3 * 5, "prehab": 150 * 7 * 4 * 2}
-    assert len({_finetune_key(draw) for draw in random_draws}) <= 150
+    # none or inference only (one fine-tune) or trained with one of 2 x 2 schedules, fused or not = 9
+    assert training_stage_bound("default", BASE) == {"finetune": 10 * 3 * 9, "prehab": 270 * 7 * 4 * 2}
+    assert len({_finetune_key(draw) for draw in random_draws}) <= 270
     assert training_stage_bound("compress_only", BASE) == {"finetune": 1, "prehab": 0}
 
 
@@ -102,7 +102,7 @@ def test_the_sweep_prints_the_bound_before_it_starts(tmp_path, capsys, monkeypat
     with pytest.raises(_Stop):
         main(["--preset", "digits", "--space", "default", "--name", "bound", "--results-dir", str(tmp_path / "r"),
               "--num-samples", "12"])
-    assert ("training stages space default can request: at most 150 fine-tunes and 8400 prehab stages"
+    assert ("training stages space default can request: at most 270 fine-tunes and 15120 prehab stages"
             in capsys.readouterr().out)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.evaluate.evaluation import metrics as metrics_module
+from trainables.evaluate import metrics as metrics_module
 from trainables.evaluate.metrics import (
     binary_metrics,
     calibration_metrics,
