@@ -142,6 +142,11 @@ class Table:
         """Return {row name: distribution}."""
         return {row.name: row.distribution for row in self.rows}
 
+    def holds(self, point: Mapping[str, Any]) -> bool:
+        """Return whether every value of `point` (a searched row's name -> value) lies in its row's distribution."""
+        distributions = self.distributions()
+        return all(name in distributions and _contains(distributions[name], value) for name, value in point.items())
+
 
 def _contains(distribution: BaseDistribution, value: Any) -> bool:
     if isinstance(distribution, CategoricalDistribution):

@@ -114,13 +114,11 @@ def _point_in_space(trial, old, new) -> dict[str, Any] | None:
     that point, would run the same config (outside PLACEMENT_KEYS).
     """
     from search_spaces import config_values, load_table
-    from search_spaces._table import _contains
 
     table = load_table(new.space)
     ran = _typed_flat({**old.base, **config_values(trial.params)})
     point = table.seed_point(ran)
-    distributions = table.distributions()
-    if not all(_contains(distributions[name], value) for name, value in point.items()):
+    if not table.holds(point):
         return None
     would_run = _typed_flat({**new.base, **config_values(point)})
     if any(ran.get(key) != would_run.get(key) for key in set(ran) | set(would_run) if key not in PLACEMENT_KEYS):

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m trainables.evaluate",
         description="Score a model exported by `python tune/run.py --export` on any data in PCam's "
-                    "HDF5 layout: AUROC, AUPRC, accuracy, Sens@95%%Spec and ECE with 95%% intervals, of the "
+                    "HDF5 layout: AUROC, AUPRC, accuracy, Sens@95%Spec and ECE with 95% intervals, of the "
                     "model's own probabilities; with the export's temperature also ECE and NLL after it.")
     parser.add_argument("--model", required=True, help="the export folder")
     parser.add_argument("--data", required=True, help="folder holding <prefix>_split_<split>_{x,y}.h5")

@@ -20,7 +20,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from trainables.storage import atomic_write
-from tune.report.reports import _losses, front_hypervolume, markdown_table, pareto_front, trials_frame
+from tune.report.reports import front_hypervolume, markdown_table, objective_losses, pareto_front, trials_frame
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def write_comparison(studies: dict[str, optuna.Study], objectives, reference_poi
     fronts = {name: pareto_front(_complete(study), objectives) for name, study in studies.items()}
     for x, y in combinations(objectives, 2):
         pair = [x, y]
-        losses = {name: _losses(front, pair) for name, front in fronts.items()}
+        losses = {name: objective_losses(front, pair) for name, front in fronts.items()}
         if any(len(v) == 0 for v in losses.values()):
             continue
         rectangles = attainment_difference(*(np.unique(v, axis=0) for v in losses.values()))

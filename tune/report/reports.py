@@ -58,7 +58,7 @@ def parse_objectives(objectives: Objectives) -> list[tuple[str, str]]:
     return parsed
 
 
-def _losses(df: pd.DataFrame, objectives: Objectives) -> np.ndarray:
+def objective_losses(df: pd.DataFrame, objectives: Objectives) -> np.ndarray:
     """Return the objective columns as an (n, d) float array, max objectives negated."""
     missing = [name for name, _ in objectives if name not in df.columns]
     if missing:
@@ -84,7 +84,7 @@ def pareto_front(df: pd.DataFrame, objectives: Objectives) -> pd.DataFrame:
     one; rows with identical objective values do not dominate each other, so ties stay.
     """
     objectives = parse_objectives(objectives)
-    losses = _losses(df, objectives)
+    losses = objective_losses(df, objectives)
     finite = np.all(np.isfinite(losses), axis=1)
     candidates = df[finite]
     return candidates[_non_dominated_mask(losses[finite])]
@@ -124,7 +124,7 @@ def hypervolume_history(
     objectives = parse_objectives(objectives)
     if "number" in df.columns:
         df = df.sort_values("number", kind="stable")
-    losses = _losses(df, objectives)
+    losses = objective_losses(df, objectives)
     reference = _reference_losses(objectives, reference_point)
     finite = np.all(np.isfinite(losses), axis=1)
     return [hypervolume(losses[: i + 1][finite[: i + 1]], reference) for i in range(len(losses))]
@@ -133,7 +133,7 @@ def hypervolume_history(
 def front_hypervolume(df: pd.DataFrame, objectives: Objectives, reference_point: Mapping[str, float]) -> float:
     """Return the hypervolume of the rows of `df` (missing objectives skipped) against `reference_point`."""
     objectives = parse_objectives(objectives)
-    losses = _losses(df, objectives)
+    losses = objective_losses(df, objectives)
     return hypervolume(losses[np.all(np.isfinite(losses), axis=1)], _reference_losses(objectives, reference_point))
 
 
@@ -189,7 +189,7 @@ def reference_row(df: pd.DataFrame, objectives: Objectives, trial_number: int | 
     """Return the reference configuration's row: trial `trial_number`, else the first enqueued COMPLETE trial
     of the sweep's own that is no ladder rung (tune.sweep.LADDER_ATTR), warm start's trial nor re-run of
     its front (tune.warm_start): the seed configuration."""
-    complete = df[np.all(np.isfinite(_losses(df, objectives)), axis=1)]
+    complete = df[np.all(np.isfinite(objective_losses(df, objectives)), axis=1)]
     if trial_number is not None:
         match = complete[complete["number"] == trial_number]
         if match.empty:
