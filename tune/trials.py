@@ -51,6 +51,16 @@ def front_frame(settings: SweepSettings, study: optuna.Study) -> pd.DataFrame:
                        extra_columns=params, budget=settings.budget)
 
 
+def reference_front(settings: SweepSettings, study: optuna.Study,
+                    purpose: str) -> tuple[pd.DataFrame, dict[int, optuna.trial.FrozenTrial]]:
+    """Return (front_frame, the study's trials by number) for work that starts from the reference
+    trial; ValueError "sweep NAME has no reference trial to <purpose>" when it has none."""
+    table = front_frame(settings, study)
+    if table.empty or table["role"].iloc[0] != "reference":
+        raise ValueError(f"sweep {settings.name!r} has no reference trial to {purpose}")
+    return table, {t.number: t for t in study.get_trials(deepcopy=False)}
+
+
 def predictions_loader(settings: SweepSettings) -> Callable[[Mapping[str, Any]], Predictions | None]:
     """Return row -> the trial's stored validation Predictions (None for trials stored without them)."""
     from trainables.cache import StageCache

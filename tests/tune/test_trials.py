@@ -12,7 +12,7 @@ from trainables.evaluate.evaluation import Predictions
 from tune.budget import Bound
 from tune.study import CONFIG_ATTR
 from tune.sweep import SweepSettings
-from tune.trials import front_frame, predictions_loader, trial_config, trial_temperature
+from tune.trials import front_frame, predictions_loader, reference_front, trial_config, trial_temperature
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -68,6 +68,19 @@ def test_front_frame_puts_the_seed_point_first_as_the_reference(tmp_path):
     table = front_frame(_settings(tmp_path), study)
     assert list(zip(table["role"], table["number"])) == [("reference", 0), ("front", 0), ("front", 1)]
     assert table["compress.tau_mlp"].tolist() == [0.975, 0.975, 0.9]
+
+
+def test_reference_front_gives_the_table_and_the_trials_by_number(tmp_path):
+    study = _sweep_study([(0.975, [0.9, 100.0, 2.0], 3.0), (0.9, [0.85, 60.0, 1.5], 2.0)])
+    table, by_number = reference_front(_settings(tmp_path), study, "replicate")
+    assert table["role"].iloc[0] == "reference" and sorted(by_number) == [0, 1]
+    assert by_number[1].params["compress.tau_mlp"] == 0.9
+
+
+def test_reference_front_of_a_sweep_without_a_complete_trial_names_the_purpose(tmp_path):
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    with pytest.raises(ValueError, match="sweep 's' has no reference trial to re-time against"):
+        reference_front(_settings(tmp_path), study, "re-time against")
 
 
 def test_front_frame_adds_the_front_of_the_feasible_trials_under_the_sweeps_budget(tmp_path):

@@ -20,7 +20,7 @@ import optuna
 import pandas as pd
 
 from tune.report.reports import markdown_table
-from tune.trials import front_frame, trial_config
+from tune.trials import reference_front, trial_config
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,9 @@ def run_replicates(settings, study: optuna.Study, replicates: int, front_k: int 
 
     if replicates < 1 or front_k < 0:
         raise ValueError(f"replicates must be >= 1 and front points >= 0, got {replicates} and {front_k}")
-    table = front_frame(settings, study)
-    if table.empty or table["role"].iloc[0] != "reference":
-        raise ValueError(f"sweep {settings.name!r} has no reference trial to replicate")
+    table, by_number = reference_front(settings, study, "replicate")
     context = TrialContext(results_dir=settings.results_dir, backend="local", show_progress=False,
                            max_failures=settings.max_failures)
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     objective = settings.metric_names[0]
     rows = []
     for role, number in replicate_plan(table, front_k):

@@ -32,7 +32,7 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.evaluate.latency import device_name, measure_latency, median_interval
-from tune.trials import front_frame, trial_config
+from tune.trials import reference_front, trial_config
 from tune.report.verdicts import latency_verdict
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,9 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     from trainables.storage import atomic_write
 
     started = time.perf_counter()
-    table = front_frame(settings, study)
-    if table.empty or table["role"].iloc[0] != "reference":
-        raise ValueError(f"sweep {settings.name!r} has no reference trial to re-time against")
+    table, by_number = reference_front(settings, study, "re-time against")
     context = TrialContext(results_dir=settings.results_dir, backend="local", show_progress=show_progress,
                            max_failures=settings.max_failures)
-    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     ref_number = int(table["number"].iloc[0])
     plan = [("reference", ref_number), (REPEAT, ref_number)]
     plan += [("front", int(n)) for n in dict.fromkeys(table.loc[table["role"] == "front", "number"])
