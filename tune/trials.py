@@ -43,6 +43,8 @@ def front_frame(settings: SweepSettings, study: optuna.Study) -> pd.DataFrame:
     """Return the front table (reference row first) with the searched parameters; with the sweep's budget, the
     front of the feasible trials too (what the re-timing pass times and --final-eval scores)."""
     df = trials_frame(study)
+    if df.empty:   # no trial at all: no columns either
+        return df
     complete = df[df["state"] == TrialState.COMPLETE.name]
     if complete.empty:
         return complete
