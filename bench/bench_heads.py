@@ -28,8 +28,8 @@ import torch
 from compress import load_compressed
 from search_spaces import SEED_CONFIG
 from trainables.config import TrialConfig
-from trainables.job import compress_structure
 from trainables.evaluate.latency import measure_latency
+from trainables.job import compress_structure
 from trainables.trial import TrialContext, run_trial
 
 FAST_EVAL = {"eval.latency_repeats": 3, "eval.latency_rounds": 1, "eval.latency_warmup": 1}

@@ -34,8 +34,8 @@ from compress import CompressionPlan, compress_model, count_params, load_compres
 from compress.classifier import ViTClassifier
 from search_spaces import SEED_CONFIG
 from trainables import stages
-from trainables.evaluate.bootstrap import paired_deltas
 from trainables.config import TrialConfig
+from trainables.evaluate.bootstrap import paired_deltas
 from trainables.evaluate.evaluation import split_evaluation
 from trainables.refs import resolve_ref
 from trainables.stages import TrialContext, TrialRun

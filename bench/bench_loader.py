@@ -65,8 +65,8 @@ def after_all_on_cpu(root: Path, size: int, augment: bool) -> float:
 def train_rate(size: int, method: str, batch: int, steps: int) -> float:
     """Return ViT-S/16 (random init) training img/s: forward, backward and AdamW step at `size` px."""
     from trainables.config import TrialConfig
-    from trainables.model import configure_method
     from trainables.model import build_classifier
+    from trainables.model import configure_method
 
     cfg = TrialConfig.from_flat({"finetune.method": method})
     model = configure_method(build_classifier("dinov3-vits16", 2), cfg).train()

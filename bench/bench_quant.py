@@ -23,8 +23,8 @@ import torch
 
 from compress.quant import model_bytes, quantize_model
 from trainables.evaluate.latency import median_interval
-from trainables.model import build_classifier
 from trainables.evaluate.runtime import runtime_model
+from trainables.model import build_classifier
 
 VARIANTS = (("eager fp32", "none", "torch"), ("eager int8", "int8", "torch"),
             ("ORT fp32", "none", "onnxruntime"), ("ORT int8", "int8", "onnxruntime"))

@@ -18,8 +18,8 @@ import argparse
 import logging
 
 from search_spaces import SEED_CONFIG
-from trainables.evaluate.bootstrap import paired_deltas
 from trainables.config import parse_overrides
+from trainables.evaluate.bootstrap import paired_deltas
 from trainables.trial import TrialContext, evaluate_trial
 from tune.presets import get_preset
 

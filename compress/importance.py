@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional
 
 from compress.adapters import adapter_for
-from compress.config import IMPORTANCES, check_importance
+from compress.config import check_importance
 from compress.heads import attention_head_energies
 from compress.linear import dense_weight
 from compress.mlp import mlp_unit_energies

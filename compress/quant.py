@@ -22,7 +22,7 @@ import warnings
 import torch
 from torch import nn
 
-from compress.config import QUANT_MODES, check_quant
+from compress.config import check_quant
 
 # What each device type can run; fp8 is not offered (no CPU kernel, and none checked on a GPU here).
 DEVICE_MODES = {"cpu": ("none", "int8", "bf16"), "cuda": ("none", "bf16"), "mps": ("none", "bf16")}

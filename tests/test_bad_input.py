@@ -219,8 +219,8 @@ def scripted(case_inputs):
 def _in_process(case, case_inputs, tmp_path, capsys, monkeypatch):
     """Run one case through tune.run.main(); return (exit code, stderr, results dir, files before)."""
     import trainables.trial
-    import tune.sweep
     from tune.run import main
+    import tune.sweep
 
     def never(*args, **kwargs):
         raise AssertionError(f"{case}: the bad input was not caught before the run started")

@@ -19,8 +19,8 @@ import logging
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, NamedTuple
@@ -36,17 +36,17 @@ from compress.config import FISHER_WEIGHTED
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig
 from trainables.data.datasets import data_fingerprint, dataset_prefix, ensure_digits, make_dataset
+from trainables.job import TrainJob, build_stage_model, compress_structure, scale_learning_rates, stage_settings
+from trainables.key_rules import stage_record
+from trainables.model import finalize_model
+from trainables.refs import cache_ref, resolve_ref
+from trainables.storage import local_scratch, remote_epochs_path, train_storage
 from trainables.train.features import (
     FEATURE_SPLITS, check_collapse, pooled_feature_std, read_collapse, record_collapse,
     train_head_on_features, write_feature_cache,
 )
-from trainables.job import TrainJob, build_stage_model, compress_structure, scale_learning_rates, stage_settings
 from trainables.train.loop import autocast_dtype
-from trainables.model import finalize_model
-from trainables.key_rules import stage_record
-from trainables.refs import cache_ref, resolve_ref
 from trainables.train.sessions import pick_device
-from trainables.storage import local_scratch, remote_epochs_path, train_storage
 
 log = logging.getLogger(__name__)
 

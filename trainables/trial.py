@@ -33,11 +33,11 @@ from trainables import stages
 from trainables.cache import StageCache, stage_key
 from trainables.config import TrialConfig, parse_overrides
 from trainables.evaluate.evaluation import Predictions, check_finite, cost_metrics, split_evaluation
-from trainables.report_keys import NODE_ID_KEY, OUTCOME_KEY_ATTR, TRIAL_ERROR_KEY
 from trainables.evaluate.runtime import check_runtime_device, runtime_model
-from trainables.train.sessions import pick_device
 from trainables.refs import resolve_ref
+from trainables.report_keys import NODE_ID_KEY, OUTCOME_KEY_ATTR, TRIAL_ERROR_KEY
 from trainables.stages import TrialContext, TrialRun, data_root
+from trainables.train.sessions import pick_device
 
 log = logging.getLogger(__name__)
 

@@ -546,8 +546,8 @@ def _finish(settings: SweepSettings, storage, args: argparse.Namespace,
     import optuna
 
     from tune.callbacks import log_front_to_wandb
-    from tune.study import default_storage_url
     from tune.report.summary import build_reports, final_eval, print_summary, verify
+    from tune.study import default_storage_url
 
     study = optuna.load_study(study_name=settings.name, storage=storage)
     counts = verify(settings, study)

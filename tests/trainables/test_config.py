@@ -148,8 +148,8 @@ def test_another_training_schedule_is_another_finetune():
 
 def test_the_finetune_prunes_with_the_training_schedule():
     from compress.tokens import token_pruning_settings
-    from trainables.train.loop import _set_training_pruning
     from trainables.model import build_classifier
+    from trainables.train.loop import _set_training_pruning
 
     cfg = TrialConfig.from_flat({**TRAINED, "tokens.r_max": 0.3, "tokens.alpha": 2.5})
     model = build_classifier("digits-vit", 2)

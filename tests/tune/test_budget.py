@@ -11,10 +11,10 @@ from optuna.trial import TrialState
 
 from tune.budget import Bound, budget_text, check_measured, constraint_values, parse_budget, violations
 from tune.report.reports import front_table
+from tune.report.verdicts import recommend
 from tune.run import main, make_parser
 from tune.study import SweepSearch, make_sampler, make_storage
 from tune.sweep import read_settings, write_settings
-from tune.report.verdicts import recommend
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -60,8 +60,8 @@ def test_resumed_sweep_prints_only_epochs_after_its_start(tmp_path):
 def test_epochs_of_runs_on_an_object_store_are_printed_once_in_order(s3_server, monkeypatch, tmp_path):
     # Results on S3: the Train runs write one object per epoch under <results>/<sweep>/epochs/,
     # and the console lists that folder (at most every REMOTE_POLL_S; 0 here).
-    import tune.callbacks
     from trainables.storage import remote_epochs_path, results_location
+    import tune.callbacks
 
     monkeypatch.setattr(tune.callbacks, "REMOTE_POLL_S", 0.0)
     results = s3_server.uri(f"epochs/{tmp_path.name}")

@@ -10,9 +10,9 @@ from search_spaces import LADDER_KEYS, SEED_CONFIG, config_values, ladder_points
 from trainables.config import TrialConfig
 from tune.presets import get_preset
 from tune.report.reports import reference_row, trials_frame
+from tune.report.summary import ladder_notes
 from tune.run import _new_settings, main, make_parser
 from tune.study import make_storage
-from tune.report.summary import ladder_notes
 from tune.sweep import LADDER_ATTR, SweepSettings, build_base, default_ladder, make_searcher, read_settings
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -9,8 +9,8 @@ import pytest
 
 from tune.presets import CLUSTER_OBJECTIVES, PRESETS
 from tune.report.summary import reference_point
-from tune.sweep import build_base, parse_objectives
 from tune.report.verdicts import add_deltas, add_verdicts
+from tune.sweep import build_base, parse_objectives
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

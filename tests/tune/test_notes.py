@@ -11,9 +11,9 @@ from optuna_dashboard import get_note, save_note
 from sklearn.metrics import roc_auc_score
 
 from trainables.evaluate.evaluation import Predictions
+from tune.notes import BEGIN, END, replace_section
 from tune.report import summary
 from tune.report.export import ExportError, find_trial
-from tune.notes import BEGIN, END, replace_section
 from tune.run import main as run_main
 from tune.study import make_storage
 from tune.sweep import SweepSettings, write_settings

@@ -7,11 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 
+from search_spaces import searched_keys
 from trainables.config import TrialConfig
 from tune.presets import PRESETS
 from tune.run import main, make_parser
 from tune.study import make_storage
-from search_spaces import searched_keys
 from tune.sweep import build_base, parse_objectives
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,9 +6,9 @@ import optuna
 import pytest
 from optuna.distributions import distribution_to_json
 
-import search_spaces
 from compress.config import DEFAULT_DAMPING
 from search_spaces import SEED_CONFIG, available_spaces, config_values, load_space, load_table, seed_points
+import search_spaces
 from trainables.config import TrialConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

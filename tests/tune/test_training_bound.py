@@ -91,8 +91,8 @@ class _Stop(Exception):
 
 
 def test_the_sweep_prints_the_bound_before_it_starts(tmp_path, capsys, monkeypatch):
-    import tune.sweep
     from tune.run import main
+    import tune.sweep
 
     def stop(*args, **kwargs):
         raise _Stop

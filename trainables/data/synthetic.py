@@ -19,7 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from trainables.data.datasets import PCAM_PREFIX, SPLITS, split_path
+from trainables.data.datasets import SPLITS, split_path
 
 log = logging.getLogger(__name__)
 

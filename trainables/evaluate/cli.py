@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trainables.evaluate.bootstrap import RESAMPLES, metric_intervals
 from trainables.config import TrialConfig
+from trainables.evaluate.bootstrap import RESAMPLES, metric_intervals
 from trainables.evaluate.evaluation import Predictions, split_prefix, split_probabilities
 from trainables.evaluate.metrics import TTA_TRANSFORMS, classification_metrics, temperature_scale
 

@@ -25,12 +25,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from compress import count_params
-from trainables.evaluate.bootstrap import metric_intervals
 from trainables.config import TrialConfig
 from trainables.data.datasets import make_dataset
-from trainables.train.loop import predict
+from trainables.evaluate.bootstrap import metric_intervals
 from trainables.evaluate.latency import count_gflops, measure_latency, measure_relative_latency
 from trainables.evaluate.metrics import TTA_TRANSFORMS, calibration_metrics, classification_metrics, tta_probs
+from trainables.train.loop import predict
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 from compress.adapters import adapter_for
 from trainables.config import TrialConfig
 from trainables.data.datasets import dataset_prefix
-from trainables.job import StageSettings, TrainJob, build_stage_model, scale_learning_rates, stage_settings
 from trainables.data.loader import gather_predictions
 from trainables.evaluate.metrics import classification_metrics
+from trainables.job import StageSettings, TrainJob, build_stage_model, scale_learning_rates, stage_settings
 from trainables.model import finalize_model
 from trainables.train.sessions import Session
 

@@ -38,8 +38,8 @@ def replicate_plan(table: pd.DataFrame, front_k: int) -> list[tuple[str, int]]:
 def run_replicates(settings, study: optuna.Study, replicates: int, front_k: int = 0) -> pd.DataFrame:
     """Fine-tune the reference (and `front_k` front points) again with `replicates` new seeds; write and return
     replicates.csv (one row per run, the sweep's own run included as seed offset 0)."""
-    from trainables.trial import TrialContext, run_trial
     from trainables.storage import atomic_write
+    from trainables.trial import TrialContext, run_trial
 
     if replicates < 1 or front_k < 0:
         raise ValueError(f"replicates must be >= 1 and front points >= 0, got {replicates} and {front_k}")

@@ -32,8 +32,8 @@ from torch import nn
 
 from trainables.config import TrialConfig
 from trainables.evaluate.latency import device_name, measure_latency, median_interval
-from tune.trials import reference_front, trial_config
 from tune.report.verdicts import latency_verdict
+from tune.trials import reference_front, trial_config
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,10 @@ def retime_sweep(settings, study: optuna.Study, *, rounds: int = DEFAULT_ROUNDS,
     wall seconds (`pass_s`) and the device it ran on.
     """
     from trainables.evaluate.evaluation import as_deployed, timing_lock
-    from trainables.train.sessions import pick_device
     from trainables.evaluate.runtime import runtime_model
-    from trainables.trial import TrialContext, build_trial_model
     from trainables.storage import atomic_write
+    from trainables.train.sessions import pick_device
+    from trainables.trial import TrialContext, build_trial_model
 
     started = time.perf_counter()
     table, by_number = reference_front(settings, study, "re-time against")

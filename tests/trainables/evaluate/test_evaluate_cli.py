@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 
-import trainables.evaluate.evaluation as evaluate
-import trainables.evaluate.cli as evaluate_cli
 from compress import save_compressed
-from trainables.evaluate.bootstrap import metric_intervals
 from trainables.config import TrialConfig
+from trainables.evaluate.bootstrap import metric_intervals
+import trainables.evaluate.cli as evaluate_cli
 from trainables.evaluate.evaluation import Predictions
+import trainables.evaluate.evaluation as evaluate
 from trainables.model import build_classifier
 
 
@@ -75,8 +75,8 @@ def test_tta_and_no_tta_together_exit_2(export_with, capsys):
 
 
 def test_an_int8_export_on_cuda_exits_2_in_one_line(tmp_path, write_h5, capsys, monkeypatch):
-    import trainables.train.sessions
     from compress import quantize_model
+    import trainables.train.sessions
 
     monkeypatch.setattr(trainables.train.sessions, "pick_device", lambda requested: torch.device("cuda"))  # a GPU box
 
@@ -117,6 +117,6 @@ def test_python_m_trainables_evaluate_runs_the_cli():
     import subprocess
     import sys
 
-    shown = subprocess.run([sys.executable, "-m", "trainables.evaluate.evaluation", "--help"], capture_output=True, text=True,
+    shown = subprocess.run([sys.executable, "-m", "trainables.evaluate", "--help"], capture_output=True, text=True,
                            check=True, timeout=120).stdout
     assert shown.startswith("usage: python -m trainables.evaluate")

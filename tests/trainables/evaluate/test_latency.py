@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-import trainables.evaluate.evaluation as evaluate_mod
-import trainables.evaluate.latency as latency_mod
 from compress.tokens import enable_token_pruning, keep_schedule
 from trainables.config import TrialConfig
 from trainables.evaluate.evaluation import cost_metrics, reference_model, timing_lock, timing_lock_path
+import trainables.evaluate.evaluation as evaluate_mod
+import trainables.evaluate.latency as latency_mod
 from trainables.evaluate.latency import (
     LatencyResult, count_gflops, measure_latency, measure_relative_latency, median_interval,
 )

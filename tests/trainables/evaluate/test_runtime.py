@@ -5,8 +5,8 @@ import torch
 
 from compress.quant import quantize_model
 from trainables.config import TrialConfig
-from trainables.model import build_classifier
 from trainables.evaluate.runtime import OrtModel, check_runtime_device, runtime_model
+from trainables.model import build_classifier
 
 pytest.importorskip("onnxruntime")
 

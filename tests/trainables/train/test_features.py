@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from trainables.config import TrialConfig
-from trainables.train.features import FeatureCollapse, check_collapse, feature_std
 from trainables.job import TrainJob, scale_learning_rates, stage_settings
 from trainables.key_rules import stage_record
+from trainables.train.features import FeatureCollapse, check_collapse, feature_std
 from trainables.trial import TRIAL_ERROR_KEY, TrialContext, run_trial, tune_trainable
 
 TINY = {

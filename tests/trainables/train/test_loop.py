@@ -5,8 +5,8 @@ import torch
 
 from trainables.data.datasets import ensure_digits
 from trainables.job import TrainJob, build_stage_model, stage_settings
-from trainables.train.loop import best_model, param_groups, train_loop, warmup_cosine
 from trainables.model import build_classifier
+from trainables.train.loop import best_model, param_groups, train_loop, warmup_cosine
 from trainables.train.sessions import LocalSession
 
 TINY = {"data.train_limit": 256, "data.val_limit": 128, "finetune.batch_size": 32,
@@ -87,8 +87,8 @@ def test_non_finite_loss_fails_the_stage(digits_root, tmp_path):
 
 @pytest.mark.slow
 def test_training_time_pruning_starts_at_its_epoch(digits_root, tmp_path, monkeypatch):
-    import trainables.train.loop as loop
     from compress import keep_schedule
+    import trainables.train.loop as loop
 
     flat = {"data.train_limit": 64, "data.val_limit": 64, "finetune.batch_size": 32, "finetune.epochs": 2,
             "finetune.method": "full", "tokens.r_max": 0.5, "tokens.alpha": 1.0, "tokens.train_from_epoch": 2}
