@@ -349,6 +349,18 @@ def _wandb_records(path: Path):
             yield record
 
 
+def _wait_for_exit_records(runs: list[Path], timeout_s: float = 120.0) -> None:
+    """Wait until every offline run file ends with its exit record: W&B's own process writes the files
+    and may still be flushing a trial's config when the sweep returns (seen once in a full suite run)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        kinds = [{record.WhichOneof("record_type") for record in _wandb_records(path)}
+                 for run in runs for path in run.glob("*.wandb")]
+        if len(kinds) == len(runs) and all("exit" in found for found in kinds):
+            return
+        time.sleep(1.0)
+
+
 def _wandb_run(folder: Path) -> tuple[dict, dict]:
     """Return (config, summary) of an offline W&B run folder, values decoded from JSON."""
     config, summary = {}, {}
@@ -368,6 +380,7 @@ def _wandb_run(folder: Path) -> tuple[dict, dict]:
 def test_sweep_logs_each_trial_and_front_to_wandb_offline(results, sweep4):
     runs = sorted((results / "four" / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 5  # 4 trials + the Pareto table
+    _wait_for_exit_records(runs)
     number_of = dict(zip(pd.read_parquet(results / "four" / "trials.parquet")["tune_trial_id"],
                          pd.read_parquet(results / "four" / "trials.parquet")["number"]))
     logged, tables = {}, []
