@@ -1,5 +1,5 @@
-"""One trial end to end: pretrain -> finetune -> [prehab] -> [calibrate] -> compress -> [recover]
--> tokens -> evaluate.
+"""One trial end to end: pretrain -> finetune -> [prehab] -> [whitening] -> [importance] -> compress
+-> [recover] -> tokens -> [quant] -> evaluate.
 
 `run_trial(flat_config, context)` is the whole trial as a plain function; `build_trial_model`
 is its pipeline, one call per stage (trainables.stages). The Tune sweep wraps it in
@@ -140,7 +140,7 @@ def build_trial_model(config: Mapping[str, Any] | TrialConfig, ctx: TrialContext
         compressed = load_compressed(resolve_ref(recovered.ref, ctx.results_dir))
     tokens = stages.prune_tokens(cfg, compressed)
     final = quantize_model(compressed, cfg.compress.quant)   # the last step: nothing trains after it
-    facts = {**tuned.facts, **(regularised.facts if regularised is not tuned else {})}
+    facts = {**tuned.facts, **regularised.facts}   # the same mapping twice without prehab
     return TrialModel(model=final, float_model=compressed, cfg=cfg, data_root=run.data_root,
                       data_fingerprint=run.fingerprint, report=report, tokens=tokens,
                       params_uncompressed=params_before, stages=run, facts=facts)
