@@ -1,7 +1,7 @@
 """What a finished study says about its trials: each trial's flat config, the front, stored predictions.
 
-The after-sweep passes (tune.report.replicates, tune.report.retime, tune.report.export, tune.report.spectra, tune.report.summary)
-rebuild or judge trials from these; none of them imports another to get them.
+The after-sweep passes (tune.report.replicates, retime, export, spectra and summary) rebuild or judge
+trials from these; none of them imports another to get them.
 
 Imports: tune.report.reports (the front table) and search_spaces at module level; tune.study (which
 imports Ray) and trainables' cache and metrics only inside the functions that need them. Nothing
