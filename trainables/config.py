@@ -21,16 +21,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from compress.checks import check_choice
 from compress.config import HEADS, PENALTY_KINDS, POOLINGS, CompressionPlan, TokenPlan
 from trainables.backbones import BACKBONES
 from trainables.key_rules import Applies, Inapplicable, inapplicable, outcome_record, setting, stage_record
 
 STAIN_METHODS = ("none", "macenko", "reinhard")       # trainables.data.stain
-
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def _at_least(key: str, value: float, low: float, *, strict: bool = False) -> None:
@@ -61,8 +57,8 @@ class DataConfig:
     synthetic: bool = setting(False, stage=False)
 
     def __post_init__(self):
-        _choice("data.dataset", self.dataset, ("digits", "pcam"))
-        _choice("data.stain_norm", self.stain_norm, STAIN_METHODS)
+        check_choice("data.dataset", self.dataset, ("digits", "pcam"))
+        check_choice("data.stain_norm", self.stain_norm, STAIN_METHODS)
         _at_least("data.image_size", self.image_size, 8)
         for name in ("train_limit", "val_limit", "test_limit", "loader_workers"):
             _at_least(f"data.{name}", getattr(self, name), 0)
@@ -78,10 +74,10 @@ class ModelConfig:
     head: str = setting("linear", new_since="stage")
 
     def __post_init__(self):
-        _choice("model.backbone", self.backbone, tuple(BACKBONES))
-        _choice("model.pooling", self.pooling, POOLINGS)
+        check_choice("model.backbone", self.backbone, tuple(BACKBONES))
+        check_choice("model.pooling", self.pooling, POOLINGS)
         _at_least("model.num_classes", self.num_classes, 2)
-        _choice("model.head", self.head, HEADS)
+        check_choice("model.head", self.head, HEADS)
 
 
 @dataclass(frozen=True)
@@ -144,10 +140,10 @@ class FinetuneConfig:
     accelerator_type: str = setting("", stage=False)
 
     def __post_init__(self):
-        _choice("finetune.method", self.method, FINETUNE_METHODS)
-        _choice("finetune.lr_scaling", self.lr_scaling, LR_SCALINGS)
+        check_choice("finetune.method", self.method, FINETUNE_METHODS)
+        check_choice("finetune.lr_scaling", self.lr_scaling, LR_SCALINGS)
         _at_least("finetune.min_feature_std", self.min_feature_std, 0)
-        _choice("finetune.precision", self.precision, PRECISIONS)
+        check_choice("finetune.precision", self.precision, PRECISIONS)
         _at_least("finetune.epochs", self.epochs, 1)
         _at_least("finetune.batch_size", self.batch_size, 1)
         _at_least("finetune.lr", self.lr, 0, strict=True)
@@ -189,8 +185,8 @@ class PrehabConfig:
         if self.kind == "nuclear":
             raise ValueError("prehab.kind 'nuclear' was the ratio ||A||_*/||A||_F, now called 'nuclear_ratio' "
                              f"(it is not the nuclear norm); choose one of {', '.join(PREHAB_KINDS)}")
-        _choice("prehab.kind", self.kind, PREHAB_KINDS)
-        _choice("prehab.space", self.space, ("raw", "whitened"))
+        check_choice("prehab.kind", self.kind, PREHAB_KINDS)
+        check_choice("prehab.space", self.space, ("raw", "whitened"))
         _at_least("prehab.epochs", self.epochs, 1)
         _at_least("prehab.lr", self.lr, 0, strict=True)
 
@@ -295,9 +291,9 @@ class EvalConfig:
     runtime: str = setting("torch", new_since="outcome")
 
     def __post_init__(self):
-        _choice("eval.split", self.split, ("valid", "test"))
-        _choice("eval.tta", self.tta, TTA_MODES)
-        _choice("eval.runtime", self.runtime, RUNTIMES)
+        check_choice("eval.split", self.split, ("valid", "test"))
+        check_choice("eval.tta", self.tta, TTA_MODES)
+        check_choice("eval.runtime", self.runtime, RUNTIMES)
         for name in ("batch_size", "latency_batch", "latency_repeats", "latency_rounds"):
             _at_least(f"eval.{name}", getattr(self, name), 1)
         _at_least("eval.latency_warmup", self.latency_warmup, 0)
@@ -310,7 +306,7 @@ class RunConfig:
     device: str = "auto"             # auto = cuda, else mps, else cpu
 
     def __post_init__(self):
-        _choice("run.device", self.device, ("auto", "cpu", "cuda", "mps"))
+        check_choice("run.device", self.device, ("auto", "cpu", "cuda", "mps"))
 
 
 # Flat-key sections, and fields whose flat name differs from the Python name.

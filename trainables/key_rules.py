@@ -60,12 +60,6 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def applies(section: Any, name: str) -> bool:
-    """Return whether field `name` of config `section` means anything with the section's other values."""
-    rule = rule_of(_field(section, name))
-    return rule.applies is None or rule.applies.test(section)
-
-
 def stage_record(section: Any) -> dict[str, Any]:
     """Return the fields of `section` that key its stage, by Python name (tuples as lists): those that
     apply, key the stage with these values and are not a field added later left at its default."""
@@ -73,7 +67,8 @@ def stage_record(section: Any) -> dict[str, Any]:
     for item in dataclasses.fields(section):
         rule, value = rule_of(item), getattr(section, item.name)
         keyed = rule.stage(section) if callable(rule.stage) else rule.stage
-        if not keyed or not applies(section, item.name) or (rule.new_since and value == item.default):
+        applies = rule.applies is None or rule.applies.test(section)
+        if not keyed or not applies or (rule.new_since and value == item.default):
             continue
         record[item.name] = _plain(value)
     return record
@@ -97,17 +92,11 @@ class Inapplicable(NamedTuple):
 def inapplicable(section: Any, prefix: str, names: Iterable[str]) -> list[Inapplicable]:
     """Return the keys among `names` (flat keys someone set) that belong to `section` (flat prefix
     `prefix`, e.g. "finetune.") and do not apply to its values."""
+    rules = {item.name: rule_of(item) for item in dataclasses.fields(section)}
     found = []
     for name in sorted(names):
-        field_name = name[len(prefix):] if name.startswith(prefix) else None
-        if field_name is None or field_name not in {item.name for item in dataclasses.fields(section)}:
-            continue
-        rule = rule_of(_field(section, field_name))
-        if rule.applies is not None and not rule.applies.test(section):
+        rule = rules.get(name[len(prefix):]) if name.startswith(prefix) else None
+        if rule is not None and rule.applies is not None and not rule.applies.test(section):
             on = f"{prefix}{rule.applies.on}={getattr(section, rule.applies.on)!r}"
             found.append(Inapplicable(name, on, rule.applies.text))
     return found
-
-
-def _field(section: Any, name: str) -> dataclasses.Field:
-    return next(item for item in dataclasses.fields(section) if item.name == name)
